@@ -1,0 +1,3 @@
+from mdmctl.cli import main
+
+main()

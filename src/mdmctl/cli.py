@@ -1,0 +1,384 @@
+"""The ``mdmctl`` command line: parse, validate, call one library function, render.
+
+Heavy imports (torch, tokenizers, datasets) happen inside command bodies so ``--help`` stays fast.
+User errors become one ``error: ...`` line on stderr and a typed exit code (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from mdmctl.errors import ConfigError, MdmctlError
+
+app = typer.Typer(
+    name="mdmctl",
+    help="Masked diffusion language models: tokenize, pretrain, sample, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+eval_app = typer.Typer(help="Evaluate a checkpoint.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+DEFAULT_DATA = Path("data/builtin")
+_debug = False
+
+
+class Objective(str, Enum):
+    mdm = "mdm"
+    arm = "arm"
+
+
+class Attention(str, Enum):
+    auto = "auto"
+    xformers = "xformers"
+    sdpa = "sdpa"
+
+
+class SamplerName(str, Enum):
+    ancestral = "ancestral"
+    confidence = "confidence"
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """MdmctlError -> 'error: ...' + its exit code; Ctrl-C -> 130. Tracebacks only with --debug."""
+    from mdmctl.log import console
+
+    try:
+        yield
+    except MdmctlError as e:
+        if _debug:
+            raise
+        console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More logging."),
+) -> None:
+    global _debug
+    _debug = debug
+    from mdmctl.log import setup_logging
+
+    setup_logging(verbose)
+
+
+def _log(msg: str) -> None:
+    from mdmctl.log import info
+
+    info(msg)
+
+
+# --------------------------------------------------------------------------------------- tokenize
+@app.command()
+def tokenize(
+    inputs: list[str] = typer.Argument(None, help="Text files or folders (.txt, .jsonl[.gz], .parquet). Default: the built-in corpus."),
+    dataset: str | None = typer.Option(None, "--dataset", help="A datasets hub id instead of files."),
+    config: str | None = typer.Option(None, "--config", help="Hub dataset config name."),
+    split: str = typer.Option("train", "--split", help="Hub dataset split."),
+    text_field: str = typer.Option("text", "--text-field", help="Field holding the text (jsonl, parquet, hub)."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Existing tokenizer.json; default: train a byte-level BPE."),
+    vocab_size: int = typer.Option(4096, "--vocab-size", min=300, help="BPE vocabulary size when training."),
+    eos_token: str | None = typer.Option(None, "--eos-token", help="Name of the end-of-text token in --tokenizer."),
+    val_fraction: float = typer.Option(0.01, "--val-fraction", help="Share of documents held out for validation."),
+    shard_tokens: int = typer.Option(50_000_000, "--shard-tokens", min=1024, help="Tokens per shard file."),
+    max_docs: int | None = typer.Option(None, "--max-docs", min=1, help="Stop after this many documents."),
+    out: Path = typer.Option(DEFAULT_DATA, "--out", help="Output folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print corpus.json to stdout."),
+) -> None:
+    """Train or load a tokenizer and write packed token shards plus corpus.json."""
+    with cli_errors():
+        from mdmctl.data.readers import CorpusSpec
+        from mdmctl.data.shards import TokenizeConfig, tokenize_corpus
+        from mdmctl.log import console
+
+        spec = CorpusSpec(paths=tuple(inputs or ()), dataset=dataset, config=config, split=split,
+                          text_field=text_field)
+        cfg = TokenizeConfig(corpus=spec, out=str(out), tokenizer=str(tokenizer) if tokenizer else None,
+                             vocab_size=vocab_size, eos_token=eos_token, val_fraction=val_fraction,
+                             shard_tokens=shard_tokens, max_docs=max_docs)
+        manifest = _tokenize_with_progress(cfg)
+        m = manifest.meta
+        if json_out:
+            print(json.dumps(m, indent=2))
+        else:
+            console.print(
+                f"wrote {out}: {m['documents']} documents, {m['splits']['train']['tokens']:,} train / "
+                f"{m['splits']['val']['tokens']:,} val tokens ({m['dtype']}), vocab "
+                f"{m['tokenizer']['vocab_size']}, in {m['seconds']:.1f}s"
+            )
+
+
+def _tokenize_with_progress(cfg: Any) -> Any:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from mdmctl.data.shards import tokenize_corpus
+    from mdmctl.log import console
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(f"tokenizing {cfg.corpus.description}")
+
+        def progress(docs: int, tokens: int) -> None:
+            bar.update(task, description=f"tokenizing: {docs:,} documents, {tokens:,} tokens")
+
+        return tokenize_corpus(cfg, progress=progress, log=_log)
+
+
+# --------------------------------------------------------------------------------------- pretrain
+@app.command()
+def pretrain(
+    objective: Objective = typer.Option(Objective.mdm, "--objective", help="mdm (masked diffusion) or arm (autoregressive baseline)."),
+    size: str | None = typer.Option(None, "--size", help="Named size: tiny, mini (default), small, or an SMDM size (6M ... 2121M)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML run file with [model] and [train] sections."),
+    data: Path | None = typer.Option(None, "--data", help="Tokenized corpus (mdmctl tokenize). Default: the built-in corpus, tokenized on first use."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory. Default: runs/<objective>-<size>."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps."),
+    tokens: int | None = typer.Option(None, "--tokens", min=1, help="Training tokens (instead of --steps)."),
+    flops: float | None = typer.Option(None, "--flops", help="Compute budget C = 6·N·D (instead of --steps)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Global batch in sequences."),
+    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", min=1, help="Sequences per forward (gradient accumulation)."),
+    seq_len: int | None = typer.Option(None, "--seq-len", min=8, help="Context length."),
+    n_layers: int | None = typer.Option(None, "--n-layers", min=1),
+    d_model: int | None = typer.Option(None, "--d-model", min=1),
+    n_heads: int | None = typer.Option(None, "--n-heads", min=1),
+    d_ff: int | None = typer.Option(None, "--d-ff", min=1),
+    lr: float | None = typer.Option(None, "--lr"),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0),
+    var_len_prob: float | None = typer.Option(None, "--var-len-prob", min=0, max=1, help="MDM: probability of a variable-length batch."),
+    eps: float | None = typer.Option(None, "--eps", help="MDM: minimum masking probability."),
+    doc_mask: bool | None = typer.Option(None, "--doc-mask/--no-doc-mask", help="Block-diagonal attention over packed documents."),
+    val_every: int | None = typer.Option(None, "--val-every", min=1),
+    save_every: int | None = typer.Option(None, "--save-every", min=1),
+    keep_last: int | None = typer.Option(None, "--keep-last", min=2),
+    max_nonfinite_skips: int | None = typer.Option(None, "--max-nonfinite-skips", min=0),
+    seed: int | None = typer.Option(None, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."),
+    attention: Attention = typer.Option(Attention.auto, "--attention", help="Attention kernel."),
+    resume: str = typer.Option("auto", "--resume", help="auto (continue the run in --out if any), never, or a checkpoint path."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run in --out first."),
+    show_samples: int = typer.Option(3, "--show-samples", min=0, help="Samples printed in the summary."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Train an MDM (or the ARM baseline) from scratch."""
+    with cli_errors():
+        from mdmctl.config import ModelConfig, RunConfig, TrainConfig, load_toml
+
+        file_cfg = load_toml(config) if config else {"model": {}, "train": {}}
+        model_over = dict(file_cfg["model"])
+        model_over.update({k: v for k, v in dict(seq_len=seq_len, n_layers=n_layers, d_model=d_model,
+                                                  n_heads=n_heads, d_ff=d_ff).items() if v is not None})
+        model_over["objective"] = objective.value
+        preset = model_over.pop("name", None)
+        model_cfg = ModelConfig.from_name(size or preset or "mini", **model_over)
+        train_over = dict(file_cfg["train"])
+        flags = dict(steps=steps, tokens=tokens, flops=flops, batch_size=batch_size,
+                     micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
+                     var_len_prob=var_len_prob, eps=eps, doc_mask=doc_mask, val_every=val_every,
+                     save_every=save_every, keep_last=keep_last,
+                     max_nonfinite_skips=max_nonfinite_skips, seed=seed)
+        if any(v is not None for v in (steps, tokens, flops)):
+            for k in ("steps", "tokens", "flops"):
+                train_over.pop(k, None)
+        train_over.update({k: v for k, v in flags.items() if v is not None})
+        if not any(k in train_over for k in ("steps", "tokens", "flops")):
+            train_over.update(_default_length(model_cfg))
+        train_cfg = TrainConfig.from_dict(train_over)
+        data_dir = data or DEFAULT_DATA
+        if data is None and not (DEFAULT_DATA / "corpus.json").is_file():
+            from mdmctl.data.shards import TokenizeConfig
+
+            _log(f"no --data: tokenizing the built-in corpus into {DEFAULT_DATA} (once)")
+            _tokenize_with_progress(TokenizeConfig(out=str(DEFAULT_DATA)))
+        run = RunConfig(model=model_cfg, train=train_cfg, data=str(data_dir),
+                        out=str(out or Path("runs") / f"{objective.value}-{model_cfg.name}"),
+                        device=device, attention=attention.value, dtype=dtype)
+        result = _run_pretrain(run, resume, overwrite)
+        samples = _summary_samples(result, show_samples) if show_samples else []
+        _render_train_summary(result, samples, json_out)
+
+
+def _default_length(model_cfg: Any) -> dict[str, Any]:
+    """Built-in defaults sized for a CPU: about 6 minutes of training for 'mini'."""
+    return {"steps": 400} if model_cfg.name in ("tiny", "mini", "small") else {"steps": 1000}
+
+
+def _run_pretrain(run: Any, resume: str, overwrite: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mdmctl.log import console
+    from mdmctl.train import pretrain as lib_pretrain
+
+    with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=console,
+                  transient=False) as bar:
+        task = bar.add_task("train", total=None, status="")
+        last_val: dict[str, float] = {}
+
+        def on_step(step: int, total: int, rec: dict[str, Any]) -> None:
+            if "val_loss" in rec:
+                last_val["v"] = rec["val_loss"]
+            status = f"loss {rec['loss']:.3f}  lr {rec['lr']:.2e}  {rec['tokens_per_s']:.0f} tok/s"
+            if "v" in last_val:
+                status += f"  val {last_val['v']:.3f}"
+            if "mfu" in rec:
+                status += f"  MFU {rec['mfu']:.1%}"
+            bar.update(task, total=total, completed=step, status=status)
+
+        return lib_pretrain(run, resume=resume, overwrite=overwrite, on_step=on_step, log=_log)
+
+
+def _summary_samples(result: Any, n: int) -> list[str]:
+    from mdmctl.sampling import SampleConfig, sample_from_checkpoint
+
+    if result.checkpoint is None:
+        return []
+    res = sample_from_checkpoint(SampleConfig(
+        checkpoint=str(result.checkpoint), prompts=("",), num_samples=n,
+        length=min(64, result.seq_len - 1), steps=min(64, result.seq_len - 1),
+        sampler="ancestral", temperature=1.0, device=result.device,
+    ))
+    return [s.text for s in res.samples]
+
+
+def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
+    from rich.table import Table
+
+    from mdmctl.log import console
+
+    summary = {
+        "run_dir": str(r.run_dir), "checkpoint": str(r.checkpoint), "steps": r.steps,
+        "tokens": r.tokens, "val_loss": r.val_loss, "val_loss_kind": r.val_loss_kind,
+        "unigram_entropy": r.unigram_entropy, "train_loss": r.train_loss,
+        "tokens_per_s": r.tokens_per_s, "seconds": r.seconds, "peak_rss_mb": r.peak_rss_mb,
+        "n_params_non_embedding": r.n_params_non_embedding, "device": r.device,
+        "attention": r.attention, "resumed_from": r.resumed_from, "samples": samples,
+    }
+    if json_out:
+        print(json.dumps(summary, indent=2))
+        return
+    t = Table(title="pretrain summary", show_header=False)
+    t.add_row("run", str(r.run_dir))
+    t.add_row("checkpoint", str(r.checkpoint))
+    t.add_row("steps / tokens", f"{r.steps:,} / {r.tokens:,}")
+    t.add_row(f"validation loss ({r.val_loss_kind})", f"{r.val_loss:.4f}")
+    t.add_row("unigram entropy of the corpus (nats/token)", f"{r.unigram_entropy:.4f}")
+    t.add_row("better than unigram by", f"{r.unigram_entropy - r.val_loss:+.4f} nats/token")
+    t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s on {r.device} ({r.attention})")
+    t.add_row("wall time", f"{r.seconds:.0f} s")
+    t.add_row("peak RSS", f"{r.peak_rss_mb:,.0f} MB")
+    console.print(t)
+    for i, s in enumerate(samples):
+        console.print(f"[bold]sample {i + 1}:[/] {s!r}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------- sample
+@app.command()
+def sample(
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Step dir or run dir. Default: the newest run's newest checkpoint."),
+    prompt: list[str] = typer.Option(None, "--prompt", help="Prompt text (repeatable). Default: unconditional."),
+    prompt_file: Path | None = typer.Option(None, "--prompt-file", help="One prompt per line."),
+    length: int = typer.Option(64, "--length", min=1, help="Tokens to generate."),
+    steps: int = typer.Option(64, "--steps", min=1, help="Denoising steps (MDM)."),
+    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
+    temperature: float = typer.Option(1.0, "--temperature", min=0, help="0 = argmax."),
+    cfg: float = typer.Option(0.0, "--cfg", min=0, help="Unsupervised classifier-free guidance scale (MDM)."),
+    seed: int = typer.Option(0, "--seed"),
+    num_samples: int = typer.Option(1, "--num-samples", min=1, help="Samples per prompt."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    stop_at_eos: bool = typer.Option(True, "--stop-at-eos/--no-stop-at-eos", help="Truncate at end-of-text."),
+    device: str = typer.Option("auto", "--device"),
+    attention: Attention = typer.Option(Attention.auto, "--attention"),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per sample on stdout."),
+) -> None:
+    """Generate text from a checkpoint."""
+    with cli_errors():
+        from mdmctl.log import console
+        from mdmctl.sampling import SampleConfig, sample_from_checkpoint
+
+        prompts = list(prompt or [])
+        if prompt_file is not None:
+            try:
+                prompts += [ln.rstrip("\n") for ln in prompt_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"--prompt-file {prompt_file}: {e}") from None
+        scfg = SampleConfig(
+            checkpoint=str(checkpoint) if checkpoint else None, prompts=tuple(prompts or [""]),
+            length=length, steps=steps, sampler=sampler.value, temperature=temperature, cfg=cfg,
+            seed=seed, num_samples=num_samples, batch_size=batch_size, device=device,
+            attention=attention.value, stop_at_eos=stop_at_eos,
+        )
+        res = sample_from_checkpoint(scfg, log=_log)
+        for s in res.samples:
+            if json_out:
+                print(json.dumps({"prompt": s.prompt, "text": s.text, "token_ids": s.token_ids}))
+            else:
+                print(s.prompt + s.text)
+                print("-" * 40)
+        console.print(
+            f"{res.objective} {res.checkpoint}: {len(res.samples)} samples, {res.generated_tokens} "
+            f"generated tokens in {res.seconds:.2f}s ({res.tokens_per_s:,.1f} tokens/s), "
+            f"{res.nfe} forward passes", highlight=False,
+        )
+
+
+# ------------------------------------------------------------------------------------------- eval
+@eval_app.command("ppl")
+def eval_ppl(
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Step dir or run dir. Default: the newest run."),
+    data: str | None = typer.Option(None, "--data", help="Tokenized corpus dir or text files. Default: the run's corpus."),
+    split: str = typer.Option("val", "--split", help="Corpus split to score."),
+    mc_samples: int = typer.Option(32, "--mc-samples", min=1, help="MDM: stratified t samples per window."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    max_windows: int | None = typer.Option(None, "--max-windows", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    text_field: str = typer.Option("text", "--text-field"),
+    device: str = typer.Option("auto", "--device"),
+    attention: Attention = typer.Option(Attention.auto, "--attention"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Held-out perplexity: exact for an ARM, an ELBO upper bound for an MDM."""
+    with cli_errors():
+        from mdmctl.evaluation.ppl import PplConfig, evaluate_ppl
+        from mdmctl.log import console
+
+        r = evaluate_ppl(PplConfig(
+            checkpoint=str(checkpoint) if checkpoint else None, data=data, split=split,
+            mc_samples=mc_samples, batch_size=batch_size, max_windows=max_windows, seed=seed,
+            device=device, attention=attention.value, text_field=text_field,
+        ), log=_log)
+        d = {"task": "ppl", "objective": r.objective, "kind": r.kind, "nll_per_token": r.nll_per_token,
+             "stderr": r.stderr, "perplexity": r.perplexity, "tokens": r.tokens, "windows": r.windows,
+             "mc_samples": r.mc_samples, "seconds": r.seconds, "checkpoint": str(r.checkpoint),
+             "data": r.data}
+        if json_out:
+            print(json.dumps(d, indent=2))
+        else:
+            label = "perplexity (upper bound, ELBO)" if r.kind == "upper bound" else "perplexity (exact)"
+            se = f" ± {r.stderr:.4f} (MC s.e.)" if r.objective == "mdm" else ""
+            print(f"{label}: {r.perplexity:.3f}   nll/token {r.nll_per_token:.4f}{se}   "
+                  f"{r.tokens:,} tokens in {r.windows} windows")
+            console.print(f"{r.checkpoint} on {r.data} in {r.seconds:.1f}s", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except MdmctlError as e:  # raised outside a command body (should not happen)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

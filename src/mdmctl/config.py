@@ -1,0 +1,324 @@
+"""Run configuration: frozen dataclasses, named model sizes, TOML run files. No torch import here.
+
+Resolution order: dataclass defaults < size preset < ``--config FILE.toml`` < explicit CLI flags.
+Unknown keys and wrong types are errors (``ConfigError``, exit 2) with a suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mdmctl.errors import ConfigError, suggest
+
+Objective = Literal["mdm", "arm"]
+AttentionBackend = Literal["auto", "xformers", "sdpa"]
+
+# SMDM's model family (lit_gpt/config.py, "Diff_LLaMA_<N>M"), named by non-embedding parameters:
+# name -> (n_layers, d_model, n_heads, d_ff). Context 2048 in SMDM; Llama-2 tokenizer there.
+SMDM_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "6M": (6, 256, 4, 1024),
+    "19M": (8, 384, 6, 1536),
+    "34M": (8, 512, 8, 2048),
+    "48M": (9, 576, 9, 2304),
+    "66M": (10, 640, 10, 2560),
+    "75M": (16, 640, 8, 1600),
+    "85M": (13, 640, 10, 2560),
+    "113M": (12, 768, 12, 3072),
+    "142M": (15, 768, 12, 3072),
+    "170M": (18, 768, 12, 3072),
+    "180M": (14, 896, 14, 3584),
+    "206M": (16, 896, 14, 3584),
+    "231M": (18, 896, 14, 3584),
+    "268M": (16, 1024, 16, 4096),
+    "302M": (18, 1024, 16, 4096),
+    "336M": (20, 1024, 16, 4096),
+    "472M": (18, 1280, 10, 5120),
+    "551M": (21, 1280, 10, 5120),
+    "571M": (18, 1408, 11, 5632),
+    "629M": (24, 1280, 10, 5120),
+    "666M": (21, 1408, 11, 5632),
+    "717M": (19, 1536, 12, 6144),
+    "761M": (24, 1408, 11, 5632),
+    "831M": (22, 1536, 12, 6144),
+    "944M": (25, 1536, 12, 6144),
+    "1028M": (20, 1792, 14, 7168),
+    "1233M": (24, 1792, 14, 7168),
+    "1476M": (22, 2048, 16, 8192),
+    "1678M": (25, 2048, 16, 8192),
+    "2121M": (28, 2176, 17, 8704),
+}
+
+# CPU-sized presets (not in SMDM): for tests, smoke runs and the built-in default.
+TINY_SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    # name -> (n_layers, d_model, n_heads, d_ff, seq_len)
+    "tiny": (2, 64, 2, 256, 64),
+    "mini": (4, 128, 4, 512, 256),
+    "small": (6, 192, 6, 768, 256),
+}
+
+MODEL_SIZES: tuple[str, ...] = tuple(TINY_SIZES) + tuple(SMDM_SIZES)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelConfig:
+    """LLaMA-style transformer shared by the MDM and the ARM (method.md §2)."""
+
+    name: str = "custom"
+    objective: Objective = "mdm"
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 2
+    d_ff: int = 256
+    seq_len: int = 64
+    vocab_size: int = 0
+    """Embedding rows: the tokenizer's vocabulary (which contains the mask token, if any)."""
+    mask_id: int = -1
+    """Mask token id (MDM); the output head never predicts it. -1 for an ARM."""
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("mdm", "arm"):
+            raise ConfigError(f"model.objective: expected 'mdm' or 'arm', got {self.objective!r}")
+        for name in ("n_layers", "d_model", "n_heads", "d_ff", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.n_heads: {self.n_heads} does not divide model.d_model={self.d_model}"
+            )
+        if (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"model: head dim {self.d_model // self.n_heads} must be even (RoPE)")
+        if self.vocab_size and self.objective == "mdm" and not 0 <= self.mask_id < self.vocab_size:
+            raise ConfigError(
+                f"model.mask_id: {self.mask_id} is not a token id below vocab_size={self.vocab_size}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def n_params_non_embedding(self) -> int:
+        """SMDM's count: L·(4d² + 3·d·ffn + 2d) + d (attention, MLP, the two norms, final norm)."""
+        d = self.d_model
+        return self.n_layers * (4 * d * d + 3 * d * self.d_ff + 2 * d) + d
+
+    @property
+    def n_params(self) -> int:
+        """All parameters: non-embedding plus input embedding and untied output head."""
+        return self.n_params_non_embedding + 2 * self.vocab_size * self.d_model
+
+    def flops_per_token(self, with_attention: bool = True) -> float:
+        """Training FLOPs per token: 6·N (non-embedding) + the head, plus attention scores."""
+        f = 6.0 * (self.n_params_non_embedding + self.vocab_size * self.d_model)
+        if with_attention:
+            f += 12.0 * self.n_layers * self.d_model * self.seq_len
+        return f
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return cls(**_checked(cls, d, "model"))
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named size (SMDM family or a CPU preset) with field-by-field overrides."""
+        if name in TINY_SIZES:
+            n_layers, d_model, n_heads, d_ff, seq_len = TINY_SIZES[name]
+        elif name in SMDM_SIZES:
+            n_layers, d_model, n_heads, d_ff = SMDM_SIZES[name]
+            seq_len = 2048
+        else:
+            raise ConfigError(
+                f"unknown model size {name!r}{suggest(name, MODEL_SIZES)} "
+                f"(valid: {', '.join(MODEL_SIZES)})"
+            )
+        base = dict(
+            name=name, n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
+            seq_len=seq_len,
+        )
+        base.update({k: v for k, v in _checked(cls, overrides, "model").items() if v is not None})
+        return cls(**base)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainConfig:
+    """Optimisation and bookkeeping for pretraining (method.md §3)."""
+
+    steps: int | None = None
+    """Optimizer steps. Exactly one of steps / tokens / flops decides the run length."""
+    tokens: int | None = None
+    flops: float | None = None
+    """Compute budget C = 6·N·D with N non-embedding parameters (SMDM's accounting)."""
+    batch_size: int = 16
+    """Global batch, in sequences of seq_len tokens."""
+    micro_batch_size: int | None = None
+    """Sequences per forward pass; batch_size / micro_batch_size is the accumulation."""
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None
+    """Default: 1% of steps, at least min(100, steps // 10)."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eps: float = 1e-3
+    """MDM: masking probability p = (1 - eps)·t + eps."""
+    var_len_prob: float = 0.01
+    """MDM: probability that a batch is cut to a length drawn from U{1..seq_len}."""
+    val_every: int = 100
+    val_batches: int = 4
+    val_mc: int = 8
+    """MDM validation: stratified t samples per sequence."""
+    save_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 0
+    doc_mask: bool = False
+    """Block-diagonal attention so packed documents do not attend to each other."""
+    max_nonfinite_skips: int = 0
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("steps", "tokens", "flops") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"train: give only one of steps / tokens / flops (got {given})")
+        for name in ("steps", "tokens", "batch_size", "micro_batch_size", "val_every",
+                     "val_batches", "val_mc", "save_every", "log_every"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"train.{name}: must be >= 1, got {v}")
+        if self.flops is not None and not self.flops > 0:
+            raise ConfigError(f"train.flops: must be > 0, got {self.flops}")
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not divisible by "
+                f"train.micro_batch_size={self.micro_batch_size}"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if not 0 < self.eps < 1:
+            raise ConfigError(f"train.eps: must be in (0, 1), got {self.eps}")
+        if not 0 <= self.var_len_prob <= 1:
+            raise ConfigError(f"train.var_len_prob: must be in [0, 1], got {self.var_len_prob}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.keep_last < 2:
+            raise ConfigError(
+                f"train.keep_last: must be >= 2 (the newest may be mid-save), got {self.keep_last}"
+            )
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.max_nonfinite_skips < 0:
+            raise ConfigError("train.max_nonfinite_skips: must be >= 0")
+
+    def resolve_steps(self, model: ModelConfig) -> int:
+        """Optimizer steps implied by steps / tokens / flops (default 1000 steps)."""
+        tokens_per_step = self.batch_size * model.seq_len
+        if self.steps is not None:
+            return self.steps
+        if self.tokens is not None:
+            return max(1, math.ceil(self.tokens / tokens_per_step))
+        if self.flops is not None:
+            per_step = 6.0 * model.n_params_non_embedding * tokens_per_step
+            steps = int(self.flops // per_step)
+            if steps < 1:
+                raise ConfigError(
+                    f"train.flops: budget {self.flops:.3g} is smaller than one optimizer step "
+                    f"({per_step:.3g} FLOPs = 6 x {model.n_params_non_embedding} params x "
+                    f"{tokens_per_step} tokens)"
+                )
+            return steps
+        return 1000
+
+    def resolve_warmup(self, steps: int) -> int:
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, steps)
+        return max(steps // 100, min(100, steps // 10))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**_checked(cls, d, "train"))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunConfig:
+    """Everything ``pretrain`` needs; saved as ``runs/<name>/config.json``."""
+
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: str = ""
+    """Tokenized corpus directory (``mdmctl tokenize`` output)."""
+    out: str = ""
+    device: str = "auto"
+    attention: AttentionBackend = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(), "train": self.train.to_dict(), "data": self.data,
+            "out": self.out, "device": self.device, "attention": self.attention,
+            "dtype": self.dtype,
+        }
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+}
+
+
+def _checked(cls: type, d: dict[str, Any], section: str) -> dict[str, Any]:
+    """Reject unknown keys (with a suggestion) and values of the wrong type; no coercion."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key '{section}.{key}'{suggest(key, fields)}")
+        if value is None:
+            out[key] = None
+            continue
+        ftype = str(fields[key].type)
+        base = ftype.split("|")[0].strip()
+        if base.startswith("Literal") or base in ("Objective", "AttentionBackend"):
+            out[key] = value
+            continue
+        allowed = _TYPES.get(base)
+        ok = allowed is None or (
+            isinstance(value, allowed) and not (isinstance(value, bool) and base != "bool")
+        )
+        if not ok:
+            raise ConfigError(f"{section}.{key}: expected {base}, got {type(value).__name__}")
+        out[key] = float(value) if base == "float" else value
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a run file with sections [model] and [train]; unknown sections are errors."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{p}: config file not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: {e}") from e
+    sections = ("model", "train")
+    for key, value in raw.items():
+        if key not in sections or not isinstance(value, dict):
+            raise ConfigError(f"{p}: unknown section '{key}'{suggest(key, sections)}")
+    # validate keys early so the file name is in the message
+    try:
+        _checked(ModelConfig, raw.get("model", {}), "model")
+        _checked(TrainConfig, raw.get("train", {}), "train")
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from e
+    return {s: dict(raw.get(s, {})) for s in sections}

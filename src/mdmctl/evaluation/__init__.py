@@ -1,0 +1,3 @@
+"""Evaluation tasks. ``ppl`` (held-out likelihood) lives in ``evaluation.ppl``."""
+
+TASKS = ("ppl",)

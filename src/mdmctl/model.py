@@ -1,0 +1,144 @@
+"""The transformer shared by the MDM and the ARM (method.md §2).
+
+LLaMA-style: pre-norm RMSNorm, rotary embeddings (rotate-half, full head dim), SwiGLU MLP
+``w3(silu(w1 x) * w2 x)``, no biases, untied embeddings, final RMSNorm. The two objectives differ only
+in the attention mask (MDM bidirectional, ARM causal) and, for the MDM, the head never predicting the
+mask id. Init follows SMDM (GPT-NeoX style).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mdmctl.attention import Backend, attention
+from mdmctl.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 (bf16 mean of squares loses precision), return in the input dtype.
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+def rope_cache(seq_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (seq_len, head_dim), rotate-half layout."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    freqs = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)  # (L, Dh/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (L, Dh)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, L, H, Dh); cos/sin: (L, Dh)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat([-x2, x1], dim=-1)
+    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys and values for left-to-right ARM decoding. k, v: (B, Lmax, H, Dh)."""
+
+    k: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
+    length: int = 0
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, self.n_heads, self.head_dim = cfg.d_model, cfg.n_heads, cfg.head_dim
+        self.attn_norm = RMSNorm(d, cfg.norm_eps)
+        self.wqkv = nn.Linear(d, 3 * d, bias=False)
+        self.wo = nn.Linear(d, d, bias=False)
+        self.mlp_norm = RMSNorm(d, cfg.norm_eps)
+        self.w1 = nn.Linear(d, cfg.d_ff, bias=False)
+        self.w2 = nn.Linear(d, cfg.d_ff, bias=False)
+        self.w3 = nn.Linear(cfg.d_ff, d, bias=False)
+
+    def forward(self, x, cos, sin, *, causal, doc_ids, backend, cache: KVCache | None, layer: int):
+        B, L, D = x.shape
+        q, k, v = self.wqkv(self.attn_norm(x)).split(D, dim=-1)
+        q, k, v = (t.view(B, L, self.n_heads, self.head_dim) for t in (q, k, v))  # (B, L, H, Dh)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            start = cache.length
+            cache.k[layer][:, start : start + L] = k
+            cache.v[layer][:, start : start + L] = v
+            k, v = cache.k[layer][:, : start + L], cache.v[layer][:, : start + L]
+        y = attention(q, k, v, causal=causal, doc_ids=doc_ids, backend=backend)
+        x = x + self.wo(y.reshape(B, L, D))
+        h = self.mlp_norm(x)
+        return x + self.w3(F.silu(self.w1(h)) * self.w2(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, *, backend: Backend = "sdpa") -> None:
+        super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer)")
+        self.cfg, self.backend = cfg, backend
+        self.causal = cfg.objective == "arm"
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        cos, sin = rope_cache(cfg.seq_len, cfg.head_dim, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        d, n = self.cfg.d_model, self.cfg.n_layers
+        std = math.sqrt(2.0 / (5 * d))
+        for name, p in self.named_parameters():
+            if p.ndim == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("wo.weight", "w3.weight")):
+                nn.init.normal_(p, std=1.0 / (math.sqrt(d) * n))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        doc_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """idx (B, L) -> logits (B, L, V) in fp32. The MDM's mask column is -inf."""
+        B, L = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + L > self.cfg.seq_len:
+            raise ValueError(f"sequence of {start + L} tokens exceeds seq_len={self.cfg.seq_len}")
+        cos, sin = self.rope_cos[start : start + L], self.rope_sin[start : start + L]
+        x = self.tok_emb(idx)  # (B, L, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, causal=self.causal, doc_ids=doc_ids, backend=self.backend,
+                      cache=cache, layer=i)
+        if cache is not None:
+            cache.length += L
+        logits = self.head(self.norm(x)).float()  # (B, L, V); fp32 for log-softmax
+        if self.cfg.objective == "mdm":
+            # The mask is an input-only token: x0 never contains it, so the head never predicts it.
+            logits[..., self.cfg.mask_id] = float("-inf")
+        return logits
+
+    def new_cache(self, batch: int, device, dtype: torch.dtype) -> KVCache:
+        shape = (batch, self.cfg.seq_len, self.cfg.n_heads, self.cfg.head_dim)
+        z = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks]
+        return KVCache(k=z, v=[t.clone() for t in z])

@@ -1,0 +1,59 @@
+"""Device, precision and hardware facts shared by training, sampling and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+
+import torch
+
+from mdmctl.errors import ConfigError
+
+# Dense bf16 peak FLOP/s by card, for MFU. Spec-sheet values (dense, no sparsity).
+_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
+              "L4": 121e12, "RTX 4090": 165e12, "A6000": 155e12}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA requested but torch.cuda.is_available() is False")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name == "bf16":
+        if device.type != "cuda":
+            raise ConfigError("--dtype bf16: supported on cuda; use fp32 on cpu")
+        return torch.bfloat16
+    if name == "fp32":
+        return torch.float32
+    raise ConfigError(f"--dtype: expected auto, fp32 or bf16, got {name!r}")
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, val in _PEAK_BF16.items():
+        if key in name:
+            return val
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024

@@ -1,0 +1,137 @@
+"""``sample_from_checkpoint``: load a checkpoint and generate, dispatching on its objective."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from mdmctl.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SampleConfig:
+    checkpoint: str | None = None
+    """Step dir, run dir (its newest valid step) or None (the newest run under runs/)."""
+    prompts: tuple[str, ...] = ("",)
+    length: int = 64
+    """Tokens to generate per prompt."""
+    steps: int = 64
+    """Denoising steps (MDM)."""
+    sampler: Literal["ancestral", "confidence"] = "confidence"
+    temperature: float = 1.0
+    cfg: float = 0.0
+    seed: int = 0
+    num_samples: int = 1
+    """Samples per prompt."""
+    batch_size: int = 16
+    device: str = "auto"
+    attention: str = "auto"
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("length", "steps", "num_samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature: must be >= 0, got {self.temperature}")
+        if self.cfg < 0:
+            raise ConfigError(f"--cfg: must be >= 0, got {self.cfg}")
+        if self.sampler not in ("ancestral", "confidence"):
+            raise ConfigError(f"--sampler: expected ancestral or confidence, got {self.sampler!r}")
+
+
+@dataclass
+class Sample:
+    prompt: str
+    text: str
+    token_ids: list[int]
+
+
+@dataclass
+class SampleResult:
+    samples: list[Sample]
+    checkpoint: Path
+    objective: str
+    nfe: int
+    seconds: float
+    generated_tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds else 0.0
+
+
+def load_model(checkpoint: str | None, device: str = "auto", attention: str = "auto", log=None):
+    """(model in eval mode, tokenizer, tokenizer info, step dir, device) from a checkpoint."""
+    from mdmctl import checkpoint as ckpt
+    from mdmctl.attention import resolve_backend
+    from mdmctl.errors import CompatibilityError
+    from mdmctl.model import Transformer
+    from mdmctl.runtime import resolve_device
+    from mdmctl.tokenizer import info_from_file
+
+    step_dir = ckpt.resolve_checkpoint(checkpoint, log=log)
+    loaded = ckpt.load_checkpoint(step_dir)
+    tok, info = info_from_file(step_dir / "tokenizer.json")
+    if info.sha256 != loaded.tokenizer_sha256:
+        raise CompatibilityError(
+            f"{step_dir}: tokenizer.json ({info.sha256[:12]}) is not the tokenizer the weights were "
+            f"trained with ({loaded.tokenizer_sha256[:12]})"
+        )
+    dev = resolve_device(device)
+    model = Transformer(loaded.model_cfg, backend=resolve_backend(attention, dev))
+    ckpt.load_weights(model, loaded.state_dict, step_dir / "model.safetensors")
+    return model.to(dev).eval(), tok, info, step_dir, dev
+
+
+def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
+    from mdmctl.sampling.arm import sample_arm
+    from mdmctl.sampling.mdm import sample_mdm
+
+    model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
+    mc = model.cfg
+    if mc.objective == "arm" and cfg.cfg != 0:
+        raise ConfigError("--cfg applies to objective 'mdm'; checkpoint objective is 'arm'")
+    prompts = [p for p in cfg.prompts for _ in range(cfg.num_samples)]
+    ids = [tok.encode(p, add_special_tokens=False).ids if p else [] for p in prompts]
+    extra = 1 if mc.objective == "arm" else 0  # the ARM's leading eos
+    for p, i in zip(prompts, ids, strict=True):
+        if len(i) + cfg.length + extra > mc.seq_len:
+            raise ConfigError(
+                f"prompt is {len(i)} tokens; model context is {mc.seq_len} "
+                f"(gen length {cfg.length}): shorten the prompt or --length"
+            )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    out_ids: list[list[int]] = []
+    nfe = 0
+    for s in range(0, len(ids), cfg.batch_size):
+        chunk = ids[s : s + cfg.batch_size]
+        if mc.objective == "mdm":
+            o = sample_mdm(
+                lambda x, d: model(x, doc_ids=d), chunk, length=cfg.length, steps=cfg.steps,
+                mask_id=mc.mask_id, pad_id=info.pad_id, generator=gen, sampler=cfg.sampler,
+                temperature=cfg.temperature, cfg=cfg.cfg, device=device,
+            )
+            out_ids.extend(o.tokens.tolist())
+            nfe += o.nfe
+        else:
+            o_ids, n = sample_arm(model, chunk, length=cfg.length, eos_id=info.eos_id, generator=gen,
+                                  temperature=cfg.temperature, device=device,
+                                  stop_at_eos=cfg.stop_at_eos)
+            out_ids.extend(o_ids)
+            nfe += n
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    generated = sum(len(o) for o in out_ids)  # output tokens only, never the prompt
+    samples = []
+    for p, o in zip(prompts, out_ids, strict=True):
+        if cfg.stop_at_eos and info.eos_id in o:
+            o = o[: o.index(info.eos_id)]
+        samples.append(Sample(prompt=p, text=tok.decode(o, skip_special_tokens=True), token_ids=o))
+    return SampleResult(samples, step_dir, mc.objective, nfe, seconds, generated)

@@ -1,0 +1,351 @@
+"""``pretrain``: the training loop for the MDM (default) and the ARM baseline.
+
+AdamW (0.9, 0.95), cosine schedule with warmup to ``min_lr_ratio``·lr (a pure function of the step),
+gradient accumulation, grad clipping, bf16 autocast on CUDA. Randomness: the data order comes from
+the loader's (epoch, consumed) state, and every step's masking / time / length draws come from a
+generator seeded by ``mix(seed, step, micro)``, so resume is exact without replaying anything.
+Checkpoints follow ``checkpoint.py``; SIGINT/SIGTERM save at the next step boundary and exit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mdmctl import checkpoint as ckpt
+from mdmctl.attention import resolve_backend
+from mdmctl.autoregressive import arm_loss, arm_nll
+from mdmctl.config import ModelConfig, RunConfig, TrainConfig
+from mdmctl.data.batches import TokenWindows, TrainLoader, mix
+from mdmctl.data.shards import read_manifest, tokenizer_info
+from mdmctl.diffusion import mdm_elbo, mdm_loss
+from mdmctl.errors import CompatibilityError, ConfigError, DataError, DivergenceError, MdmctlError
+from mdmctl.log import MetricsWriter, info
+from mdmctl.model import Transformer
+from mdmctl.runtime import autocast, peak_flops, peak_rss_mb, resolve_device, resolve_dtype
+
+# Fields that may change between a run and its resume (tunables); everything else must match.
+RESUMABLE_CHANGES = {"steps", "tokens", "flops", "lr", "min_lr_ratio", "warmup_steps", "val_every",
+                     "val_batches", "val_mc", "save_every", "keep_last", "log_every",
+                     "max_nonfinite_skips", "micro_batch_size"}
+
+
+class Interrupted(MdmctlError):
+    """SIGINT (130) or SIGTERM (143) after a successful save."""
+
+    def __init__(self, signum: int, path: Path | None) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint saved at {path}")
+        self.exit_code = 128 + signum
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path | None
+    steps: int
+    tokens: int
+    val_loss: float | None
+    val_loss_kind: str
+    unigram_entropy: float
+    train_loss: float | None
+    tokens_per_s: float
+    seconds: float
+    peak_rss_mb: float
+    n_params_non_embedding: int
+    device: str
+    attention: str
+    resumed_from: int | None
+    seq_len: int
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_ratio: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to min_ratio·lr at ``total``."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def unigram_entropy(windows: TokenWindows, vocab_size: int) -> float:
+    """Entropy (nats/token) of the split's unigram distribution: the loss a context-free model gets."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for f in windows._files:  # noqa: SLF001 (same package)
+        n = f.get_shape()[0]
+        for s in range(0, n, 1 << 22):
+            counts += torch.bincount(f[s : s + (1 << 22)].to(torch.int64), minlength=vocab_size).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+class _SignalFlag:
+    """Handlers only record the signal; the loop saves at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalFlag:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, no save
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def validate(model: Transformer, windows: TokenWindows, tc: TrainConfig, device, dtype) -> float:
+    """Mean per-token loss on a fixed slice of the validation split (same slice every time).
+
+    MDM: the ELBO bound with ``val_mc`` stratified t per sequence; ARM: next-token CE.
+    """
+    model.eval()
+    n = min(len(windows), tc.val_batches * tc.batch_size)
+    total, count = 0.0, 0
+    gen = torch.Generator().manual_seed(mix(tc.seed, 0x5EED))
+    for s in range(0, n, tc.batch_size):
+        b = windows.batch(list(range(s, min(n, s + tc.batch_size))))
+        x0 = b.x0.to(device)
+        doc = b.doc_ids.to(device) if tc.doc_mask else None
+        with autocast(device, dtype):
+            if model.cfg.objective == "mdm":
+                bound, _ = mdm_elbo(lambda xt: model(xt, doc_ids=doc), x0, model.cfg.mask_id,
+                                    tc.val_mc, gen, tc.eps)
+                total += float(bound.sum())
+                count += x0.numel()
+            else:
+                total += float(arm_nll(model(x0, doc_ids=doc), x0).sum())
+                count += x0.shape[0] * (x0.shape[1] - 1)
+    model.train()
+    return total / count
+
+
+def _check_resume_config(saved: dict[str, Any], current: RunConfig) -> None:
+    diffs = []
+    for key in ("model",):
+        for f, v in current.model.to_dict().items():
+            if f != "name" and saved[key].get(f) != v:
+                diffs.append(f"model.{f}: checkpoint={saved[key].get(f)}, requested={v}")
+    for f, v in current.train.to_dict().items():
+        if f not in RESUMABLE_CHANGES and saved["train"].get(f) != v:
+            diffs.append(f"train.{f}: checkpoint={saved['train'].get(f)}, requested={v}")
+    if diffs:
+        raise CompatibilityError("cannot resume with a changed setup: " + "; ".join(diffs))
+
+
+def pretrain(
+    cfg: RunConfig,
+    *,
+    resume: str = "auto",
+    overwrite: bool = False,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    log: Callable[[str], None] = info,
+) -> TrainResult:
+    """Train ``cfg.model`` on the corpus at ``cfg.data``; write ``cfg.out``. See module docstring."""
+    t_start = time.perf_counter()
+    tc = cfg.train
+    manifest = read_manifest(cfg.data)
+    tok = tokenizer_info(manifest)
+    model_cfg = replace(
+        cfg.model, vocab_size=tok.vocab_size,
+        mask_id=tok.mask_id if cfg.model.objective == "mdm" else -1,
+    )
+    cfg = replace(cfg, model=model_cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    backend = resolve_backend(cfg.attention, device)
+    total_steps = tc.resolve_steps(model_cfg)
+    warmup = tc.resolve_warmup(total_steps)
+    micro = tc.micro_batch_size or tc.batch_size
+    accum = tc.batch_size // micro
+
+    train_windows = TokenWindows(manifest, "train", model_cfg.seq_len)
+    val_windows = TokenWindows(manifest, "val", model_cfg.seq_len)
+    if len(val_windows) == 0:
+        raise DataError(
+            f"{manifest.path}: validation split has {manifest.tokens['val']} tokens, fewer than one "
+            f"sequence of seq_len={model_cfg.seq_len}; use a smaller --seq-len or a larger --val-fraction"
+        )
+    loader = TrainLoader(train_windows, tc.batch_size, tc.seed)
+
+    run_dir = Path(cfg.out)
+    has_steps = bool(ckpt.list_steps(run_dir))
+    if resume == "never" and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"refusing to write into non-empty run dir {run_dir}: pass --resume auto to continue, "
+            "--overwrite to start over, or another --out"
+        )
+    if overwrite and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+        has_steps = False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "checkpoints").is_dir():
+        ckpt.clean_stale_tmp(run_dir)
+
+    torch.manual_seed(tc.seed)
+    model = Transformer(model_cfg, backend=backend).to(device)
+    names = {p: n for n, p in model.named_parameters()}
+    params = {n: p for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(
+        _param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2),
+        fused=device.type == "cuda",
+    )
+
+    start_step, tokens_seen, skips, resumed_from = 0, 0, 0, None
+    resume_dir: Path | None = None
+    if resume not in ("auto", "never"):
+        resume_dir = ckpt.resolve_checkpoint(resume, log=log)
+    elif resume == "auto" and has_steps:
+        resume_dir = ckpt.find_latest(run_dir, log=log)
+    if resume_dir is not None:
+        state = ckpt.read_train_state(resume_dir)
+        _check_resume_config(state["config"], cfg)
+        loaded = ckpt.load_checkpoint(resume_dir)
+        if loaded.tokenizer_sha256 != tok.sha256:
+            raise CompatibilityError(
+                f"tokenizer mismatch: checkpoint {resume_dir} has {loaded.tokenizer_sha256[:12]}, "
+                f"corpus {manifest.path} has {tok.sha256[:12]}"
+            )
+        ckpt.load_weights(model, loaded.state_dict, loaded.path)
+        ckpt.load_optimizer_tensors(opt, ckpt.read_optimizer(resume_dir), params)
+        loader.load_state_dict(state["data"])
+        start_step, tokens_seen = state["loop"]["step"], state["loop"]["tokens_seen"]
+        skips = state["loop"].get("nonfinite_skips", 0)
+        resumed_from = start_step
+        log(f"resuming from {resume_dir} (step {start_step})")
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    metrics = MetricsWriter(run_dir / "metrics.jsonl")
+    tokenizer_path = manifest.path / "tokenizer.json"
+    log(
+        f"{model_cfg.objective.upper()} {model_cfg.name}: {model_cfg.n_params_non_embedding/1e6:.2f}M "
+        f"non-embedding params, {total_steps} steps x {tc.batch_size}x{model_cfg.seq_len} tokens "
+        f"on {device.type} ({str(dtype).removeprefix('torch.')}, attention {backend})"
+    )
+
+    def save(step: int) -> Path:
+        train_state = {
+            "config": cfg.to_dict(),
+            "data": loader.state_dict(),
+            "loop": {"step": step, "tokens_seen": tokens_seen, "nonfinite_skips": skips,
+                     "elapsed_s": time.perf_counter() - t_start},
+            "corpus": {"path": str(manifest.path), "tokenizer_sha256": tok.sha256},
+        }
+        return ckpt.save_checkpoint(
+            run_dir, step, model=model, model_cfg=model_cfg, tokenizer_path=tokenizer_path,
+            tokenizer_sha256=tok.sha256, train_state=train_state,
+            optimizer=ckpt.optimizer_tensors(opt, names), keep_last=tc.keep_last,
+        )
+
+    peak = peak_flops(device)
+    flops_per_token = model_cfg.flops_per_token()
+    last_ckpt: Path | None = resume_dir
+    train_loss: float | None = None
+    val_loss: float | None = None
+    timed_tokens, timed_s = 0, 0.0
+    model.train()
+    step = start_step
+    with _SignalFlag() as sig:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(step, total_steps, warmup, tc.lr, tc.min_lr_ratio)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            batch = loader.next_batch()
+            gen = torch.Generator().manual_seed(mix(tc.seed, step))
+            L = model_cfg.seq_len
+            if model_cfg.objective == "mdm" and torch.rand(1, generator=gen).item() < tc.var_len_prob:
+                # Variable length (SMDM): fixes the train/test length mismatch of a bidirectional model.
+                L = int(torch.randint(1, model_cfg.seq_len + 1, (1,), generator=gen).item())
+            x0_all, doc_all = batch.x0[:, :L].to(device), batch.doc_ids[:, :L].to(device)
+            loss_sum = 0.0
+            for m in range(accum):
+                x0 = x0_all[m * micro : (m + 1) * micro]
+                doc = doc_all[m * micro : (m + 1) * micro] if tc.doc_mask else None
+                with autocast(device, dtype):
+                    if model_cfg.objective == "mdm":
+                        mgen = torch.Generator().manual_seed(mix(tc.seed, step, m + 1))
+                        loss = mdm_loss(lambda xt: model(xt, doc_ids=doc), x0, model_cfg.mask_id,
+                                        mgen, tc.eps)
+                    else:
+                        loss = arm_loss(model(x0, doc_ids=doc), x0)
+                (loss / accum).backward()
+                loss_sum += float(loss.detach()) / accum
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+                opt.zero_grad(set_to_none=True)
+                if skips >= tc.max_nonfinite_skips:
+                    raise DivergenceError(
+                        f"non-finite loss ({loss_sum}) or grad norm ({grad_norm}) at step {step + 1}; "
+                        f"no update applied, last checkpoint {last_ckpt or '(none)'} left as it is"
+                    )
+                skips += 1
+                log(f"step {step + 1}: non-finite loss/grad, update skipped ({skips}/{tc.max_nonfinite_skips})")
+            else:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            step += 1
+            n_tok = tc.batch_size * L
+            tokens_seen += n_tok
+            timed_tokens += n_tok
+            timed_s += dt
+            train_loss = loss_sum
+            record: dict[str, Any] = {"step": step, "loss": round(loss_sum, 5), "lr": lr,
+                                      "grad_norm": round(grad_norm, 4), "tokens": tokens_seen,
+                                      "tokens_per_s": round(n_tok / dt, 1)}
+            if peak:
+                record["mfu"] = round(flops_per_token * n_tok / dt / peak, 4)
+            if step % tc.val_every == 0 or step == total_steps:
+                val_loss = validate(model, val_windows, tc, device, dtype)
+                record["val_loss"] = round(val_loss, 5)
+            if step % tc.log_every == 0 or "val_loss" in record or step == total_steps:
+                metrics.write(record)
+            if on_step:
+                on_step(step, total_steps, record)
+            if step % tc.save_every == 0 or step == total_steps or sig.signum is not None:
+                last_ckpt = save(step)
+            if sig.signum is not None:
+                raise Interrupted(sig.signum, last_ckpt)
+
+    if val_loss is None:  # resumed a finished run: nothing trained, still report
+        val_loss = validate(model, val_windows, tc, device, dtype)
+    return TrainResult(
+        run_dir=run_dir, checkpoint=last_ckpt, steps=step, tokens=tokens_seen, val_loss=val_loss,
+        val_loss_kind="ELBO bound (nats/token)" if model_cfg.objective == "mdm" else "CE (nats/token)",
+        unigram_entropy=unigram_entropy(train_windows, model_cfg.vocab_size),
+        train_loss=train_loss, tokens_per_s=timed_tokens / timed_s if timed_s else 0.0,
+        seconds=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb(),
+        n_params_non_embedding=model_cfg.n_params_non_embedding, device=str(device),
+        attention=backend, resumed_from=resumed_from, seq_len=model_cfg.seq_len,
+    )
+
+
+def build_model_config(size: str, objective: str, overrides: dict[str, Any]) -> ModelConfig:
+    return ModelConfig.from_name(size, objective=objective, **overrides)

@@ -1,0 +1,171 @@
+"""CLI: frozen command set, the bad-input matrix (exit code + message, no traceback), and one
+end-to-end run tokenize -> pretrain -> sample -> eval ppl in a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mdmctl.cli import app
+
+runner = CliRunner()
+
+
+def run(*args, code=0):
+    r = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in (r.stdout + r.stderr), r.stderr
+    assert r.exit_code == code, f"exit {r.exit_code}: {r.stdout}\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, corpus_dir):
+    """Tiny trained MDM and ARM checkpoints (4 steps each)."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for obj in ("mdm", "arm"):
+        run("pretrain", "--objective", obj, "--size", "tiny", "--seq-len", "32", "--steps", "4",
+            "--batch-size", "4", "--val-every", "4", "--data", corpus_dir, "--out", root / obj,
+            "--show-samples", "0", "--device", "cpu")
+        out[obj] = root / obj / "checkpoints" / "step-00000004"
+    return out
+
+
+def test_command_set_is_frozen():
+    r = run("--help")
+    for cmd in ("tokenize", "pretrain", "sample", "eval"):
+        assert cmd in r.stdout
+    assert "ppl" in run("eval", "--help").stdout
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from mdmctl.cli import app; from typer.testing import CliRunner; "
+            "CliRunner().invoke(app, ['pretrain', '--help']); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- bad input matrix
+def test_missing_and_empty_corpus(tmp_path):
+    r = run("tokenize", tmp_path / "nope.jsonl", "--out", tmp_path / "o", code=3)
+    assert "no such file" in r.stderr
+    (tmp_path / "e.jsonl").write_text("")
+    r = run("tokenize", tmp_path / "e.jsonl", "--out", tmp_path / "o", "--vocab-size", "300", code=3)
+    assert "corpus is empty" in r.stderr
+
+
+def test_undecodable_line(tmp_path):
+    (tmp_path / "b.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "\xff"}\n')
+    r = run("tokenize", tmp_path / "b.jsonl", "--out", tmp_path / "o", code=3)
+    assert "b.jsonl:2: invalid UTF-8" in r.stderr
+
+
+def test_tokenizer_without_eos(tmp_path, corpus_file):
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(tmp_path / "t.json"))
+    r = run("tokenize", corpus_file, "--tokenizer", tmp_path / "t.json", "--out", tmp_path / "o", code=3)
+    assert "no end-of-text token" in r.stderr
+
+
+def test_unknown_size_and_config_key(tmp_path, corpus_dir):
+    r = run("pretrain", "--size", "170m", "--data", corpus_dir, "--out", tmp_path / "r", code=2)
+    assert "did you mean '170M'" in r.stderr
+    (tmp_path / "c.toml").write_text("[train]\nlearning_rate = 1e-3\n")
+    r = run("pretrain", "--config", tmp_path / "c.toml", "--data", corpus_dir, code=2)
+    assert "unknown key 'train.learning_rate'" in r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("pretrain", "--steps", "0"), ("pretrain", "--batch-size", "-1"),
+    ("sample", "--length", "0"), ("sample", "--steps", "0"), ("sample", "--batch-size", "0"),
+    ("sample", "--cfg", "-1"), ("sample", "--temperature", "-0.5"),
+])
+def test_non_positive_and_negative_values(args):
+    r = run(*args, code=2)
+    assert "Invalid value" in r.stderr
+
+
+def test_prompt_longer_than_context(ckpts):
+    r = run("sample", "--checkpoint", ckpts["mdm"], "--prompt", "the cat " * 40, "--length", "8",
+            code=2)
+    assert "model context is 32" in r.stderr
+
+
+def test_cfg_on_arm_checkpoint(ckpts):
+    r = run("sample", "--checkpoint", ckpts["arm"], "--cfg", "1.0", code=2)
+    assert "--cfg applies to objective 'mdm'" in r.stderr
+
+
+def test_checkpoint_from_other_architecture(tmp_path, ckpts, corpus_dir):
+    r = run("pretrain", "--size", "tiny", "--seq-len", "32", "--n-layers", "3", "--steps", "5",
+            "--batch-size", "4", "--data", corpus_dir, "--out", tmp_path / "x",
+            "--resume", ckpts["mdm"], "--device", "cpu", code=4)
+    assert "model.n_layers: checkpoint=2, requested=3" in r.stderr
+
+
+def test_checkpoint_with_other_tokenizer(tmp_path, ckpts):
+    from mdmctl.tokenizer import train_bpe
+
+    from .conftest import make_docs
+
+    bad = tmp_path / "step-00000004"
+    shutil.copytree(ckpts["mdm"], bad)
+    train_bpe(make_docs(30), 333).save(str(bad / "tokenizer.json"))
+    manifest = json.loads((bad / "MANIFEST.json").read_text())
+    from mdmctl.checkpoint import sha256_file
+
+    f = bad / "tokenizer.json"
+    manifest["files"]["tokenizer.json"] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+    (bad / "MANIFEST.json").write_text(json.dumps(manifest))
+    r = run("sample", "--checkpoint", bad, code=4)
+    assert "is not the tokenizer the weights were trained with" in r.stderr
+
+
+def test_truncated_and_corrupt_checkpoint(tmp_path, ckpts):
+    bad = tmp_path / "step-00000004"
+    shutil.copytree(ckpts["mdm"], bad)
+    w = bad / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) - 100])
+    assert "truncated" in run("sample", "--checkpoint", bad, code=4).stderr
+    w.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert "sha256 mismatch" in run("eval", "ppl", "--checkpoint", bad, code=4).stderr
+
+
+def test_sample_json_and_eval_ppl_labels(ckpts, corpus_dir):
+    r = run("sample", "--checkpoint", ckpts["mdm"], "--prompt", "the cat", "--num-samples", "2",
+            "--length", "8", "--steps", "4", "--json", "--cfg", "1.0")
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 2 and lines[0]["prompt"] == "the cat"
+    assert "forward passes" in r.stderr and "tokens/s" in r.stderr
+    mdm = json.loads(run("eval", "ppl", "--checkpoint", ckpts["mdm"], "--mc-samples", "4",
+                         "--json").stdout)
+    arm = json.loads(run("eval", "ppl", "--checkpoint", ckpts["arm"], "--json").stdout)
+    assert mdm["kind"] == "upper bound" and mdm["stderr"] > 0
+    assert arm["kind"] == "exact" and arm["mc_samples"] is None
+    assert mdm["tokens"] > 0 and arm["perplexity"] > 1
+
+
+@pytest.mark.slow
+def test_end_to_end_subprocess(tmp_path, corpus_file):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
+    def cli(*args):
+        p = subprocess.run([sys.executable, "-m", "mdmctl", *map(str, args)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p
+
+    cli("tokenize", corpus_file, "--vocab-size", "400", "--out", "data/tiny")
+    cli("pretrain", "--size", "tiny", "--seq-len", "32", "--steps", "5", "--batch-size", "4",
+        "--data", "data/tiny", "--show-samples", "1")
+    out = cli("sample", "--prompt", "the cat", "--length", "8", "--steps", "8").stdout
+    assert out.startswith("the cat")
+    ppl = json.loads(cli("eval", "ppl", "--mc-samples", "4", "--json").stdout)
+    assert ppl["kind"] == "upper bound" and ppl["perplexity"] > 1

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+
+from mdmctl.config import SMDM_SIZES, ModelConfig, TrainConfig, load_toml
+from mdmctl.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", ["6M", "19M", "170M", "1028M", "2121M"])
+def test_smdm_names_match_their_non_embedding_count(name):
+    n = ModelConfig.from_name(name).n_params_non_embedding
+    assert round(n / 1e6) == int(name[:-1])
+
+
+def test_whole_smdm_family_present():
+    assert len(SMDM_SIZES) == 30
+    c = ModelConfig.from_name("170M")
+    assert (c.n_layers, c.d_model, c.n_heads, c.d_ff, c.seq_len) == (18, 768, 12, 3072, 2048)
+
+
+def test_override_field_by_field():
+    c = ModelConfig.from_name("170M", seq_len=1024, n_layers=3)
+    assert c.seq_len == 1024 and c.n_layers == 3 and c.d_model == 768
+
+
+def test_unknown_size_suggests():
+    with pytest.raises(ConfigError, match="did you mean '170M'"):
+        ModelConfig.from_name("170m")
+
+
+def test_heads_must_divide_width():
+    with pytest.raises(ConfigError, match="n_heads"):
+        ModelConfig.from_name("tiny", n_heads=3)
+
+
+def test_unknown_override_key_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'n_layers'"):
+        ModelConfig.from_name("tiny", n_layer=3)
+
+
+def test_toml_unknown_key_and_type(tmp_path):
+    p = tmp_path / "run.toml"
+    p.write_text("[train]\nwarmup = 10\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'train.warmup'; did you mean 'warmup_steps'"):
+        load_toml(p)
+    p.write_text('[train]\nsteps = "10"\n')
+    with pytest.raises(ConfigError, match="train.steps: expected int, got str"):
+        load_toml(p)
+    p.write_text("[trian]\nsteps = 10\n")
+    with pytest.raises(ConfigError, match="unknown section 'trian'"):
+        load_toml(p)
+    p.write_text("[train]\nsteps = 10\n[model]\nd_model = 32\n")
+    assert load_toml(p) == {"model": {"d_model": 32}, "train": {"steps": 10}}
+
+
+def test_run_length_from_tokens_and_flops():
+    m = ModelConfig.from_name("tiny", vocab_size=100, mask_id=99)
+    assert TrainConfig(tokens=64 * 16 * 10, batch_size=16).resolve_steps(m) == 10
+    per_step = 6 * m.n_params_non_embedding * 16 * 64
+    assert TrainConfig(flops=per_step * 7.5, batch_size=16).resolve_steps(m) == 7
+    with pytest.raises(ConfigError, match="smaller than one optimizer step"):
+        TrainConfig(flops=per_step / 2, batch_size=16).resolve_steps(m)
+    with pytest.raises(ConfigError, match="only one of"):
+        TrainConfig(steps=3, tokens=5)
+
+
+def test_train_config_rules():
+    with pytest.raises(ConfigError, match="keep_last"):
+        TrainConfig(keep_last=1)
+    with pytest.raises(ConfigError, match="not divisible"):
+        TrainConfig(batch_size=10, micro_batch_size=4)
+    assert TrainConfig().resolve_warmup(1000) == 100
+    assert TrainConfig().resolve_warmup(50) == 5
+
+
+def test_config_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import mdmctl.config, mdmctl.cli; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mdmctl.data.batches import TokenWindows, TrainLoader
+from mdmctl.data.readers import CorpusSpec, iter_documents
+from mdmctl.data.shards import TokenizeConfig, read_manifest, tokenize_corpus
+from mdmctl.errors import DataError
+from mdmctl.tokenizer import load_tokenizer
+
+from .conftest import make_docs
+
+
+def _spec(p, **kw):
+    return CorpusSpec(paths=(str(p),), **kw)
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"text": "ok"}\n{"text": "fine"}\n{oops\n')
+    with pytest.raises(DataError, match=r"c\.jsonl:3: invalid JSON"):
+        list(iter_documents(_spec(p)))
+    p.write_text('{"text": "ok"}\n{"body": "x"}\n')
+    with pytest.raises(DataError, match=r"c\.jsonl:2: missing key 'text'"):
+        list(iter_documents(_spec(p)))
+    p.write_text('{"text": 5}\n')
+    with pytest.raises(DataError, match="expected string, got int"):
+        list(iter_documents(_spec(p)))
+
+
+def test_undecodable_line(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_bytes(b"good line\nbad \xff\xfe line\n")
+    with pytest.raises(DataError, match=r"c\.txt:2: invalid UTF-8 at byte offset 4"):
+        list(iter_documents(_spec(p)))
+
+
+def test_empty_and_missing_corpus(tmp_path):
+    p = tmp_path / "empty.jsonl"
+    p.write_text("\n\n")
+    with pytest.raises(DataError, match="corpus is empty"):
+        tokenize_corpus(TokenizeConfig(corpus=_spec(p), out=str(tmp_path / "o"), vocab_size=300))
+    with pytest.raises(DataError, match="no such file"):
+        list(iter_documents(_spec(tmp_path / "nope.jsonl")))
+
+
+def test_shards_round_trip(tmp_path, corpus_file):
+    out = tmp_path / "d"
+    m = tokenize_corpus(TokenizeConfig(corpus=_spec(corpus_file), out=str(out), vocab_size=400,
+                                       val_fraction=0.1, shard_tokens=2000))
+    meta = json.loads((out / "corpus.json").read_text())
+    assert meta["dtype"] == "uint16"
+    assert len(meta["splits"]["train"]["shards"]) > 1  # sharded, documents never split
+    assert m.tokens["train"] + m.tokens["val"] == sum(
+        s["tokens"] for sp in meta["splits"].values() for s in sp["shards"])
+    tok = load_tokenizer(out)
+    from safetensors.torch import load_file
+
+    docs = {d for d in make_docs(400)}
+    decoded = set()
+    for split in ("train", "val"):
+        for s in meta["splits"][split]["shards"]:
+            t = load_file(str(out / s["file"]))
+            ids, offs = t["tokens"].to(torch.int64), t["doc_offsets"].tolist() + [len(t["tokens"])]
+            for a, b in zip(offs[:-1], offs[1:], strict=True):
+                assert ids[b - 1] == meta["tokenizer"]["eos_id"]
+                decoded.add(tok.decode(ids[a : b - 1].tolist()))
+    assert decoded == docs
+    assert 0 < meta["splits"]["val"]["docs"] < 100
+
+
+def test_split_is_deterministic(tmp_path, corpus_file):
+    a = tokenize_corpus(TokenizeConfig(corpus=_spec(corpus_file), out=str(tmp_path / "a"), vocab_size=400))
+    b = tokenize_corpus(TokenizeConfig(corpus=_spec(corpus_file), out=str(tmp_path / "b"), vocab_size=400))
+    assert a.meta["splits"]["val"]["shards"][0]["sha256"] == b.meta["splits"]["val"]["shards"][0]["sha256"]
+    assert a.meta["tokenizer"]["sha256"] == b.meta["tokenizer"]["sha256"]
+
+
+def test_tiny_corpus_still_gets_a_val_split(tmp_path):
+    p = tmp_path / "one.txt"
+    p.write_text(make_docs(1)[0])
+    m = tokenize_corpus(TokenizeConfig(corpus=_spec(p), out=str(tmp_path / "o"), vocab_size=300))
+    assert m.tokens["val"] >= 1 and m.tokens["train"] > m.tokens["val"]
+
+
+def test_parquet_matches_jsonl(tmp_path, corpus_file):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = [json.loads(line)["text"] for line in corpus_file.read_text().splitlines()]
+    pq.write_table(pa.table({"text": docs}), tmp_path / "c.parquet")
+    assert [t for t, _ in iter_documents(_spec(tmp_path / "c.parquet"))] == docs
+
+
+def test_hub_offline_is_a_data_error():
+    with pytest.raises(DataError, match="could not be loaded"):
+        list(iter_documents(CorpusSpec(dataset="no-such-user/no-such-dataset")))
+
+
+def test_builtin_corpus_is_real_and_deterministic():
+    from mdmctl.data.builtin import iter_builtin_documents
+
+    a = list(iter_builtin_documents())
+    assert len(a) > 100 and sum(len(t) for t, _ in a) > 500_000
+    assert a[:20] == list(iter_builtin_documents())[:20]
+
+
+def test_windows_and_loader_state(corpus_dir):
+    m = read_manifest(corpus_dir)
+    w = TokenWindows(m, "train", 32)
+    x, doc = w.window(3)
+    assert x.shape == (32,) and doc[0] == 0 and bool((doc.diff() >= 0).all())
+    a = TrainLoader(w, 4, seed=1)
+    for _ in range(5):
+        a.next_indices()
+    state = a.state_dict()
+    expect = [a.next_indices() for _ in range(3)]
+    b = TrainLoader(w, 4, seed=1)
+    b.load_state_dict(state)
+    assert [b.next_indices() for _ in range(3)] == expect
+    # one epoch visits each window at most once
+    c = TrainLoader(w, 4, seed=2)
+    seen = [i for _ in range(c.batches_per_epoch) for i in c.next_indices()]
+    assert len(seen) == len(set(seen))
+
+
+def test_corpus_smaller_than_batch(corpus_dir):
+    w = TokenWindows(read_manifest(corpus_dir), "train", 32)
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        TrainLoader(w, len(w) + 1, seed=0)
