@@ -41,6 +41,8 @@ def test_resume_is_bit_exact(tmp_path, corpus_dir, objective):
     a = load_file(str(full.checkpoint / "model.safetensors"))
     b = load_file(str(resumed.checkpoint / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    model_bytes = [(r.checkpoint / "model.safetensors").read_bytes() for r in (full, resumed)]
+    assert model_bytes[0] == model_bytes[1]  # byte-identical file, not just equal tensors
     oa = load_file(str(full.checkpoint / "optimizer.safetensors"))
     ob = load_file(str(resumed.checkpoint / "optimizer.safetensors"))
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)

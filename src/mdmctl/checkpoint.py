@@ -111,14 +111,15 @@ def save_checkpoint(
     tmp = ckpt_root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        meta = {
-            "format": "mdmctl-weights", "format_version": str(FORMAT_VERSION),
-            "model_config": json.dumps(model_cfg.to_dict(), sort_keys=True),
-            "tokenizer_sha256": tokenizer_sha256,
-        }
+        # A single metadata key keeps the file bytes reproducible (safetensors writes a multi-key
+        # header in arbitrary order), so identical weights give identical files and sha256.
+        meta = {"mdmctl": json.dumps({
+            "format": "mdmctl-weights", "format_version": FORMAT_VERSION,
+            "model_config": model_cfg.to_dict(), "tokenizer_sha256": tokenizer_sha256,
+        }, sort_keys=True)}
         save_file(weights, str(tmp / "model.safetensors"), metadata=meta)
         if optimizer is not None:
-            save_file(optimizer, str(tmp / "optimizer.safetensors"), metadata={"format": "mdmctl-optimizer"})
+            save_file(optimizer, str(tmp / "optimizer.safetensors"), metadata={"mdmctl": "optimizer"})
         if train_state is not None:
             # allow_nan=False: a non-finite value in loop state fails the save, not the next load.
             (tmp / "train_state.json").write_text(json.dumps(train_state, allow_nan=False, indent=1))
@@ -269,10 +270,11 @@ def load_checkpoint(step_dir: Path, *, check_hash: bool = True) -> LoadedCheckpo
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: unreadable weights ({e})") from None
     try:
-        cfg = ModelConfig.from_dict(json.loads(meta["model_config"]))
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: no model config in safetensors metadata ({e})") from None
-    return LoadedCheckpoint(step_dir, cfg, state, manifest, meta.get("tokenizer_sha256", ""))
+        info = json.loads(meta["mdmctl"])
+        cfg = ModelConfig.from_dict(info["model_config"])
+    except (KeyError, json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{path}: no mdmctl model config in safetensors metadata ({e})") from None
+    return LoadedCheckpoint(step_dir, cfg, state, manifest, info.get("tokenizer_sha256", ""))
 
 
 def read_train_state(step_dir: Path) -> dict[str, Any]:

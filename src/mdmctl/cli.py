@@ -92,7 +92,7 @@ def tokenize(
     split: str = typer.Option("train", "--split", help="Hub dataset split."),
     text_field: str = typer.Option("text", "--text-field", help="Field holding the text (jsonl, parquet, hub)."),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Existing tokenizer.json; default: train a byte-level BPE."),
-    vocab_size: int = typer.Option(4096, "--vocab-size", min=300, help="BPE vocabulary size when training."),
+    vocab_size: int | None = typer.Option(None, "--vocab-size", min=300, help="BPE vocabulary size when training [default: 1024 for the built-in corpus, else 4096]."),
     eos_token: str | None = typer.Option(None, "--eos-token", help="Name of the end-of-text token in --tokenizer."),
     val_fraction: float = typer.Option(0.01, "--val-fraction", help="Share of documents held out for validation."),
     shard_tokens: int = typer.Option(50_000_000, "--shard-tokens", min=1024, help="Tokens per shard file."),
@@ -143,7 +143,7 @@ def _tokenize_with_progress(cfg: Any) -> Any:
 @app.command()
 def pretrain(
     objective: Objective = typer.Option(Objective.mdm, "--objective", help="mdm (masked diffusion) or arm (autoregressive baseline)."),
-    size: str | None = typer.Option(None, "--size", help="Named size: tiny, mini (default), small, or an SMDM size (6M ... 2121M)."),
+    size: str | None = typer.Option(None, "--size", help="Named size: tiny (default), mini, small, or an SMDM size (6M ... 2121M)."),
     config: Path | None = typer.Option(None, "--config", help="TOML run file with [model] and [train] sections."),
     data: Path | None = typer.Option(None, "--data", help="Tokenized corpus (mdmctl tokenize). Default: the built-in corpus, tokenized on first use."),
     out: Path | None = typer.Option(None, "--out", help="Run directory. Default: runs/<objective>-<size>."),
@@ -185,7 +185,7 @@ def pretrain(
                                                   n_heads=n_heads, d_ff=d_ff).items() if v is not None})
         model_over["objective"] = objective.value
         preset = model_over.pop("name", None)
-        model_cfg = ModelConfig.from_name(size or preset or "mini", **model_over)
+        model_cfg = ModelConfig.from_name(size or preset or "tiny", **model_over)
         train_over = dict(file_cfg["train"])
         flags = dict(steps=steps, tokens=tokens, flops=flops, batch_size=batch_size,
                      micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
@@ -196,8 +196,6 @@ def pretrain(
             for k in ("steps", "tokens", "flops"):
                 train_over.pop(k, None)
         train_over.update({k: v for k, v in flags.items() if v is not None})
-        if not any(k in train_over for k in ("steps", "tokens", "flops")):
-            train_over.update(_default_length(model_cfg))
         train_cfg = TrainConfig.from_dict(train_over)
         data_dir = data or DEFAULT_DATA
         if data is None and not (DEFAULT_DATA / "corpus.json").is_file():
@@ -211,11 +209,6 @@ def pretrain(
         result = _run_pretrain(run, resume, overwrite)
         samples = _summary_samples(result, show_samples) if show_samples else []
         _render_train_summary(result, samples, json_out)
-
-
-def _default_length(model_cfg: Any) -> dict[str, Any]:
-    """Built-in defaults sized for a CPU: about 6 minutes of training for 'mini'."""
-    return {"steps": 400} if model_cfg.name in ("tiny", "mini", "small") else {"steps": 1000}
 
 
 def _run_pretrain(run: Any, resume: str, overwrite: bool) -> Any:
@@ -276,8 +269,8 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
     t.add_row("run", str(r.run_dir))
     t.add_row("checkpoint", str(r.checkpoint))
     t.add_row("steps / tokens", f"{r.steps:,} / {r.tokens:,}")
-    t.add_row(f"validation loss ({r.val_loss_kind})", f"{r.val_loss:.4f}")
-    t.add_row("unigram entropy of the corpus (nats/token)", f"{r.unigram_entropy:.4f}")
+    t.add_row(f"val loss ({r.val_loss_kind})", f"{r.val_loss:.4f} nats/token")
+    t.add_row("unigram entropy of the corpus", f"{r.unigram_entropy:.4f} nats/token")
     t.add_row("better than unigram by", f"{r.unigram_entropy - r.val_loss:+.4f} nats/token")
     t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s on {r.device} ({r.attention})")
     t.add_row("wall time", f"{r.seconds:.0f} s")

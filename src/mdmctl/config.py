@@ -158,11 +158,12 @@ class TrainConfig:
     tokens: int | None = None
     flops: float | None = None
     """Compute budget C = 6·N·D with N non-embedding parameters (SMDM's accounting)."""
-    batch_size: int = 16
+    batch_size: int = 64
     """Global batch, in sequences of seq_len tokens."""
     micro_batch_size: int | None = None
     """Sequences per forward pass; batch_size / micro_batch_size is the accumulation."""
-    lr: float = 2e-3
+    lr: float | None = None
+    """Peak learning rate; default 3e-3 for the CPU sizes, 2e-4 (SMDM's code) for SMDM sizes."""
     min_lr_ratio: float = 0.1
     warmup_steps: int | None = None
     """Default: 1% of steps, at least min(100, steps // 10)."""
@@ -174,7 +175,7 @@ class TrainConfig:
     """MDM: masking probability p = (1 - eps)·t + eps."""
     var_len_prob: float = 0.01
     """MDM: probability that a batch is cut to a length drawn from U{1..seq_len}."""
-    val_every: int = 100
+    val_every: int = 200
     val_batches: int = 4
     val_mc: int = 8
     """MDM validation: stratified t samples per sequence."""
@@ -202,7 +203,7 @@ class TrainConfig:
                 f"train.batch_size={self.batch_size} is not divisible by "
                 f"train.micro_batch_size={self.micro_batch_size}"
             )
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
         if not 0 < self.eps < 1:
             raise ConfigError(f"train.eps: must be in (0, 1), got {self.eps}")
@@ -236,7 +237,12 @@ class TrainConfig:
                     f"{tokens_per_step} tokens)"
                 )
             return steps
-        return 1000
+        return 2000 if model.name in TINY_SIZES else 1000
+
+    def resolve_lr(self, model: ModelConfig) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 3e-3 if model.name in TINY_SIZES else 2e-4
 
     def resolve_warmup(self, steps: int) -> int:
         if self.warmup_steps is not None:

@@ -179,6 +179,7 @@ def pretrain(
     backend = resolve_backend(cfg.attention, device)
     total_steps = tc.resolve_steps(model_cfg)
     warmup = tc.resolve_warmup(total_steps)
+    peak_lr = tc.resolve_lr(model_cfg)
     micro = tc.micro_batch_size or tc.batch_size
     accum = tc.batch_size // micro
 
@@ -212,7 +213,7 @@ def pretrain(
     names = {p: n for n, p in model.named_parameters()}
     params = {n: p for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(
-        _param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2),
+        _param_groups(model, tc.weight_decay), lr=peak_lr, betas=(tc.beta1, tc.beta2),
         fused=device.type == "cuda",
     )
 
@@ -272,7 +273,7 @@ def pretrain(
     with _SignalFlag() as sig:
         while step < total_steps:
             t0 = time.perf_counter()
-            lr = lr_at(step, total_steps, warmup, tc.lr, tc.min_lr_ratio)
+            lr = lr_at(step, total_steps, warmup, peak_lr, tc.min_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr
             batch = loader.next_batch()
@@ -338,7 +339,7 @@ def pretrain(
         val_loss = validate(model, val_windows, tc, device, dtype)
     return TrainResult(
         run_dir=run_dir, checkpoint=last_ckpt, steps=step, tokens=tokens_seen, val_loss=val_loss,
-        val_loss_kind="ELBO bound (nats/token)" if model_cfg.objective == "mdm" else "CE (nats/token)",
+        val_loss_kind="MDM ELBO bound" if model_cfg.objective == "mdm" else "ARM cross-entropy",
         unigram_entropy=unigram_entropy(train_windows, model_cfg.vocab_size),
         train_loss=train_loss, tokens_per_s=timed_tokens / timed_s if timed_s else 0.0,
         seconds=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb(),

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-call GPU check (docs/benchmarks.md, "GPU"): CUDA-marked tests, xformers-vs-SDPA parity, and
+# training throughput / MFU at 170M and 1028M with both attention kernels. Prints a short table;
+# full logs go to $OUT (or ./gpu-out). Runs in under 8 minutes on one H100.
+#
+# Prepare on the CPU machine (wheels the GPU image lacks; .gpu-wheels/ is git-ignored):
+#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .gpu-wheels xformers==0.0.35 nvidia-cuda-runtime-cu12
+# then run with the device tool: carry [".gpu-wheels"], command "bash benchmarks/gpu_check.sh".
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+if ! python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  echo "no CUDA device: nothing to check"; exit 0
+fi
+if [ -d .gpu-wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-wheels/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+  # xformers' C extension links libcudart.so.12; a CUDA-13 torch does not ship it.
+  cudart=$(ls /tmp/site/nvidia/cuda_runtime/lib/libcudart.so.12 2>/dev/null || true)
+  [ -n "$cudart" ] && export LD_LIBRARY_PATH=$(dirname "$cudart"):${LD_LIBRARY_PATH:-}
+fi
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 - <<'PY' | tee -a "$OUT/gpu.txt"
+import torch
+from mdmctl.attention import _probe_xformers
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+err = _probe_xformers(torch.device("cuda"))
+print("xformers:", "runs" if err is None else f"cannot run ({err})")
+PY
+python3 -m pytest -m cuda -q tests/test_attention.py 2>&1 | tee "$OUT/pytest-cuda.txt" | tail -3
+timeout 420 python3 benchmarks/train_throughput.py --device cuda --dtype bf16 --sizes 170M 1028M \
+  --batch 4 --seq-len 2048 --vocab 32000 --iters 6 --warmup 2 --attention xformers sdpa \
+  --json "$OUT/train_throughput.json" 2>&1 | tee "$OUT/train_throughput.txt"
