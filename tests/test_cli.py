@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mdmctl.cli import app
@@ -169,3 +170,39 @@ def test_end_to_end_subprocess(tmp_path, corpus_file):
     assert out.startswith("the cat")
     ppl = json.loads(cli("eval", "ppl", "--mc-samples", "4", "--json").stdout)
     assert ppl["kind"] == "upper bound" and ppl["perplexity"] > 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_saves_and_resume_matches_uninterrupted(tmp_path, corpus_dir, sig, code):
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    from mdmctl import checkpoint as ckpt
+
+    args = ["pretrain", "--size", "tiny", "--seq-len", "32", "--steps", "120", "--batch-size", "4",
+            "--data", corpus_dir, "--val-every", "1000", "--save-every", "1000",
+            "--show-samples", "0", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "mdmctl", *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen(cmd + ["--out", str(tmp_path / "a")], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "a" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == code, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    stopped = ckpt.find_latest(tmp_path / "a")
+    step = int(stopped.name.split("-")[1])
+    assert 20 <= step < 120
+    ckpt.verify(stopped)
+    subprocess.run(cmd + ["--out", str(tmp_path / "a")], env=env, check=True, capture_output=True)
+    subprocess.run(cmd + ["--out", str(tmp_path / "b")], env=env, check=True, capture_output=True)
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step-00000120" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "step-00000120" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mdmctl.config import ModelConfig
@@ -49,3 +50,34 @@ def test_init_scales(tiny_cfg):
     assert abs(m.blocks[0].wqkv.weight.std().item() - (2 / (5 * d)) ** 0.5) < 0.02
     assert abs(m.blocks[0].wo.weight.std().item() - 1 / (d**0.5 * n)) < 0.01
     assert torch.equal(m.norm.weight, torch.ones(d))
+
+
+def test_matches_hf_llama_with_the_same_weights():
+    """Architecture check against transformers' LlamaForCausalLM (RoPE rotate-half, RMSNorm,
+    SwiGLU, untied head): same weights, same logits."""
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from train_throughput import hf_llama
+
+    cfg = ModelConfig.from_name("tiny", objective="arm", vocab_size=120, seq_len=32)
+    ours = Transformer(cfg).eval()
+    hf = hf_llama(cfg).eval()
+    d = cfg.d_model
+    state = {"model.embed_tokens.weight": ours.tok_emb.weight, "lm_head.weight": ours.head.weight,
+             "model.norm.weight": ours.norm.weight}
+    for i, b in enumerate(ours.blocks):
+        p = f"model.layers.{i}."
+        q, k, v = b.wqkv.weight.split(d)
+        state.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                      p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.wo.weight,
+                      p + "mlp.gate_proj.weight": b.w1.weight, p + "mlp.up_proj.weight": b.w2.weight,
+                      p + "mlp.down_proj.weight": b.w3.weight,
+                      p + "input_layernorm.weight": b.attn_norm.weight,
+                      p + "post_attention_layernorm.weight": b.mlp_norm.weight})
+    hf.load_state_dict(state, strict=True)
+    x = torch.randint(0, 120, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(input_ids=x).logits, atol=1e-4, rtol=1e-4)

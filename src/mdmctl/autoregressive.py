@@ -6,12 +6,24 @@ import torch
 import torch.nn.functional as F
 
 
+def _next_token_ce(logits: torch.Tensor, x: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Next-token CE over the flattened (B·L, V) logits.
+
+    All L positions are scored with the targets shifted left and the last one ignored, so the
+    logits are never sliced (slicing costs a full-size zero-fill and copy in backward), and the
+    layout is (N, V) (cross_entropy over a transposed (B, V, L) view is several times slower)."""
+    V = logits.shape[-1]
+    target = F.pad(x[:, 1:], (0, 1), value=-100)  # (B, L); -100 = ignore_index
+    return F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), reduction=reduction)
+
+
 def arm_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mean next-token CE. logits (B, L, V) from x (B, L); position i predicts x[i+1]."""
-    return F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:])
+    return _next_token_ce(logits, x, "sum") / (x.shape[0] * (x.shape[1] - 1))
 
 
 @torch.no_grad()
 def arm_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Exact -log p(x_1..x_{L-1} | x_0) per row (B,), nats."""
-    return F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").sum(1)
+    B, L = x.shape
+    return _next_token_ce(logits, x, "none").view(B, L)[:, :-1].sum(1)

@@ -33,20 +33,24 @@ class RMSNorm(nn.Module):
 
 
 def rope_cache(seq_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (seq_len, head_dim), rotate-half layout."""
+    """cos, sin of shape (seq_len, head_dim/2): the rotate-half (LLaMA / SMDM) convention, in which
+    both halves of a head share the same frequencies."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
     freqs = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)  # (L, Dh/2)
-    emb = torch.cat([freqs, freqs], dim=-1)  # (L, Dh)
-    return emb.cos(), emb.sin()
+    return freqs.cos(), freqs.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, L, H, Dh); cos/sin: (L, Dh)."""
+    """Rotate-half RoPE. x: (B, L, H, Dh); cos/sin: (L, H, Dh/2), contiguous.
+
+    Written per half, [x1·c - x2·s, x2·c + x1·s], which equals x·cos + rotate_half(x)·sin without
+    building rotate_half(x); cos/sin are expanded over heads so every product runs over one
+    contiguous (L, H, Dh/2) block instead of broadcasting a stride-0 head dimension.
+    """
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    rotated = torch.cat([-x2, x1], dim=-1)
-    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
-    return x * cos + rotated * sin
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # no-op in fp32; q/k are bf16 under autocast
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 @dataclass
@@ -97,9 +101,11 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        cos, sin = rope_cache(cfg.seq_len, cfg.head_dim, cfg.rope_base)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        cos, sin = rope_cache(cfg.seq_len, cfg.head_dim, cfg.rope_base)  # (Lmax, Dh/2)
+        # Expanded over heads once, so a slice [start:start+L] is a contiguous (L, H, Dh/2) block.
+        shape = (cfg.seq_len, cfg.n_heads, cfg.head_dim // 2)
+        self.register_buffer("rope_cos", cos[:, None].expand(shape).contiguous(), persistent=False)
+        self.register_buffer("rope_sin", sin[:, None].expand(shape).contiguous(), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -125,7 +131,7 @@ class Transformer(nn.Module):
         start = cache.length if cache is not None else 0
         if start + L > self.cfg.seq_len:
             raise ValueError(f"sequence of {start + L} tokens exceeds seq_len={self.cfg.seq_len}")
-        cos, sin = self.rope_cos[start : start + L], self.rope_sin[start : start + L]
+        cos, sin = self.rope_cos[start : start + L], self.rope_sin[start : start + L]  # (L, H, Dh/2)
         x = self.tok_emb(idx)  # (B, L, D)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, causal=self.causal, doc_ids=doc_ids, backend=self.backend,
