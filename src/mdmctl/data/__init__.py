@@ -1,0 +1,1 @@
+"""Corpus readers, the built-in corpus, token shards and training batches."""
