@@ -27,3 +27,13 @@ def arm_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Exact -log p(x_1..x_{L-1} | x_0) per row (B,), nats."""
     B, L = x.shape
     return _next_token_ce(logits, x, "none").view(B, L)[:, :-1].sum(1)
+
+
+def arm_sft_nll(logits: torch.Tensor, x: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of -log p over response tokens per row (B,). Position i predicts x[i+1]; it is scored
+    when x[i+1] is a response token (the prompt and the eos padding after the first eos are not)."""
+    target_is_response = F.pad(response_mask[:, 1:], (0, 1), value=False)  # (B, L)
+    target = torch.where(target_is_response, F.pad(x[:, 1:], (0, 1), value=0), -100)
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), reduction="none")
+    return ce.view(x.shape).sum(1)

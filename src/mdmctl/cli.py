@@ -212,10 +212,17 @@ def pretrain(
 
 
 def _run_pretrain(run: Any, resume: str, overwrite: bool) -> Any:
+    from mdmctl.train import pretrain as lib_pretrain
+
+    return _with_progress(lambda on_step: lib_pretrain(
+        run, resume=resume, overwrite=overwrite, on_step=on_step, log=_log))
+
+
+def _with_progress(fn: Any) -> Any:
+    """Run a training call with a rich progress bar (ETA, loss, lr, tokens/s, val, MFU)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mdmctl.log import console
-    from mdmctl.train import pretrain as lib_pretrain
 
     with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=console,
@@ -233,7 +240,7 @@ def _run_pretrain(run: Any, resume: str, overwrite: bool) -> Any:
                 status += f"  MFU {rec['mfu']:.1%}"
             bar.update(task, total=total, completed=step, status=status)
 
-        return lib_pretrain(run, resume=resume, overwrite=overwrite, on_step=on_step, log=_log)
+        return fn(on_step)
 
 
 def _summary_samples(result: Any, n: int) -> list[str]:
@@ -265,19 +272,88 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
     if json_out:
         print(json.dumps(summary, indent=2))
         return
-    t = Table(title="pretrain summary", show_header=False)
+    t = Table(title="training summary", show_header=False)
     t.add_row("run", str(r.run_dir))
     t.add_row("checkpoint", str(r.checkpoint))
     t.add_row("steps / tokens", f"{r.steps:,} / {r.tokens:,}")
     t.add_row(f"val loss ({r.val_loss_kind})", f"{r.val_loss:.4f} nats/token")
-    t.add_row("unigram entropy of the corpus", f"{r.unigram_entropy:.4f} nats/token")
-    t.add_row("better than unigram by", f"{r.unigram_entropy - r.val_loss:+.4f} nats/token")
+    if r.unigram_entropy is not None:
+        t.add_row("unigram entropy of the corpus", f"{r.unigram_entropy:.4f} nats/token")
+        t.add_row("better than unigram by", f"{r.unigram_entropy - r.val_loss:+.4f} nats/token")
     t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s on {r.device} ({r.attention})")
     t.add_row("wall time", f"{r.seconds:.0f} s")
     t.add_row("peak RSS", f"{r.peak_rss_mb:,.0f} MB")
     console.print(t)
     for i, s in enumerate(samples):
         console.print(f"[bold]sample {i + 1}:[/] {s!r}", highlight=False)
+
+
+# --------------------------------------------------------------------------------------- finetune
+class SFTObjective(str, Enum):
+    auto = "auto"
+    conditional = "conditional"
+    unconditional = "unconditional"
+
+
+class SFTFormat(str, Enum):
+    auto = "auto"
+    prompt_response = "prompt-response"
+    messages = "messages"
+    gsm8k = "gsm8k"
+    gsm8k_equations = "gsm8k-equations"
+
+
+@app.command()
+def finetune(
+    init: Path = typer.Option(..., "--init", help="Checkpoint to start from (step dir or run dir)."),
+    data: Path = typer.Option(..., "--data", help="Examples: jsonl (prompt/response, prompt/completion, messages, question/answer) or GSM8K equations .txt."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory. Default: runs/<init run>-sft."),
+    sft_objective: SFTObjective = typer.Option(SFTObjective.auto, "--sft-objective", help="MDM: conditional (prompt never masked; default) or unconditional (whole sequence). ARM checkpoints: response cross-entropy."),
+    cfg_dropout: float = typer.Option(0.0, "--cfg-dropout", help="Standard-CFG baseline: mask the whole prompt with this probability (MDM)."),
+    fmt: SFTFormat = typer.Option(SFTFormat.auto, "--format", help="Data format; auto detects by fields."),
+    prompt_field: str = typer.Option("prompt", "--prompt-field"),
+    response_field: str | None = typer.Option(None, "--response-field", help="Default: 'completion' if present, else 'response'."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Share of examples held out for the conditional validation loss."),
+    epochs: float | None = typer.Option(None, "--epochs", help="Passes over the examples (default 1 unless --steps)."),
+    steps: int | None = typer.Option(None, "--steps", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Examples per optimizer step."),
+    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", min=1),
+    lr: float | None = typer.Option(None, "--lr"),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0),
+    seq_len: int | None = typer.Option(None, "--seq-len", min=8, help="Context for fine-tuning (at most the checkpoint's)."),
+    overlong: str = typer.Option("drop", "--overlong", help="Examples longer than the context: drop (counted and reported) or error."),
+    val_every: int = typer.Option(200, "--val-every", min=1),
+    save_every: int = typer.Option(500, "--save-every", min=1),
+    keep_last: int = typer.Option(2, "--keep-last", min=2),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+    attention: Attention = typer.Option(Attention.auto, "--attention"),
+    resume: str = typer.Option("auto", "--resume"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fine-tune a checkpoint on prompt/response data (SFT)."""
+    with cli_errors():
+        from mdmctl.config import FinetuneConfig, TrainConfig
+
+        train = TrainConfig.from_dict({k: v for k, v in dict(
+            steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
+            warmup_steps=warmup_steps, val_every=val_every, save_every=save_every,
+            keep_last=keep_last, seed=seed).items() if v is not None})
+        run_name = (init.parent.parent.name if init.name.startswith("step-") else init.name) or "run"
+        fcfg = FinetuneConfig(
+            init=str(init), data=str(data), out=str(out or Path("runs") / f"{run_name}-sft"),
+            train=train, objective=sft_objective.value, cfg_dropout=cfg_dropout, format=fmt.value,
+            prompt_field=prompt_field, response_field=response_field, val_fraction=val_fraction,
+            epochs=epochs, overlong=overlong, seq_len=seq_len, device=device,
+            attention=attention.value, dtype=dtype,
+        )
+        from mdmctl.train import finetune as lib_finetune
+
+        result = _with_progress(lambda on_step: lib_finetune(
+            fcfg, resume=resume, overwrite=overwrite, on_step=on_step, log=_log))
+        _render_train_summary(result, [], json_out)
 
 
 # ----------------------------------------------------------------------------------------- sample

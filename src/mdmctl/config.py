@@ -328,3 +328,55 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from e
     return {s: dict(raw.get(s, {})) for s in sections}
+
+
+SFT_OBJECTIVES = ("auto", "conditional", "unconditional")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FinetuneConfig:
+    """Supervised fine-tuning from a checkpoint (method.md §3, §6)."""
+
+    init: str
+    """Checkpoint to start from (step dir or run dir)."""
+    data: str
+    """Training examples: jsonl (prompt/response, messages, gsm8k) or the gsm8k equations .txt."""
+    out: str = ""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    objective: Literal["auto", "conditional", "unconditional"] = "auto"
+    """MDM: conditional (prompt never masked; the default) or unconditional (whole sequence).
+    ARM checkpoints always train next-token CE on the response."""
+    cfg_dropout: float = 0.0
+    """Standard-CFG baseline: mask the whole prompt with this probability (MDM)."""
+    format: str = "auto"
+    prompt_field: str = "prompt"
+    response_field: str | None = None
+    val_fraction: float = 0.05
+    epochs: float | None = None
+    """Run length in passes over the training examples (instead of train.steps); default 1."""
+    overlong: Literal["drop", "error"] = "drop"
+    seq_len: int | None = None
+    """Fine-tuning context (at most the checkpoint's)."""
+    device: str = "auto"
+    attention: AttentionBackend = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.objective not in SFT_OBJECTIVES:
+            raise ConfigError(f"--sft-objective: expected one of {', '.join(SFT_OBJECTIVES)}, got {self.objective!r}")
+        if not 0 <= self.cfg_dropout <= 1:
+            raise ConfigError(f"--cfg-dropout: must be in [0, 1], got {self.cfg_dropout}")
+        if not 0 < self.val_fraction < 0.5:
+            raise ConfigError(f"--val-fraction: must be in (0, 0.5), got {self.val_fraction}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"--epochs: must be > 0, got {self.epochs}")
+        if self.epochs is not None and self.train.steps is not None:
+            raise ConfigError("give --epochs or --steps, not both")
+        if self.train.tokens is not None or self.train.flops is not None:
+            raise ConfigError("finetune: run length is --epochs or --steps (not tokens / flops)")
+        if self.overlong not in ("drop", "error"):
+            raise ConfigError(f"--overlong: expected drop or error, got {self.overlong!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
+        return {"sft": d, "train": self.train.to_dict()}

@@ -83,3 +83,56 @@ def mdm_elbo(
     s = torch.stack(samples)  # (n_mc, B)
     se = s.std(dim=0, unbiased=True) / math.sqrt(n_mc) if n_mc > 1 else torch.zeros(B)
     return s.mean(dim=0), se
+
+
+def mdm_sft_loss(
+    logits_fn: Logits,
+    x0: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator,
+    *,
+    eps: float = 1e-3,
+    conditional: bool = True,
+    cfg_dropout: float = 0.0,
+) -> torch.Tensor:
+    """Fine-tuning loss (method.md §3). x0 (B, L) prompt + response + eos padding.
+
+    conditional: the prompt is never masked; only the other positions are noised and the sum is
+    normalised by their count. unconditional: the whole sequence, normalised by B·L (the reverse
+    curse recipe). ``cfg_dropout``: with this probability a row's whole prompt is replaced by mask
+    tokens (the standard-CFG baseline; unsupervised CFG needs none).
+    """
+    B, L = x0.shape
+    t = torch.rand(B, generator=generator, device=generator.device).to(x0.device)
+    p = (1 - eps) * t + eps  # (B,)
+    noisable = ~prompt_mask if conditional else torch.ones_like(prompt_mask)
+    u = torch.rand(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    masked = (u < p[:, None]) & noisable  # (B, L)
+    xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+    if cfg_dropout > 0:
+        drop = torch.rand(B, generator=generator, device=generator.device).to(x0.device) < cfg_dropout
+        xt = torch.where(drop[:, None] & prompt_mask, torch.full_like(x0, mask_id), xt)
+    ce = masked_ce_sum(logits_fn(xt), x0, masked)  # (B,)
+    return (ce / p).sum() / noisable.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def mdm_conditional_elbo(
+    logits_fn: Logits,
+    x0: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    mask_id: int,
+    n_mc: int,
+    generator: torch.Generator,
+    eps: float = 1e-3,
+) -> torch.Tensor:
+    """Bound on -log p(response | prompt) per row (B,), stratified t over ``n_mc`` samples."""
+    B, L = x0.shape
+    total = torch.zeros(B, device=x0.device)
+    for t in stratified_t(n_mc, generator, eps):
+        u = torch.rand(x0.shape, generator=generator, device=generator.device).to(x0.device)
+        masked = (u < float(t)) & ~prompt_mask
+        xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
+        total += masked_ce_sum(logits_fn(xt), x0, masked) / float(t)
+    return total / n_mc

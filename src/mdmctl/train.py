@@ -13,7 +13,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from mdmctl import checkpoint as ckpt
 from mdmctl.attention import resolve_backend
 from mdmctl.autoregressive import arm_loss, arm_nll
-from mdmctl.config import ModelConfig, RunConfig, TrainConfig
+from mdmctl.config import FinetuneConfig, ModelConfig, RunConfig, TrainConfig
 from mdmctl.data.batches import TokenWindows, TrainLoader, mix
 from mdmctl.data.shards import read_manifest, tokenizer_info
 from mdmctl.diffusion import mdm_elbo, mdm_loss
@@ -54,7 +54,7 @@ class TrainResult:
     tokens: int
     val_loss: float | None
     val_loss_kind: str
-    unigram_entropy: float
+    unigram_entropy: float | None
     train_loss: float | None
     tokens_per_s: float
     seconds: float
@@ -117,7 +117,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 @torch.no_grad()
-def validate(model: Transformer, windows: TokenWindows, tc: TrainConfig, device, dtype) -> float:
+def validate(model: Transformer, windows: TokenWindows, tc: TrainConfig, device) -> float:
     """Mean per-token loss on a fixed slice of the validation split (same slice every time).
 
     MDM: the ELBO bound with ``val_mc`` stratified t per sequence; ARM: next-token CE.
@@ -130,70 +130,39 @@ def validate(model: Transformer, windows: TokenWindows, tc: TrainConfig, device,
         b = windows.batch(list(range(s, min(n, s + tc.batch_size))))
         x0 = b.x0.to(device)
         doc = b.doc_ids.to(device) if tc.doc_mask else None
-        with autocast(device, dtype):
-            if model.cfg.objective == "mdm":
-                bound, _ = mdm_elbo(lambda xt: model(xt, doc_ids=doc), x0, model.cfg.mask_id,
-                                    tc.val_mc, gen, tc.eps)
-                total += float(bound.sum())
-                count += x0.numel()
-            else:
-                total += float(arm_nll(model(x0, doc_ids=doc), x0).sum())
-                count += x0.shape[0] * (x0.shape[1] - 1)
-    model.train()
+        if model.cfg.objective == "mdm":
+            bound, _ = mdm_elbo(lambda xt: model(xt, doc_ids=doc), x0, model.cfg.mask_id,
+                                tc.val_mc, gen, tc.eps)
+            total += float(bound.sum())
+            count += x0.numel()
+        else:
+            total += float(arm_nll(model(x0, doc_ids=doc), x0).sum())
+            count += x0.shape[0] * (x0.shape[1] - 1)
     return total / count
 
 
-def _check_resume_config(saved: dict[str, Any], current: RunConfig) -> None:
-    diffs = []
-    for key in ("model",):
-        for f, v in current.model.to_dict().items():
-            if f != "name" and saved[key].get(f) != v:
-                diffs.append(f"model.{f}: checkpoint={saved[key].get(f)}, requested={v}")
-    for f, v in current.train.to_dict().items():
-        if f not in RESUMABLE_CHANGES and saved["train"].get(f) != v:
-            diffs.append(f"train.{f}: checkpoint={saved['train'].get(f)}, requested={v}")
-    if diffs:
-        raise CompatibilityError("cannot resume with a changed setup: " + "; ".join(diffs))
+@dataclass
+class _Job:
+    """What differs between pretraining and fine-tuning; the loop in ``_train`` is shared."""
+
+    cfg: RunConfig  # resolved: vocab size and mask id from the tokenizer
+    config_dict: dict[str, Any]  # saved in train_state.json, compared on resume
+    loader: Any  # next_batch(), state_dict(), load_state_dict()
+    step_losses: Callable[[Transformer, Any, int], Iterator[tuple[torch.Tensor, int]]]
+    """(model, batch, step) -> per micro-batch (loss / accum, tokens processed)."""
+    validate: Callable[[Transformer], float]
+    val_kind: str
+    tokenizer_path: Path
+    tokenizer_sha256: str
+    data_state: dict[str, Any]
+    total_steps: int
+    init: Path | None = None  # fine-tuning: weights to start from
+    unigram: Callable[[], float] | None = None
+    log_extra: Callable[[Any], dict[str, Any]] | None = None
 
 
-def pretrain(
-    cfg: RunConfig,
-    *,
-    resume: str = "auto",
-    overwrite: bool = False,
-    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
-    log: Callable[[str], None] = info,
-) -> TrainResult:
-    """Train ``cfg.model`` on the corpus at ``cfg.data``; write ``cfg.out``. See module docstring."""
-    t_start = time.perf_counter()
-    tc = cfg.train
-    manifest = read_manifest(cfg.data)
-    tok = tokenizer_info(manifest)
-    model_cfg = replace(
-        cfg.model, vocab_size=tok.vocab_size,
-        mask_id=tok.mask_id if cfg.model.objective == "mdm" else -1,
-    )
-    cfg = replace(cfg, model=model_cfg)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    backend = resolve_backend(cfg.attention, device)
-    total_steps = tc.resolve_steps(model_cfg)
-    warmup = tc.resolve_warmup(total_steps)
-    peak_lr = tc.resolve_lr(model_cfg)
-    micro = tc.micro_batch_size or tc.batch_size
-    accum = tc.batch_size // micro
-
-    train_windows = TokenWindows(manifest, "train", model_cfg.seq_len)
-    val_windows = TokenWindows(manifest, "val", model_cfg.seq_len)
-    if len(val_windows) == 0:
-        raise DataError(
-            f"{manifest.path}: validation split has {manifest.tokens['val']} tokens, fewer than one "
-            f"sequence of seq_len={model_cfg.seq_len}; use a smaller --seq-len or a larger --val-fraction"
-        )
-    loader = TrainLoader(train_windows, tc.batch_size, tc.seed)
-
-    run_dir = Path(cfg.out)
-    has_steps = bool(ckpt.list_steps(run_dir))
+def _prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> bool:
+    """Create ``run_dir``; returns whether it already holds checkpoint steps."""
     if resume == "never" and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise ConfigError(
             f"refusing to write into non-empty run dir {run_dir}: pass --resume auto to continue, "
@@ -203,20 +172,58 @@ def pretrain(
         import shutil
 
         shutil.rmtree(run_dir)
-        has_steps = False
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "checkpoints").is_dir():
         ckpt.clean_stale_tmp(run_dir)
+    return bool(ckpt.list_steps(run_dir))
+
+
+def _check_resume(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    diffs = []
+    for section, fields in current.items():
+        if not isinstance(fields, dict):
+            continue
+        for f, v in fields.items():
+            if section == "train" and f in RESUMABLE_CHANGES or (section == "model" and f == "name"):
+                continue
+            old = saved.get(section, {}).get(f)
+            if old != v:
+                diffs.append(f"{section}.{f}: checkpoint={old}, requested={v}")
+    if diffs:
+        raise CompatibilityError("cannot resume with a changed setup: " + "; ".join(diffs))
+
+
+def _train(
+    job: _Job,
+    *,
+    resume: str,
+    overwrite: bool,
+    on_step: Callable[[int, int, dict[str, Any]], None] | None,
+    log: Callable[[str], None],
+) -> TrainResult:
+    t_start = time.perf_counter()
+    cfg, tc, model_cfg = job.cfg, job.cfg.train, job.cfg.model
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    backend = resolve_backend(cfg.attention, device)
+    total_steps = job.total_steps
+    warmup = tc.resolve_warmup(total_steps)
+    peak_lr = tc.resolve_lr(model_cfg)
+    run_dir = Path(cfg.out)
+    has_steps = _prepare_run_dir(run_dir, resume, overwrite)
 
     torch.manual_seed(tc.seed)
-    model = Transformer(model_cfg, backend=backend).to(device)
+    model = Transformer(model_cfg, backend=backend)
+    if job.init is not None:
+        loaded = ckpt.load_checkpoint(job.init)
+        ckpt.load_weights(model, loaded.state_dict, loaded.path)
+    model.to(device)
     names = {p: n for n, p in model.named_parameters()}
     params = {n: p for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(
         _param_groups(model, tc.weight_decay), lr=peak_lr, betas=(tc.beta1, tc.beta2),
         fused=device.type == "cuda",
     )
-
     start_step, tokens_seen, skips, resumed_from = 0, 0, 0, None
     resume_dir: Path | None = None
     if resume not in ("auto", "never"):
@@ -225,40 +232,40 @@ def pretrain(
         resume_dir = ckpt.find_latest(run_dir, log=log)
     if resume_dir is not None:
         state = ckpt.read_train_state(resume_dir)
-        _check_resume_config(state["config"], cfg)
+        _check_resume(state["config"], job.config_dict)
         loaded = ckpt.load_checkpoint(resume_dir)
-        if loaded.tokenizer_sha256 != tok.sha256:
+        if loaded.tokenizer_sha256 != job.tokenizer_sha256:
             raise CompatibilityError(
                 f"tokenizer mismatch: checkpoint {resume_dir} has {loaded.tokenizer_sha256[:12]}, "
-                f"corpus {manifest.path} has {tok.sha256[:12]}"
+                f"the data has {job.tokenizer_sha256[:12]}"
             )
         ckpt.load_weights(model, loaded.state_dict, loaded.path)
         ckpt.load_optimizer_tensors(opt, ckpt.read_optimizer(resume_dir), params)
-        loader.load_state_dict(state["data"])
+        job.loader.load_state_dict(state["data"])
         start_step, tokens_seen = state["loop"]["step"], state["loop"]["tokens_seen"]
         skips = state["loop"].get("nonfinite_skips", 0)
         resumed_from = start_step
         log(f"resuming from {resume_dir} (step {start_step})")
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (run_dir / "config.json").write_text(json.dumps(job.config_dict, indent=2) + "\n")
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
-    tokenizer_path = manifest.path / "tokenizer.json"
     log(
         f"{model_cfg.objective.upper()} {model_cfg.name}: {model_cfg.n_params_non_embedding/1e6:.2f}M "
-        f"non-embedding params, {total_steps} steps x {tc.batch_size}x{model_cfg.seq_len} tokens "
-        f"on {device.type} ({str(dtype).removeprefix('torch.')}, attention {backend})"
+        f"non-embedding params, {total_steps} steps x batch {tc.batch_size} (seq_len "
+        f"{model_cfg.seq_len}) on {device.type} ({str(dtype).removeprefix('torch.')}, "
+        f"attention {backend})"
     )
 
     def save(step: int) -> Path:
         train_state = {
-            "config": cfg.to_dict(),
-            "data": loader.state_dict(),
+            "config": job.config_dict,
+            "data": job.loader.state_dict(),
             "loop": {"step": step, "tokens_seen": tokens_seen, "nonfinite_skips": skips,
                      "elapsed_s": time.perf_counter() - t_start},
-            "corpus": {"path": str(manifest.path), "tokenizer_sha256": tok.sha256},
+            "corpus": job.data_state,
         }
         return ckpt.save_checkpoint(
-            run_dir, step, model=model, model_cfg=model_cfg, tokenizer_path=tokenizer_path,
-            tokenizer_sha256=tok.sha256, train_state=train_state,
+            run_dir, step, model=model, model_cfg=model_cfg, tokenizer_path=job.tokenizer_path,
+            tokenizer_sha256=job.tokenizer_sha256, train_state=train_state,
             optimizer=ckpt.optimizer_tensors(opt, names), keep_last=tc.keep_last,
         )
 
@@ -276,26 +283,13 @@ def pretrain(
             lr = lr_at(step, total_steps, warmup, peak_lr, tc.min_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr
-            batch = loader.next_batch()
-            gen = torch.Generator().manual_seed(mix(tc.seed, step))
-            L = model_cfg.seq_len
-            if model_cfg.objective == "mdm" and torch.rand(1, generator=gen).item() < tc.var_len_prob:
-                # Variable length (SMDM): fixes the train/test length mismatch of a bidirectional model.
-                L = int(torch.randint(1, model_cfg.seq_len + 1, (1,), generator=gen).item())
-            x0_all, doc_all = batch.x0[:, :L].to(device), batch.doc_ids[:, :L].to(device)
-            loss_sum = 0.0
-            for m in range(accum):
-                x0 = x0_all[m * micro : (m + 1) * micro]
-                doc = doc_all[m * micro : (m + 1) * micro] if tc.doc_mask else None
-                with autocast(device, dtype):
-                    if model_cfg.objective == "mdm":
-                        mgen = torch.Generator().manual_seed(mix(tc.seed, step, m + 1))
-                        loss = mdm_loss(lambda xt: model(xt, doc_ids=doc), x0, model_cfg.mask_id,
-                                        mgen, tc.eps)
-                    else:
-                        loss = arm_loss(model(x0, doc_ids=doc), x0)
-                (loss / accum).backward()
-                loss_sum += float(loss.detach()) / accum
+            batch = job.loader.next_batch()
+            loss_sum, n_tok = 0.0, 0
+            with autocast(device, dtype):
+                for loss, n in job.step_losses(model, batch, step):
+                    loss.backward()
+                    loss_sum += float(loss.detach())
+                    n_tok += n
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
             if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
@@ -313,7 +307,6 @@ def pretrain(
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             step += 1
-            n_tok = tc.batch_size * L
             tokens_seen += n_tok
             timed_tokens += n_tok
             timed_s += dt
@@ -321,10 +314,14 @@ def pretrain(
             record: dict[str, Any] = {"step": step, "loss": round(loss_sum, 5), "lr": lr,
                                       "grad_norm": round(grad_norm, 4), "tokens": tokens_seen,
                                       "tokens_per_s": round(n_tok / dt, 1)}
+            if job.log_extra:
+                record.update(job.log_extra(batch))
             if peak:
                 record["mfu"] = round(flops_per_token * n_tok / dt / peak, 4)
             if step % tc.val_every == 0 or step == total_steps:
-                val_loss = validate(model, val_windows, tc, device, dtype)
+                with autocast(device, dtype):
+                    val_loss = job.validate(model)
+                model.train()
                 record["val_loss"] = round(val_loss, 5)
             if step % tc.log_every == 0 or "val_loss" in record or step == total_steps:
                 metrics.write(record)
@@ -336,11 +333,12 @@ def pretrain(
                 raise Interrupted(sig.signum, last_ckpt)
 
     if val_loss is None:  # resumed a finished run: nothing trained, still report
-        val_loss = validate(model, val_windows, tc, device, dtype)
+        with autocast(device, dtype):
+            val_loss = job.validate(model)
     return TrainResult(
         run_dir=run_dir, checkpoint=last_ckpt, steps=step, tokens=tokens_seen, val_loss=val_loss,
-        val_loss_kind="MDM ELBO bound" if model_cfg.objective == "mdm" else "ARM cross-entropy",
-        unigram_entropy=unigram_entropy(train_windows, model_cfg.vocab_size),
+        val_loss_kind=job.val_kind,
+        unigram_entropy=job.unigram() if job.unigram else None,
         train_loss=train_loss, tokens_per_s=timed_tokens / timed_s if timed_s else 0.0,
         seconds=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb(),
         n_params_non_embedding=model_cfg.n_params_non_embedding, device=str(device),
@@ -348,5 +346,176 @@ def pretrain(
     )
 
 
+def pretrain(
+    cfg: RunConfig,
+    *,
+    resume: str = "auto",
+    overwrite: bool = False,
+    on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] = info,
+) -> TrainResult:
+    """Train ``cfg.model`` on the corpus at ``cfg.data``; write ``cfg.out``. See module docstring."""
+    tc = cfg.train
+    manifest = read_manifest(cfg.data)
+    tok = tokenizer_info(manifest)
+    model_cfg = replace(
+        cfg.model, vocab_size=tok.vocab_size,
+        mask_id=tok.mask_id if cfg.model.objective == "mdm" else -1,
+    )
+    cfg = replace(cfg, model=model_cfg)
+    micro = tc.micro_batch_size or tc.batch_size
+    accum = tc.batch_size // micro
+    train_windows = TokenWindows(manifest, "train", model_cfg.seq_len)
+    val_windows = TokenWindows(manifest, "val", model_cfg.seq_len)
+    if len(val_windows) == 0:
+        raise DataError(
+            f"{manifest.path}: validation split has {manifest.tokens['val']} tokens, fewer than one "
+            f"sequence of seq_len={model_cfg.seq_len}; use a smaller --seq-len or a larger --val-fraction"
+        )
+    loader = TrainLoader(train_windows, tc.batch_size, tc.seed)
+    device = resolve_device(cfg.device)
+
+    def step_losses(model: Transformer, batch: Any, step: int) -> Iterator[tuple[torch.Tensor, int]]:
+        gen = torch.Generator().manual_seed(mix(tc.seed, step))
+        L = model_cfg.seq_len
+        if model_cfg.objective == "mdm" and torch.rand(1, generator=gen).item() < tc.var_len_prob:
+            # Variable length (SMDM): fixes the train/test length mismatch of a bidirectional model.
+            L = int(torch.randint(1, model_cfg.seq_len + 1, (1,), generator=gen).item())
+        x0_all, doc_all = batch.x0[:, :L].to(device), batch.doc_ids[:, :L].to(device)
+        for m in range(accum):
+            x0 = x0_all[m * micro : (m + 1) * micro]
+            doc = doc_all[m * micro : (m + 1) * micro] if tc.doc_mask else None
+            if model_cfg.objective == "mdm":
+                mgen = torch.Generator().manual_seed(mix(tc.seed, step, m + 1))
+                loss = mdm_loss(lambda xt: model(xt, doc_ids=doc), x0, model_cfg.mask_id, mgen, tc.eps)
+            else:
+                loss = arm_loss(model(x0, doc_ids=doc), x0)
+            yield loss / accum, x0.numel()
+
+    job = _Job(
+        cfg=cfg, config_dict=cfg.to_dict(), loader=loader, step_losses=step_losses,
+        validate=lambda model: validate(model, val_windows, tc, device),
+        val_kind="MDM ELBO bound" if model_cfg.objective == "mdm" else "ARM cross-entropy",
+        tokenizer_path=manifest.path / "tokenizer.json", tokenizer_sha256=tok.sha256,
+        data_state={"path": str(manifest.path), "tokenizer_sha256": tok.sha256},
+        total_steps=tc.resolve_steps(model_cfg),
+        unigram=lambda: unigram_entropy(train_windows, model_cfg.vocab_size),
+    )
+    return _train(job, resume=resume, overwrite=overwrite, on_step=on_step, log=log)
+
+
 def build_model_config(size: str, objective: str, overrides: dict[str, Any]) -> ModelConfig:
     return ModelConfig.from_name(size, objective=objective, **overrides)
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    *,
+    resume: str = "auto",
+    overwrite: bool = False,
+    on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] = info,
+) -> TrainResult:
+    """Supervised fine-tuning of a checkpoint on prompt/response examples (see ``data/sft.py``).
+
+    MDM: conditional (prompt never masked) or unconditional loss, optional prompt dropout; ARM:
+    cross-entropy on response tokens. Same optimiser, schedule, checkpoints and resume as pretraining.
+    """
+    from mdmctl.data.sft import SFTLoader, collate, is_val, read_examples, tokenize_examples
+    from mdmctl.diffusion import mdm_conditional_elbo, mdm_sft_loss
+    from mdmctl.autoregressive import arm_sft_nll
+    from mdmctl.tokenizer import info_from_file
+
+    tc = cfg.train
+    init = ckpt.resolve_checkpoint(cfg.init, log=log)
+    loaded = ckpt.load_checkpoint(init)
+    tok, tinfo = info_from_file(init / "tokenizer.json")
+    if tinfo.sha256 != loaded.tokenizer_sha256:
+        raise CompatibilityError(f"{init}: tokenizer.json does not match the weights' tokenizer")
+    base = loaded.model_cfg
+    if cfg.seq_len is not None and cfg.seq_len > base.seq_len:
+        raise ConfigError(f"--seq-len {cfg.seq_len} exceeds the checkpoint's context {base.seq_len}")
+    model_cfg = replace(base, seq_len=cfg.seq_len or base.seq_len)
+    objective = cfg.objective
+    if base.objective == "arm":
+        if objective == "unconditional" or cfg.cfg_dropout:
+            raise ConfigError("--sft-objective unconditional and --cfg-dropout apply to MDM checkpoints")
+        objective = "arm"
+    elif objective == "auto":
+        objective = "conditional"
+    examples = read_examples(cfg.data, cfg.format, cfg.prompt_field, cfg.response_field)
+    val_ex = [e for e in examples if is_val(e, cfg.val_fraction)]
+    train_ex = [e for e in examples if not is_val(e, cfg.val_fraction)]
+    if not val_ex:  # tiny files: hold out the last example(s)
+        k = max(1, round(len(examples) * cfg.val_fraction))
+        train_ex, val_ex = examples[:-k], examples[-k:]
+    train_tok, dropped = tokenize_examples(train_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong)
+    val_tok, _ = tokenize_examples(val_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong)
+    if dropped:
+        log(f"dropped {dropped} of {len(train_ex)} examples longer than {model_cfg.seq_len} tokens")
+    if not val_tok:
+        raise DataError(f"{cfg.data}: no validation example fits in {model_cfg.seq_len} tokens")
+    loader = SFTLoader(train_tok, tc.batch_size, tc.seed, tinfo.eos_id)
+    if cfg.epochs is not None or tc.steps is None:
+        total_steps = max(1, math.ceil((cfg.epochs or 1.0) * loader.batches_per_epoch))
+    else:
+        total_steps = tc.steps
+    log(f"fine-tuning ({objective}) on {len(train_tok)} examples, {len(val_tok)} held out; "
+        f"{loader.batches_per_epoch} batches per epoch")
+    micro = tc.micro_batch_size or tc.batch_size
+    accum = tc.batch_size // micro
+    device = resolve_device(cfg.device)
+    mask_id = model_cfg.mask_id
+
+    def step_losses(model: Transformer, batch: Any, step: int) -> Iterator[tuple[torch.Tensor, int]]:
+        x0_all, pm_all, rm_all = (t.to(device) for t in (batch.x0, batch.prompt_mask, batch.response_mask))
+        for m in range(accum):
+            sl = slice(m * micro, (m + 1) * micro)
+            x0, pm, rm = x0_all[sl], pm_all[sl], rm_all[sl]
+            if objective == "arm":
+                loss = arm_sft_nll(model(x0), x0, rm).sum() / rm.sum().clamp(min=1)
+            else:
+                gen = torch.Generator().manual_seed(mix(tc.seed, step, m + 1))
+                loss = mdm_sft_loss(model, x0, pm, mask_id, gen, eps=tc.eps,
+                                    conditional=objective == "conditional", cfg_dropout=cfg.cfg_dropout)
+            yield loss / accum, x0.numel()
+
+    @torch.no_grad()
+    def validate_sft(model: Transformer) -> float:
+        """Per response token: -log p(response | prompt) (ARM exact; MDM conditional ELBO)."""
+        model.eval()
+        gen = torch.Generator().manual_seed(mix(tc.seed, 0x5EED))
+        total, count = 0.0, 0
+        # Examples of equal length batch together, so no padding enters the score (or leaks the
+        # response length to the MDM).
+        by_len: dict[int, list[Any]] = {}
+        for e in val_tok:
+            by_len.setdefault(len(e.prompt) + len(e.response), []).append(e)
+        for _, group in sorted(by_len.items()):
+            for s in range(0, len(group), tc.batch_size):
+                b = collate(group[s : s + tc.batch_size], tinfo.eos_id)
+                x0, pm, rm = b.x0.to(device), b.prompt_mask.to(device), b.response_mask.to(device)
+                if objective == "arm":
+                    total += float(arm_sft_nll(model(x0), x0, rm).sum())
+                else:
+                    total += float(mdm_conditional_elbo(model, x0, pm, mask_id, tc.val_mc, gen).sum())
+                count += int(rm.sum())
+        return total / max(count, 1)
+
+    def log_extra(batch: Any) -> dict[str, Any]:
+        return {"padding_frac": round(1 - batch.real_tokens / batch.x0.numel(), 4)}
+
+    run_cfg = RunConfig(model=model_cfg, train=tc, data=str(cfg.data), out=cfg.out,
+                        device=cfg.device, attention=cfg.attention, dtype=cfg.dtype)
+    config_dict = {"model": model_cfg.to_dict(), **cfg.to_dict(), "init": str(init)}
+    config_dict["sft"] = {k: v for k, v in config_dict["sft"].items() if k not in ("init", "out")}
+    job = _Job(
+        cfg=run_cfg, config_dict=config_dict, loader=loader, step_losses=step_losses,
+        validate=validate_sft,
+        val_kind=("ARM response CE" if objective == "arm" else "MDM conditional ELBO bound")
+        + " per response token",
+        tokenizer_path=init / "tokenizer.json", tokenizer_sha256=tinfo.sha256,
+        data_state={"path": str(cfg.data), "tokenizer_sha256": tinfo.sha256, "sft": True},
+        total_steps=total_steps, init=init, log_extra=log_extra,
+    )
+    return _train(job, resume=resume, overwrite=overwrite, on_step=on_step, log=log)
