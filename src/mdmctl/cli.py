@@ -451,3 +451,87 @@ def main() -> None:
     except MdmctlError as e:  # raised outside a command body (should not happen)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+
+
+@eval_app.command("gsm8k")
+def eval_gsm8k(
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Step dir or run dir. Default: the newest run."),
+    data: str | None = typer.Option(None, "--data", help="GSM8K jsonl (question / answer). Default: the hub's openai/gsm8k test split (online only)."),
+    predictions: Path | None = typer.Option(None, "--predictions", help="Re-score generations from a jsonl (one line per problem) without loading a model."),
+    out: Path | None = typer.Option(None, "--out", help="Per-problem jsonl: generation, prediction, verdict. Default: eval-gsm8k.jsonl beside the checkpoint run."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N problems only."),
+    fewshot: int = typer.Option(0, "--fewshot", min=0, help="Worked examples before each question."),
+    fewshot_data: str | None = typer.Option(None, "--fewshot-data", help="Where the few-shot examples come from (e.g. the train split)."),
+    length: int = typer.Option(256, "--length", min=1, help="Tokens to generate (SMDM: 256)."),
+    steps: int = typer.Option(256, "--steps", min=1, help="Denoising steps (SMDM: 256)."),
+    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
+    temperature: float = typer.Option(0.1, "--temperature", min=0),
+    cfg: float = typer.Option(0.1, "--cfg", min=0, help="Unsupervised CFG scale (SMDM: 0.1; ARM checkpoints: 0)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    attention: Attention = typer.Option(Attention.auto, "--attention"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """GSM8K accuracy: generate, extract the final number, exact match."""
+    with cli_errors():
+        from mdmctl.evaluation.gsm8k import evaluate_gsm8k
+        from mdmctl.sampling import SampleConfig
+
+        scfg = SampleConfig(checkpoint=str(checkpoint) if checkpoint else None, length=length,
+                            steps=steps, sampler=sampler.value, temperature=temperature, cfg=cfg,
+                            seed=seed, batch_size=batch_size, device=device, attention=attention.value)
+        r = evaluate_gsm8k(data=data, checkpoint=scfg.checkpoint,
+                           predictions=str(predictions) if predictions else None,
+                           out=str(out) if out else None, limit=limit, fewshot=fewshot,
+                           fewshot_data=fewshot_data, sample_cfg=scfg, log=_log)
+        d = {"task": "gsm8k", "accuracy": r.accuracy, "stderr": r.stderr, "n": r.n,
+             "correct": r.correct, "seconds_per_problem": r.seconds_per_problem,
+             "predictions": r.predictions_path, "settings": r.settings}
+        if json_out:
+            print(json.dumps(d, indent=2))
+        else:
+            per = f", {r.seconds_per_problem:.2f} s/problem" if r.seconds_per_problem else ""
+            print(f"gsm8k accuracy {r.accuracy:.4f} ± {r.stderr:.4f} ({r.correct}/{r.n}{per})")
+
+
+@eval_app.command("reverse-curse")
+def eval_reverse_curse(
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Step dir or run dir. Default: the newest run."),
+    data_dir: Path = typer.Option(..., "--data-dir", help="Folder with the reversal-curse test files (e.g. ../shared/data/reversal_curse)."),
+    out: Path | None = typer.Option(None, "--out", help="Per-example jsonl."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N prompts of each file."),
+    total_length: int = typer.Option(52, "--total-length", min=2, help="Prompt + generation tokens (SMDM: 52)."),
+    steps: int = typer.Option(32, "--steps", min=1),
+    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
+    temperature: float = typer.Option(0.0, "--temperature", min=0),
+    cfg: float = typer.Option(0.8, "--cfg", min=0, help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    attention: Attention = typer.Option(Attention.auto, "--attention"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Reverse-curse accuracy and BLEU in the trained and the reverse direction."""
+    with cli_errors():
+        from rich.table import Table
+
+        from mdmctl.evaluation.reverse_curse import evaluate_reverse_curse
+        from mdmctl.log import console
+        from mdmctl.sampling import SampleConfig
+
+        scfg = SampleConfig(checkpoint=str(checkpoint) if checkpoint else None, steps=steps,
+                            sampler=sampler.value, temperature=temperature, cfg=cfg, seed=seed,
+                            batch_size=batch_size, device=device, attention=attention.value)
+        res = evaluate_reverse_curse(data_dir=str(data_dir), checkpoint=scfg.checkpoint,
+                                     sample_cfg=scfg, total_length=total_length, limit=limit,
+                                     out=str(out) if out else None, log=_log)
+        if json_out:
+            print(json.dumps([r.__dict__ for r in res], indent=2))
+            return
+        t = Table(title="reverse curse")
+        for col in ("split", "direction", "n", "accuracy", "BLEU"):
+            t.add_column(col)
+        for r in res:
+            t.add_row(r.split, r.direction, str(r.n), f"{r.accuracy:.3f} ± {r.stderr:.3f}", f"{r.bleu:.1f}")
+        console.print(t)

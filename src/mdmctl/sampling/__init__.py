@@ -88,50 +88,73 @@ def load_model(checkpoint: str | None, device: str = "auto", attention: str = "a
     return model.to(dev).eval(), tok, info, step_dir, dev
 
 
-def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
+@dataclass
+class Generation:
+    ids: list[list[int]]  # generated ids per prompt (eos-truncated when stop_at_eos)
+    texts: list[str]
+    nfe: int
+    seconds: float
+    generated_tokens: int  # output tokens produced (before eos truncation), never prompt tokens
+
+
+def generate(model, tok, info, prompts: list[str], cfg: SampleConfig, device,
+             length: int | list[int] | None = None) -> Generation:
+    """Generate after each prompt with ``cfg``'s sampler settings (one code path for ``sample``
+    and the generation tasks). ``length`` overrides ``cfg.length``, optionally per prompt."""
     from mdmctl.sampling.arm import sample_arm
     from mdmctl.sampling.mdm import sample_mdm
 
-    model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
     mc = model.cfg
     if mc.objective == "arm" and cfg.cfg != 0:
         raise ConfigError("--cfg applies to objective 'mdm'; checkpoint objective is 'arm'")
-    prompts = [p for p in cfg.prompts for _ in range(cfg.num_samples)]
     ids = [tok.encode(p, add_special_tokens=False).ids if p else [] for p in prompts]
+    lengths = [length] * len(ids) if not isinstance(length, list) else length
+    lengths = [cfg.length if n is None else n for n in lengths]
     extra = 1 if mc.objective == "arm" else 0  # the ARM's leading eos
-    for p, i in zip(prompts, ids, strict=True):
-        if len(i) + cfg.length + extra > mc.seq_len:
+    for i, n in zip(ids, lengths, strict=True):
+        if len(i) + n + extra > mc.seq_len:
             raise ConfigError(
                 f"prompt is {len(i)} tokens; model context is {mc.seq_len} "
-                f"(gen length {cfg.length}): shorten the prompt or --length"
+                f"(gen length {n}): shorten the prompt or --length"
             )
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    out_ids: list[list[int]] = []
+    out_ids: list[list[int]] = [[] for _ in ids]
     nfe = 0
-    for s in range(0, len(ids), cfg.batch_size):
-        chunk = ids[s : s + cfg.batch_size]
-        if mc.objective == "mdm":
-            o = sample_mdm(
-                lambda x, d: model(x, doc_ids=d), chunk, length=cfg.length, steps=cfg.steps,
-                mask_id=mc.mask_id, pad_id=info.pad_id, generator=gen, sampler=cfg.sampler,
-                temperature=cfg.temperature, cfg=cfg.cfg, device=device,
-            )
-            out_ids.extend(o.tokens.tolist())
-            nfe += o.nfe
-        else:
-            o_ids, n = sample_arm(model, chunk, length=cfg.length, eos_id=info.eos_id, generator=gen,
-                                  temperature=cfg.temperature, device=device,
-                                  stop_at_eos=cfg.stop_at_eos)
-            out_ids.extend(o_ids)
+    by_len: dict[int, list[int]] = {}  # a batch shares one canvas, so one generation length
+    for i, n in enumerate(lengths):
+        by_len.setdefault(n, []).append(i)
+    for n_gen, members in sorted(by_len.items()):
+        for s in range(0, len(members), cfg.batch_size):
+            rows = members[s : s + cfg.batch_size]
+            chunk = [ids[r] for r in rows]
+            if mc.objective == "mdm":
+                o = sample_mdm(
+                    lambda x, d: model(x, doc_ids=d), chunk, length=n_gen, steps=cfg.steps,
+                    mask_id=mc.mask_id, pad_id=info.pad_id, generator=gen, sampler=cfg.sampler,
+                    temperature=cfg.temperature, cfg=cfg.cfg, device=device,
+                )
+                got, n = o.tokens.tolist(), o.nfe
+            else:
+                got, n = sample_arm(model, chunk, length=n_gen, eos_id=info.eos_id, generator=gen,
+                                    temperature=cfg.temperature, device=device,
+                                    stop_at_eos=cfg.stop_at_eos)
+            for r, t in zip(rows, got, strict=True):
+                out_ids[r] = t
             nfe += n
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    generated = sum(len(o) for o in out_ids)  # output tokens only, never the prompt
-    samples = []
-    for p, o in zip(prompts, out_ids, strict=True):
-        if cfg.stop_at_eos and info.eos_id in o:
-            o = o[: o.index(info.eos_id)]
-        samples.append(Sample(prompt=p, text=tok.decode(o, skip_special_tokens=True), token_ids=o))
-    return SampleResult(samples, step_dir, mc.objective, nfe, seconds, generated)
+    generated = sum(len(o) for o in out_ids)
+    if cfg.stop_at_eos:
+        out_ids = [o[: o.index(info.eos_id)] if info.eos_id in o else o for o in out_ids]
+    texts = [tok.decode(o, skip_special_tokens=True) for o in out_ids]
+    return Generation(out_ids, texts, nfe, seconds, generated)
+
+
+def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
+    model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
+    prompts = [p for p in cfg.prompts for _ in range(cfg.num_samples)]
+    g = generate(model, tok, info, prompts, cfg, device)
+    samples = [Sample(prompt=p, text=t, token_ids=i) for p, t, i in zip(prompts, g.texts, g.ids, strict=True)]
+    return SampleResult(samples, step_dir, model.cfg.objective, g.nfe, g.seconds, g.generated_tokens)

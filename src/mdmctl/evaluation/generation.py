@@ -1,0 +1,50 @@
+"""Shared pieces of the generation tasks (GSM8K, reverse curse): loading a checkpoint once,
+generating in batches with the sampler settings, writing per-example jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mdmctl.errors import DataError
+
+
+def binomial_stderr(correct: int, n: int) -> float:
+    """Standard error of an accuracy over n items (lm-eval's formula, with n - 1)."""
+    if n < 2:
+        return 0.0
+    p = correct / n
+    return math.sqrt(p * (1 - p) / (n - 1))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    rows = []
+    with open(p, encoding="utf-8", errors="strict") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{p}:{n}: invalid JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{p}:{n}: expected a JSON object")
+                obj["_line"] = n
+                rows.append(obj)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p}: invalid UTF-8 ({e.reason})") from None
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(p)

@@ -1,0 +1,178 @@
+"""GSM8K: generate answers, extract the final number, score exact match (method.md §6).
+
+Extraction: the number after the last ``####``; without one, the last number in the text.
+Normalisation: commas, currency and percent signs, a trailing period and trailing ``.0`` removed,
+so ``$1,200.00`` and ``1200`` agree. Accuracy is reported with its binomial standard error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mdmctl.errors import ConfigError, DataError
+from mdmctl.evaluation.generation import binomial_stderr, read_jsonl, write_jsonl
+
+_NUMBER = re.compile(r"[-+]?[$€£]?\s?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
+HUB_ID = "openai/gsm8k"
+
+
+def normalize_number(s: str) -> str | None:
+    """Canonical text of a number: '$1,200.00' -> '1200', '-3.50' -> '-3.5', '7.' -> '7'."""
+    s = s.strip().rstrip(".").replace(",", "").replace("$", "").replace("€", "").replace("£", "")
+    s = s.replace("%", "").replace(" ", "")
+    if s.startswith("+"):
+        s = s[1:]
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return repr(v).rstrip("0").rstrip(".")
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after the last '####', else the last number in the text (normalised)."""
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1]
+        m = _NUMBER.search(tail)
+        if m:
+            return normalize_number(m.group())
+    nums = _NUMBER.findall(text)
+    return normalize_number(nums[-1]) if nums else None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    question: str
+    answer: str  # normalised reference
+    source: str
+
+
+def load_problems(path: str | None, limit: int | None = None) -> list[Problem]:
+    """From a local jsonl (question / answer with '#### N'), or the hub's test split online."""
+    if path is None:
+        rows = _load_hub()
+        where = HUB_ID
+    else:
+        rows = read_jsonl(path)
+        where = str(path)
+    out = []
+    for i, r in enumerate(rows):
+        line = f"{where}:{r.get('_line', i + 1)}"
+        for key in ("question", "answer"):
+            if not isinstance(r.get(key), str):
+                raise DataError(f"{line}: missing field '{key}'")
+        ref = extract_answer(r["answer"])
+        if ref is None:
+            raise DataError(f"{line}: answer has no final number ('#### N')")
+        out.append(Problem(r["question"].strip(), ref, line))
+    if not out:
+        raise DataError(f"{where}: no problems")
+    return out[:limit] if limit else out
+
+
+def _load_hub() -> list[dict[str, Any]]:
+    hint = "pass --data FILE.jsonl (e.g. ../shared/data/gsm8k/test.jsonl)"
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise DataError(f"{HUB_ID}: the hub is switched off (HF_HUB_OFFLINE); {hint}")
+    import socket
+
+    try:  # fail in well under a second when there is no network, instead of a long retry loop
+        socket.create_connection(("huggingface.co", 443), timeout=0.5).close()
+    except OSError as e:
+        raise DataError(f"{HUB_ID}: hub unreachable ({e.strerror or e}); {hint}") from None
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(HUB_ID, "main", split="test")
+    except Exception as e:  # many exception types for network / auth / missing data
+        raise DataError(f"{HUB_ID}: could not be loaded ({type(e).__name__}); {hint}") from None
+    return [dict(r) for r in ds]
+
+
+@dataclass
+class GSM8KResult:
+    accuracy: float
+    stderr: float
+    n: int
+    correct: int
+    seconds_per_problem: float | None
+    predictions_path: str | None
+    settings: dict[str, Any]
+
+
+def score(problems: list[Problem], generations: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for p, g in zip(problems, generations, strict=True):
+        pred = extract_answer(g)
+        rows.append({"question": p.question, "reference": p.answer, "generation": g,
+                     "prediction": pred, "correct": pred == p.answer})
+    return rows
+
+
+def rescore(problems: list[Problem], predictions: str) -> list[str]:
+    """Generations from a jsonl (one line per problem, in order; 'generation' or 'text')."""
+    rows = read_jsonl(predictions)
+    if len(rows) != len(problems):
+        raise DataError(f"{predictions}: {len(rows)} lines but the problem set has {len(problems)}")
+    out = []
+    for p, r in zip(problems, rows, strict=True):
+        text = r.get("generation", r.get("text"))
+        if not isinstance(text, str):
+            raise DataError(f"{predictions}:{r['_line']}: missing 'generation' (or 'text')")
+        if "question" in r and r["question"].strip() != p.question:
+            raise DataError(f"{predictions}:{r['_line']}: question does not match problem {p.source}")
+        out.append(text)
+    return out
+
+
+def evaluate_gsm8k(
+    *,
+    data: str | None,
+    checkpoint: str | None = None,
+    predictions: str | None = None,
+    out: str | None = None,
+    limit: int | None = None,
+    fewshot: int = 0,
+    fewshot_data: str | None = None,
+    sample_cfg: Any = None,
+    log=None,
+) -> GSM8KResult:
+    problems = load_problems(data, limit)
+    if predictions is not None:
+        gens = rescore(problems, predictions)
+        seconds = None
+        settings: dict[str, Any] = {"predictions": predictions}
+    else:
+        from mdmctl.sampling import generate, load_model
+
+        model, tok, info, step_dir, device = load_model(checkpoint, sample_cfg.device,
+                                                        sample_cfg.attention, log)
+        prefix = ""
+        if fewshot:
+            if fewshot_data is None:
+                raise ConfigError("--fewshot needs --fewshot-data (e.g. the train split)")
+            shots = load_problems(fewshot_data, fewshot)
+            raw = read_jsonl(fewshot_data)[:fewshot]
+            prefix = "".join(f"{s.question}\n{r['answer'].strip()}\n\n" for s, r in zip(shots, raw, strict=True))
+        prompts = [prefix + p.question + "\n" for p in problems]  # the SFT prompt format
+        t0 = time.perf_counter()
+        g = generate(model, tok, info, prompts, sample_cfg, device)
+        gens = g.texts
+        seconds = (time.perf_counter() - t0) / len(problems)
+        settings = {"checkpoint": str(step_dir), "sampler": sample_cfg.sampler,
+                    "steps": sample_cfg.steps, "length": sample_cfg.length,
+                    "temperature": sample_cfg.temperature, "cfg": sample_cfg.cfg,
+                    "batch_size": sample_cfg.batch_size, "fewshot": fewshot, "nfe": g.nfe}
+    rows = score(problems, gens)
+    correct = sum(r["correct"] for r in rows)
+    if out:
+        write_jsonl(out, rows)
+    return GSM8KResult(correct / len(rows), binomial_stderr(correct, len(rows)), len(rows), correct,
+                       seconds, out, settings)

@@ -1,0 +1,108 @@
+"""Reverse curse (Berglund et al. 2023; method.md §6): fine-tuned on name -> description facts
+only, can the model answer description -> name?
+
+Four test files: p2d (name -> description) and d2p (description -> name), each in the direction
+seen in training ("same") and the other one ("reverse"). Accuracy: the reference completion
+appears in the generation (case-insensitive); BLEU: sentence BLEU-4 (add-one smoothing for
+n > 1), averaged, x100. Defaults follow SMDM: confidence sampler, 32 steps, total length 52
+(prompt + generation, in tokens), temperature 0, CFG 0.8.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mdmctl.errors import DataError
+from mdmctl.evaluation.generation import binomial_stderr, read_jsonl, write_jsonl
+
+SPLITS = {  # name -> (file, direction)
+    "p2d_same": ("p2d_prompts_test.jsonl", "name -> description, same as training"),
+    "p2d_reverse": ("p2d_reverse_prompts_test.jsonl", "description -> name, reverse"),
+    "d2p_same": ("d2p_prompts_test.jsonl", "description -> name, same as training"),
+    "d2p_reverse": ("d2p_reverse_prompts_test.jsonl", "name -> description, reverse"),
+}
+
+
+def _tokens(s: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", s.lower())
+
+
+def sentence_bleu(hyp: str, ref: str, max_n: int = 4) -> float:
+    """BLEU-4 of one hypothesis against one reference, add-one smoothing for n > 1 (Lin & Och)."""
+    h, r = _tokens(hyp), _tokens(ref)
+    if not h or not r:
+        return 0.0
+    logs = []
+    for n in range(1, max_n + 1):
+        hn = Counter(tuple(h[i : i + n]) for i in range(len(h) - n + 1))
+        rn = Counter(tuple(r[i : i + n]) for i in range(len(r) - n + 1))
+        match, total = sum((hn & rn).values()), max(sum(hn.values()), 0)
+        if n == 1:
+            if match == 0:
+                return 0.0
+            logs.append(math.log(match / total))
+        else:
+            logs.append(math.log((match + 1) / (total + 1)))
+    bp = 1.0 if len(h) > len(r) else math.exp(1 - len(r) / len(h))
+    return bp * math.exp(sum(logs) / max_n)
+
+
+def is_hit(generation: str, reference: str) -> bool:
+    return reference.strip().lower() in generation.lower()
+
+
+@dataclass
+class SplitResult:
+    split: str
+    direction: str
+    n: int
+    accuracy: float
+    stderr: float
+    bleu: float
+
+
+def evaluate_reverse_curse(
+    *,
+    data_dir: str,
+    checkpoint: str | None,
+    sample_cfg: Any,
+    total_length: int = 52,
+    limit: int | None = None,
+    out: str | None = None,
+    splits: tuple[str, ...] = tuple(SPLITS),
+    log=None,
+) -> list[SplitResult]:
+    from mdmctl.sampling import generate, load_model
+
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"{d}: no such folder (the reversal-curse test files)")
+    model, tok, info, step_dir, device = load_model(checkpoint, sample_cfg.device, sample_cfg.attention, log)
+    results, all_rows = [], []
+    for name in splits:
+        fname, direction = SPLITS[name]
+        rows = read_jsonl(d / fname)[:limit] if limit else read_jsonl(d / fname)
+        for r in rows:
+            if not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str):
+                raise DataError(f"{d / fname}:{r['_line']}: missing field 'prompt' or 'completion'")
+        prompts = [r["prompt"] for r in rows]
+        plen = [len(tok.encode(p, add_special_tokens=False).ids) for p in prompts]
+        # SMDM's "total length 52": prompt + generation; at least 8 generated tokens.
+        lengths = [max(8, min(total_length, model.cfg.seq_len) - n) for n in plen]
+        lengths = [min(n, model.cfg.seq_len - p - (model.cfg.objective == "arm")) for n, p in zip(lengths, plen, strict=True)]
+        g = generate(model, tok, info, prompts, sample_cfg, device, lengths)
+        hits = [is_hit(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
+        bleu = [sentence_bleu(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
+        n, c = len(rows), sum(hits)
+        results.append(SplitResult(name, direction, n, c / n, binomial_stderr(c, n), 100 * sum(bleu) / n))
+        all_rows += [{"split": name, "prompt": r["prompt"], "reference": r["completion"],
+                      "generation": t, "hit": h, "bleu": b}
+                     for r, t, h, b in zip(rows, g.texts, hits, bleu, strict=True)]
+    if out:
+        write_jsonl(out, all_rows)
+    return results
