@@ -438,9 +438,10 @@ def finetune(
     model_cfg = replace(base, seq_len=cfg.seq_len or base.seq_len)
     objective = cfg.objective
     if base.objective == "arm":
-        if objective == "unconditional" or cfg.cfg_dropout:
-            raise ConfigError("--sft-objective unconditional and --cfg-dropout apply to MDM checkpoints")
-        objective = "arm"
+        if cfg.cfg_dropout:
+            raise ConfigError("--cfg-dropout applies to MDM checkpoints; checkpoint objective is 'arm'")
+        # ARM: next-token CE on the response ("conditional") or on the whole sequence.
+        objective = "arm-full" if objective == "unconditional" else "arm"
     elif objective == "auto":
         objective = "conditional"
     examples = read_examples(cfg.data, cfg.format, cfg.prompt_field, cfg.response_field)
@@ -472,8 +473,9 @@ def finetune(
         for m in range(accum):
             sl = slice(m * micro, (m + 1) * micro)
             x0, pm, rm = x0_all[sl], pm_all[sl], rm_all[sl]
-            if objective == "arm":
-                loss = arm_sft_nll(model(x0), x0, rm).sum() / rm.sum().clamp(min=1)
+            if objective in ("arm", "arm-full"):
+                scored = rm | pm if objective == "arm-full" else rm
+                loss = arm_sft_nll(model(x0), x0, scored).sum() / scored[:, 1:].sum().clamp(min=1)
             else:
                 gen = torch.Generator().manual_seed(mix(tc.seed, step, m + 1))
                 loss = mdm_sft_loss(model, x0, pm, mask_id, gen, eps=tc.eps,
@@ -495,7 +497,7 @@ def finetune(
             for s in range(0, len(group), tc.batch_size):
                 b = collate(group[s : s + tc.batch_size], tinfo.eos_id)
                 x0, pm, rm = b.x0.to(device), b.prompt_mask.to(device), b.response_mask.to(device)
-                if objective == "arm":
+                if objective in ("arm", "arm-full"):
                     total += float(arm_sft_nll(model(x0), x0, rm).sum())
                 else:
                     total += float(mdm_conditional_elbo(model, x0, pm, mask_id, tc.val_mc, gen).sum())
@@ -512,7 +514,7 @@ def finetune(
     job = _Job(
         cfg=run_cfg, config_dict=config_dict, loader=loader, step_losses=step_losses,
         validate=validate_sft,
-        val_kind=("ARM response CE" if objective == "arm" else "MDM conditional ELBO bound")
+        val_kind=("ARM response CE" if objective.startswith("arm") else "MDM conditional ELBO bound")
         + " per response token",
         tokenizer_path=init / "tokenizer.json", tokenizer_sha256=tinfo.sha256,
         data_state={"path": str(cfg.data), "tokenizer_sha256": tinfo.sha256, "sft": True},
