@@ -131,3 +131,37 @@ def test_corpus_smaller_than_batch(corpus_dir):
     w = TokenWindows(read_manifest(corpus_dir), "train", 32)
     with pytest.raises(DataError, match="fewer than one global batch"):
         TrainLoader(w, len(w) + 1, seed=0)
+
+
+def test_corrupt_gzip_is_a_data_error(tmp_path):
+    p = tmp_path / "c.jsonl.gz"
+    p.write_bytes(b"\x1f\x8b\x08\x00" + b"garbage" * 10)
+    with pytest.raises(DataError, match="cannot read"):
+        list(iter_documents(_spec(p)))
+
+
+def test_tokenize_keeps_foreign_files_and_literal_special_tokens(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"not ours")
+    p = tmp_path / "c.jsonl"
+    docs = make_docs(30) + ["the cat <|mask|> sat on the mat."]
+    p.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    m = tokenize_corpus(TokenizeConfig(corpus=_spec(p), out=str(out), vocab_size=300))
+    assert (out / "model.safetensors").read_bytes() == b"not ours"
+    from safetensors.torch import load_file
+
+    mask_id = m.meta["tokenizer"]["mask_id"]
+    for split in ("train", "val"):
+        for s in m.meta["splits"][split]["shards"]:
+            assert not (load_file(str(out / s["file"]))["tokens"].to(torch.int64) == mask_id).any()
+
+
+def test_loader_refuses_state_of_another_corpus(corpus_dir):
+    from mdmctl.errors import CompatibilityError
+
+    w = TokenWindows(read_manifest(corpus_dir), "train", 32)
+    state = TrainLoader(w, 4, seed=1).state_dict()
+    state["windows"] += 1
+    with pytest.raises(CompatibilityError, match="training windows"):
+        TrainLoader(w, 4, seed=1).load_state_dict(state)

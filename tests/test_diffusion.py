@@ -76,3 +76,15 @@ def test_elbo_untrained_near_log_vocab(tiny_cfg):
     bound, _ = mdm_elbo(m, x0, 96, 8, torch.Generator().manual_seed(0))
     per_tok = bound.mean().item() / 32
     assert abs(per_tok - math.log(96)) < 0.5
+
+
+def test_masked_ce_ignores_inf_at_unmasked_positions():
+    from mdmctl.diffusion import masked_ce_sum
+
+    logits = torch.zeros(1, 3, 5)
+    logits[0, 1, 4] = float("-inf")  # target 4 at position 1 is impossible: CE = inf
+    x0 = torch.tensor([[0, 4, 1]])
+    masked = torch.tensor([[True, False, True]])
+    out = masked_ce_sum(logits, x0, masked)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, torch.tensor([2 * math.log(5)]))

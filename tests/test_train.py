@@ -98,3 +98,16 @@ def test_training_reduces_loss_below_unigram(tmp_path, corpus_dir):
     r = pretrain(_run(corpus_dir, tmp_path / "u", "arm", steps=60, val_every=60, lr=3e-3,
                       save_every=60), log=lambda m: None)
     assert r.val_loss < r.unigram_entropy - 0.3
+
+
+def test_resume_from_older_step_with_newer_ones_is_refused(tmp_path, corpus_dir):
+    pretrain(_run(corpus_dir, tmp_path / "r", steps=6, save_every=3, keep_last=3), log=lambda m: None)
+    older = tmp_path / "r" / "checkpoints" / "step-00000003"
+    with pytest.raises(ConfigError, match="newer than step-00000003"):
+        pretrain(_run(corpus_dir, tmp_path / "r", steps=9, save_every=3, keep_last=3),
+                 resume=str(older), log=lambda m: None)
+
+
+def test_seed_bounds():
+    with pytest.raises(ConfigError, match="seed"):
+        TrainConfig(seed=-1)

@@ -75,10 +75,15 @@ def optimizer_tensors(opt: torch.optim.Optimizer, names: dict[torch.nn.Parameter
 def load_optimizer_tensors(
     opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]
 ) -> None:
+    on_device = any(g.get("fused") or g.get("capturable") for g in opt.param_groups)
     for key, val in tensors.items():
         kind, name = key.split("/", 1)
         p = params[name]
-        opt.state[p][kind] = val.to(p.device) if kind != "step" else val
+        if kind == "step":
+            # fused / capturable AdamW keeps step as float32 on the parameter's device
+            opt.state[p][kind] = val.to(p.device, torch.float32) if on_device else val
+        else:
+            opt.state[p][kind] = val.to(p.device)
     # Parameters with no saved state (never stepped) keep none, as in a fresh optimizer.
 
 

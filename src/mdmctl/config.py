@@ -219,6 +219,8 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_steps: must be >= 0, got {self.warmup_steps}")
         if self.max_nonfinite_skips < 0:
             raise ConfigError("train.max_nonfinite_skips: must be >= 0")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"train.seed: must be in [0, 2**63), got {self.seed}")
 
     def resolve_steps(self, model: ModelConfig) -> int:
         """Optimizer steps implied by steps / tokens / flops (default 1000 steps)."""

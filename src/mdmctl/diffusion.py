@@ -35,7 +35,9 @@ def masked_ce_sum(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor) 
     B, L, V = logits.shape
     # Flattened (N, V) layout: much faster than cross_entropy over a transposed (B, V, L) view.
     ce = F.cross_entropy(logits.reshape(-1, V), x0.reshape(-1), reduction="none").view(B, L)
-    return (ce * masked).sum(dim=1)
+    # where, not multiply: an unmasked position can carry an inf CE (e.g. a literal mask id in
+    # the data), and inf * 0 is nan.
+    return torch.where(masked, ce, 0.0).sum(dim=1)
 
 
 def mdm_loss(

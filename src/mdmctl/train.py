@@ -27,7 +27,14 @@ from mdmctl.config import FinetuneConfig, ModelConfig, RunConfig, TrainConfig
 from mdmctl.data.batches import TokenWindows, TrainLoader, mix
 from mdmctl.data.shards import read_manifest, tokenizer_info
 from mdmctl.diffusion import mdm_elbo, mdm_loss
-from mdmctl.errors import CompatibilityError, ConfigError, DataError, DivergenceError, MdmctlError
+from mdmctl.errors import (
+    CheckpointError,
+    CompatibilityError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    MdmctlError,
+)
 from mdmctl.log import MetricsWriter, info
 from mdmctl.model import Transformer
 from mdmctl.runtime import autocast, peak_flops, peak_rss_mb, resolve_device, resolve_dtype
@@ -184,7 +191,8 @@ def _check_resume(saved: dict[str, Any], current: dict[str, Any]) -> None:
         if not isinstance(fields, dict):
             continue
         for f, v in fields.items():
-            if section == "train" and f in RESUMABLE_CHANGES or (section == "model" and f == "name"):
+            if (section == "train" and f in RESUMABLE_CHANGES or (section == "model" and f == "name")
+                    or (section == "sft" and f in ("epochs", "device", "dtype", "attention"))):
                 continue
             old = saved.get(section, {}).get(f)
             if old != v:
@@ -231,7 +239,27 @@ def _train(
     elif resume == "auto" and has_steps:
         resume_dir = ckpt.find_latest(run_dir, log=log)
     if resume_dir is not None:
+        newer = [p.name for p in ckpt.list_steps(run_dir) if p.resolve().parent == resume_dir.resolve().parent
+                 and p.name > resume_dir.name]
+        if newer and resume == "auto":
+            # Newer steps that failed verification: set them aside (never deleted) so retention,
+            # which keeps the highest step numbers, cannot drop the new trajectory instead.
+            for name in newer:
+                aside = run_dir / "checkpoints" / f"invalid-{name}"
+                (run_dir / "checkpoints" / name).rename(aside)
+                log(f"moved unverifiable {name} to {aside.name}")
+        elif newer:
+            # Retention keeps the highest step numbers: continuing from an older step here would
+            # delete the new trajectory's checkpoints and keep the abandoned ones.
+            raise ConfigError(
+                f"{run_dir} has checkpoints newer than {resume_dir.name} ({', '.join(newer)}); "
+                "resume into another --out, or delete them first"
+            )
         state = ckpt.read_train_state(resume_dir)
+        try:
+            _ = state["config"], state["data"], state["loop"]["step"], state["loop"]["tokens_seen"]
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{resume_dir}/train_state.json: missing {e}") from None
         _check_resume(state["config"], job.config_dict)
         loaded = ckpt.load_checkpoint(resume_dir)
         if loaded.tokenizer_sha256 != job.tokenizer_sha256:
@@ -450,8 +478,12 @@ def finetune(
     if not val_ex:  # tiny files: hold out the last example(s)
         k = max(1, round(len(examples) * cfg.val_fraction))
         train_ex, val_ex = examples[:-k], examples[-k:]
-    train_tok, dropped = tokenize_examples(train_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong)
-    val_tok, _ = tokenize_examples(val_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong)
+    # ARM: each prompt starts with eos, the document separator it saw in pretraining and the
+    # context ``sample_arm`` gives it, so training and generation see the same positions.
+    bos = [tinfo.eos_id] if base.objective == "arm" else []
+    train_tok, dropped = tokenize_examples(train_ex, tok, tinfo.eos_id, model_cfg.seq_len,
+                                           cfg.overlong, bos=bos)
+    val_tok, _ = tokenize_examples(val_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong, bos=bos)
     if dropped:
         log(f"dropped {dropped} of {len(train_ex)} examples longer than {model_cfg.seq_len} tokens")
     if not val_tok:

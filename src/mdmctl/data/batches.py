@@ -99,5 +99,11 @@ class TrainLoader:
                 "global_batch": self.global_batch, "windows": len(self.windows)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("windows") != len(self.windows):
+            from mdmctl.errors import CompatibilityError
+
+            raise CompatibilityError(
+                f"cannot resume: the checkpoint's corpus had {state.get('windows')} training windows, "
+                f"this corpus has {len(self.windows)}")
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
         self._perm = self._permutation(self.epoch)

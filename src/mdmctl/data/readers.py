@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                     raise DataError(
                         f"{path}:{lineno}: invalid UTF-8 at byte offset {e.start} of the line"
                     ) from None
-    except (OSError, EOFError) as e:
-        if isinstance(e, DataError):
-            raise
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
 
 
@@ -105,13 +104,18 @@ def read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
 def read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
-    for i, row in enumerate(ds):
-        if text_field not in row:
-            raise DataError(f"{path}: row {i}: missing column '{text_field}' (set --text-field)")
-        text = row[text_field]
-        if isinstance(text, str) and text:
-            yield text, f"{path}#{i}"
+    try:
+        ds = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
+        for i, row in enumerate(ds):
+            if text_field not in row:
+                raise DataError(f"{path}: row {i}: missing column '{text_field}' (set --text-field)")
+            text = row[text_field]
+            if isinstance(text, str) and text:
+                yield text, f"{path}#{i}"
+    except DataError:
+        raise
+    except Exception as e:  # pyarrow / datasets raise many types for a bad file
+        raise DataError(f"{path}: cannot read parquet ({type(e).__name__}: {e})") from None
 
 
 def read_hub(spec: CorpusSpec) -> Iterator[tuple[str, str]]:

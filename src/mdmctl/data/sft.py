@@ -63,12 +63,15 @@ def _field(obj: dict[str, Any], key: str, where: str) -> str:
 def _render_chat(messages: Any, where: str) -> tuple[str, str]:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: 'messages' must be a non-empty list")
-    last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
+    last = max((i for i, m in enumerate(messages)
+                if isinstance(m, dict) and m.get("role") == "assistant"),
                default=None)
     if last is None:
         raise DataError(f"{where}: 'messages' has no assistant turn")
     parts = []
     for m in messages[:last]:
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: each message must be an object with role and content")
         role, content = m.get("role"), m.get("content")
         if not isinstance(content, str):
             raise DataError(f"{where}: message content expected string")
@@ -155,21 +158,24 @@ class Tokenized:
 
 
 def tokenize_examples(examples: list[Example], tok, eos_id: int, seq_len: int,
-                      overlong: str = "drop") -> tuple[list[Tokenized], int]:
+                      overlong: str = "drop", bos: list[int] | None = None) -> tuple[list[Tokenized], int]:
     """Token ids per example. Examples longer than ``seq_len`` (prompt + response + eos) are
     dropped and counted, or with ``overlong='error'`` reported with their file:line."""
     out, dropped = [], 0
+    tok.encode_special_tokens = True  # user text is literal: '<|mask|>' in it is just text
     ps = tok.encode_batch([e.prompt for e in examples], add_special_tokens=False)
     rs = tok.encode_batch([e.response for e in examples], add_special_tokens=False)
+    bos = bos or []
     for ex, p, r in zip(examples, ps, rs, strict=True):
-        n = len(p.ids) + len(r.ids) + 1
+        p_ids = bos + p.ids
+        n = len(p_ids) + len(r.ids) + 1
         if n > seq_len:
             if overlong == "error":
-                what = f"prompt is {len(p.ids)} tokens" if len(p.ids) >= seq_len else f"example is {n} tokens"
+                what = f"prompt is {len(p_ids)} tokens" if len(p_ids) >= seq_len else f"example is {n} tokens"
                 raise DataError(f"{ex.source}: {what}; model context is {seq_len}")
             dropped += 1
             continue
-        out.append(Tokenized(p.ids, r.ids + [eos_id], ex.source))
+        out.append(Tokenized(p_ids, r.ids + [eos_id], ex.source))
     if examples and not out:
         raise DataError(f"{examples[0].source.rsplit(':', 1)[0]}: every example is longer than the "
                         f"model context of {seq_len} tokens")
@@ -244,5 +250,11 @@ class SFTLoader:
                 "global_batch": self.batch_size, "examples": len(self.examples)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("examples") != len(self.examples):
+            from mdmctl.errors import CompatibilityError
+
+            raise CompatibilityError(
+                f"cannot resume: the checkpoint's data had {state.get('examples')} training examples, "
+                f"this data has {len(self.examples)}")
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
         self._batches = self._plan(self.epoch)

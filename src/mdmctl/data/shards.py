@@ -167,14 +167,15 @@ def tokenize_corpus(
     dtype = np.dtype(np.uint16) if info.vocab_size <= 2**16 else np.dtype(np.uint32)
     out.mkdir(parents=True, exist_ok=True)
     (out / "corpus.json").unlink(missing_ok=True)  # invalid until the new one is written last
-    for old in out.glob("*.safetensors"):
-        old.unlink()
+    for old in [*out.glob("train-*.safetensors"), *out.glob("val-*.safetensors")]:
+        old.unlink()  # only our own shard names: --out may be a folder that holds other files
     writers = {s: _ShardWriter(out, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
     text_hash = hashlib.sha256()
     n_docs = 0
 
     def encode(batch: list[str]) -> None:
         nonlocal n_docs
+        tok.encode_special_tokens = True  # corpus text is literal: '<|mask|>' in it is just text
         for text, enc in zip(batch, tok.encode_batch(batch, add_special_tokens=False), strict=True):
             ids = np.asarray(enc.ids + [info.eos_id], dtype=np.int64)
             writers["val" if _is_val(text, cfg.val_fraction) else "train"].add(ids)

@@ -61,8 +61,10 @@ def _windows_from_files(paths: list[str], tok, eos_id: int, seq_len: int, text_f
     from mdmctl.data.readers import CorpusSpec, iter_documents
 
     ids: list[int] = []
+    from mdmctl.sampling import encode_literal
+
     for text, _ in iter_documents(CorpusSpec(paths=tuple(paths), text_field=text_field)):
-        ids.extend(tok.encode(text, add_special_tokens=False).ids + [eos_id])
+        ids.extend(encode_literal(tok, text) + [eos_id])
     if not ids:
         raise DataError(f"{', '.join(paths)}: no text to score")
     return [torch.tensor(ids[s : s + seq_len]) for s in range(0, len(ids), seq_len)]
@@ -77,10 +79,12 @@ def evaluate_ppl(cfg: PplConfig, log=None) -> PplResult:
     mc = model.cfg
     data = cfg.data
     if data is None:
-        import json
+        from mdmctl.checkpoint import read_train_state
 
-        state = json.loads((step_dir / "train_state.json").read_text())
-        data = state["corpus"]["path"]
+        corpus = read_train_state(step_dir).get("corpus", {})
+        if corpus.get("sft") or "path" not in corpus:
+            raise ConfigError(f"{step_dir}: no pretraining corpus recorded; pass --data")
+        data = corpus["path"]
     p = Path(data)
     if p.is_dir() and (p / "corpus.json").is_file():
         manifest = read_manifest(p)

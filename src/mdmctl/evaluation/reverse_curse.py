@@ -77,7 +77,7 @@ def evaluate_reverse_curse(
     splits: tuple[str, ...] = tuple(SPLITS),
     log=None,
 ) -> list[SplitResult]:
-    from mdmctl.sampling import generate, load_model
+    from mdmctl.sampling import encode_literal, generate, load_model
 
     d = Path(data_dir)
     if not d.is_dir():
@@ -87,14 +87,16 @@ def evaluate_reverse_curse(
     for name in splits:
         fname, direction = SPLITS[name]
         rows = read_jsonl(d / fname)[:limit] if limit else read_jsonl(d / fname)
+        if not rows:
+            raise DataError(f"{d / fname}: no prompts")
         for r in rows:
             if not isinstance(r.get("prompt"), str) or not isinstance(r.get("completion"), str):
                 raise DataError(f"{d / fname}:{r['_line']}: missing field 'prompt' or 'completion'")
         prompts = [r["prompt"] for r in rows]
-        plen = [len(tok.encode(p, add_special_tokens=False).ids) for p in prompts]
+        plen = [len(encode_literal(tok, p)) for p in prompts]
         # SMDM's "total length 52": prompt + generation; at least 8 generated tokens.
         lengths = [max(8, min(total_length, model.cfg.seq_len) - n) for n in plen]
-        lengths = [min(n, model.cfg.seq_len - p - (model.cfg.objective == "arm")) for n, p in zip(lengths, plen, strict=True)]
+        lengths = [max(1, min(n, model.cfg.seq_len - p)) for n, p in zip(lengths, plen, strict=True)]
         g = generate(model, tok, info, prompts, sample_cfg, device, lengths)
         hits = [is_hit(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
         bleu = [sentence_bleu(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]

@@ -40,6 +40,8 @@ class SampleConfig:
             raise ConfigError(f"--temperature: must be >= 0, got {self.temperature}")
         if self.cfg < 0:
             raise ConfigError(f"--cfg: must be >= 0, got {self.cfg}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed: must be in [0, 2**63), got {self.seed}")
         if self.sampler not in ("ancestral", "confidence"):
             raise ConfigError(f"--sampler: expected ancestral or confidence, got {self.sampler!r}")
 
@@ -97,6 +99,15 @@ class Generation:
     generated_tokens: int  # output tokens produced (before eos truncation), never prompt tokens
 
 
+def encode_literal(tok, text: str) -> list[int]:
+    """Token ids of user text, with special-token strings (e.g. a literal '<|mask|>') kept as text."""
+    tok.encode_special_tokens = True
+    try:
+        return tok.encode(text, add_special_tokens=False).ids
+    finally:
+        tok.encode_special_tokens = False
+
+
 def generate(model, tok, info, prompts: list[str], cfg: SampleConfig, device,
              length: int | list[int] | None = None) -> Generation:
     """Generate after each prompt with ``cfg``'s sampler settings (one code path for ``sample``
@@ -107,12 +118,12 @@ def generate(model, tok, info, prompts: list[str], cfg: SampleConfig, device,
     mc = model.cfg
     if mc.objective == "arm" and cfg.cfg != 0:
         raise ConfigError("--cfg applies to objective 'mdm'; checkpoint objective is 'arm'")
-    ids = [tok.encode(p, add_special_tokens=False).ids if p else [] for p in prompts]
+    ids = [encode_literal(tok, p) if p else [] for p in prompts]
     lengths = [length] * len(ids) if not isinstance(length, list) else length
     lengths = [cfg.length if n is None else n for n in lengths]
-    extra = 1 if mc.objective == "arm" else 0  # the ARM's leading eos
     for i, n in zip(ids, lengths, strict=True):
-        if len(i) + n + extra > mc.seq_len:
+        # ARM: eos + prompt + n generated, of which the last is never fed back: len(i) + n positions.
+        if len(i) + n > mc.seq_len:
             raise ConfigError(
                 f"prompt is {len(i)} tokens; model context is {mc.seq_len} "
                 f"(gen length {n}): shorten the prompt or --length"
