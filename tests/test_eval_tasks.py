@@ -108,7 +108,47 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
     rc.mkdir()
     for name in ("p2d_prompts_test", "p2d_reverse_prompts_test", "d2p_prompts_test",
                  "d2p_reverse_prompts_test"):
-        (rc / f"{name}.jsonl").write_text(json.dumps({"prompt": "the cat", "completion": " sat"}) + "\n")
+        (rc / f"{name}.jsonl").write_text(
+            json.dumps({"prompt": "the cat", "completion": " sat"}) + "\n"
+            + json.dumps({"prompt": "the dog", "completion": " ran"}) + "\n")
     r = run("eval", "reverse-curse", "--checkpoint", tmp_path / "m", "--data-dir", rc,
-            "--total-length", "16", "--steps", "4", "--json")
-    assert [x["split"] for x in json.loads(r.stdout)] == ["p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse"]
+            "--total-length", "16", "--steps", "4", "--json", "--rank", "--rank-mc", "2")
+    res = json.loads(r.stdout)
+    assert [x["split"] for x in res] == ["p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse"]
+    assert all(x["candidates"] == 2 and 0 <= x["rank_accuracy"] <= 1 for x in res)
+
+
+def test_rank_accuracy_prefers_the_likely_completion():
+    """A fake model that always gives token 7 probability ~1: the candidate '7 7' wins for every
+    prompt, so exactly the rows whose reference is '7 7' are ranked right (both estimators)."""
+    import torch
+
+    from mdmctl.config import ModelConfig
+    from mdmctl.evaluation.reverse_curse import rank_accuracy
+
+    class Tok:
+        def encode(self, text, add_special_tokens=False):
+            return type("E", (), {"ids": [int(c) for c in text.split()]})()
+
+    class Info:
+        eos_id = 0
+
+    for objective, mask_id in (("arm", -1), ("mdm", 11)):
+        cfg = ModelConfig.from_name("tiny", objective=objective, vocab_size=12, mask_id=mask_id,
+                                    seq_len=16)
+
+        class Fake:
+            def __init__(self):
+                self.cfg = cfg
+
+            def __call__(self, x):
+                logits = torch.zeros(*x.shape, 12)
+                logits[..., 7] = 10.0
+                if mask_id >= 0:
+                    logits[..., mask_id] = float("-inf")
+                return logits
+
+        rows = [{"prompt": "1 2", "completion": "7 7"}, {"prompt": "3", "completion": "7 7"},
+                {"prompt": "4", "completion": "5 6"}]
+        acc, n = rank_accuracy(Fake(), Tok(), Info(), rows, "cpu", n_mc=4, batch_size=8, seed=0)
+        assert n == 2 and acc == pytest.approx(2 / 3)

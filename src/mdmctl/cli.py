@@ -502,6 +502,8 @@ def eval_reverse_curse(
     out: Path | None = typer.Option(None, "--out", help="Per-example jsonl."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="First N prompts of each file."),
     total_length: int = typer.Option(52, "--total-length", min=2, help="Prompt + generation tokens (SMDM: 52)."),
+    rank: bool = typer.Option(False, "--rank", help="Also rank each reference against the file's other completions by likelihood (MDM: conditional ELBO; ARM: exact)."),
+    rank_mc: int = typer.Option(16, "--rank-mc", min=1, help="MDM: stratified t samples per candidate for --rank."),
     steps: int = typer.Option(32, "--steps", min=1),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
     temperature: float = typer.Option(0.0, "--temperature", min=0),
@@ -525,13 +527,18 @@ def eval_reverse_curse(
                             batch_size=batch_size, device=device, attention=attention.value)
         res = evaluate_reverse_curse(data_dir=str(data_dir), checkpoint=scfg.checkpoint,
                                      sample_cfg=scfg, total_length=total_length, limit=limit,
-                                     out=str(out) if out else None, log=_log)
+                                     out=str(out) if out else None, rank=rank, rank_mc=rank_mc,
+                                     log=_log)
         if json_out:
             print(json.dumps([r.__dict__ for r in res], indent=2))
             return
         t = Table(title="reverse curse")
-        for col in ("split", "direction", "n", "accuracy", "BLEU"):
+        cols = ["split", "direction", "n", "accuracy", "BLEU"] + (["rank acc. (chance)"] if rank else [])
+        for col in cols:
             t.add_column(col)
         for r in res:
-            t.add_row(r.split, r.direction, str(r.n), f"{r.accuracy:.3f} ± {r.stderr:.3f}", f"{r.bleu:.1f}")
+            row = [r.split, r.direction, str(r.n), f"{r.accuracy:.3f} ± {r.stderr:.3f}", f"{r.bleu:.1f}"]
+            if rank:
+                row.append(f"{r.rank_accuracy:.3f} ({1 / r.candidates:.3f})")
+            t.add_row(*row)
         console.print(t)

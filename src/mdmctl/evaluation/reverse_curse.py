@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mdmctl.errors import DataError
 from mdmctl.evaluation.generation import binomial_stderr, read_jsonl, write_jsonl
 
@@ -64,6 +66,51 @@ class SplitResult:
     accuracy: float
     stderr: float
     bleu: float
+    rank_accuracy: float | None = None
+    """Share of prompts whose reference completion scores highest among the file's distinct
+    completions (chance = 1 / candidates); MDM: conditional ELBO, ARM: exact likelihood."""
+    candidates: int | None = None
+
+
+@torch.no_grad()
+def rank_accuracy(model, tok, info, rows: list[dict[str, Any]], device, n_mc: int, batch_size: int,
+                  seed: int) -> tuple[float, int]:
+    """Likelihood ranking: does the reference beat every other completion in the file?"""
+    from mdmctl.autoregressive import arm_sft_nll
+    from mdmctl.data.batches import mix
+    from mdmctl.diffusion import mdm_conditional_elbo
+    from mdmctl.sampling import encode_literal
+
+    mc = model.cfg
+    cands = sorted({r["completion"] for r in rows})
+    cand_ids = [encode_literal(tok, c) for c in cands]
+    bos = [info.eos_id] if mc.objective == "arm" else []
+    pairs = []  # (row, cand, ids, prompt_len)
+    for i, r in enumerate(rows):
+        p = bos + encode_literal(tok, r["prompt"])
+        for j, c in enumerate(cand_ids):
+            ids = (p + c)[: mc.seq_len]
+            pairs.append((i, j, ids, min(len(p), len(ids) - 1)))
+    scores = torch.full((len(rows), len(cands)), float("-inf"))
+    gen = torch.Generator().manual_seed(mix(seed, 0x4A4E))
+    by_len: dict[int, list[tuple[int, int, list[int], int]]] = {}
+    for pr in pairs:
+        by_len.setdefault(len(pr[2]), []).append(pr)
+    for L, group in sorted(by_len.items()):
+        for s in range(0, len(group), batch_size):
+            chunk = group[s : s + batch_size]
+            x0 = torch.tensor([c[2] for c in chunk], device=device)
+            pos = torch.arange(L, device=device)
+            plen = torch.tensor([c[3] for c in chunk], device=device)
+            pm = pos[None, :] < plen[:, None]  # (B, L) prompt positions
+            if mc.objective == "mdm":
+                nll = mdm_conditional_elbo(model, x0, pm, mc.mask_id, n_mc, gen)
+            else:
+                nll = arm_sft_nll(model(x0), x0, ~pm)
+            for (i, j, _, _), v in zip(chunk, nll.tolist(), strict=True):
+                scores[i, j] = -v
+    ref = torch.tensor([cands.index(r["completion"]) for r in rows])
+    return float((scores.argmax(1) == ref).float().mean()), len(cands)
 
 
 def evaluate_reverse_curse(
@@ -75,6 +122,8 @@ def evaluate_reverse_curse(
     limit: int | None = None,
     out: str | None = None,
     splits: tuple[str, ...] = tuple(SPLITS),
+    rank: bool = False,
+    rank_mc: int = 16,
     log=None,
 ) -> list[SplitResult]:
     from mdmctl.sampling import encode_literal, generate, load_model
@@ -101,7 +150,11 @@ def evaluate_reverse_curse(
         hits = [is_hit(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
         bleu = [sentence_bleu(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
         n, c = len(rows), sum(hits)
-        results.append(SplitResult(name, direction, n, c / n, binomial_stderr(c, n), 100 * sum(bleu) / n))
+        res = SplitResult(name, direction, n, c / n, binomial_stderr(c, n), 100 * sum(bleu) / n)
+        if rank:
+            res.rank_accuracy, res.candidates = rank_accuracy(
+                model, tok, info, rows, device, rank_mc, sample_cfg.batch_size * 4, sample_cfg.seed)
+        results.append(res)
         all_rows += [{"split": name, "prompt": r["prompt"], "reference": r["completion"],
                       "generation": t, "hit": h, "bleu": b}
                      for r, t, h, b in zip(rows, g.texts, hits, bleu, strict=True)]
