@@ -89,3 +89,21 @@ def test_arm_kv_cache_sampling_equals_recompute():
             x.append(int(m(torch.tensor([x]))[0, -1].argmax()))
         assert gen == x[4:]
     assert nfe == 6  # one prefill + 5 decode steps, both rows in one batch
+
+
+def test_cfg_unconditional_pass_masks_exactly_each_rows_prompt(mdm):
+    """Ragged batch with CFG: the second half of the batched forward is the unconditional input,
+    with each row's own prompt positions (and nothing else) replaced by the mask."""
+    seen = []
+
+    def spy(x, d):
+        seen.append((x.clone(), None if d is None else d.clone()))
+        return mdm(x, d)
+
+    sample_mdm(spy, [[1, 2, 3], [4]], length=4, steps=1, mask_id=MASK, pad_id=PAD,
+               generator=torch.Generator().manual_seed(0), temperature=0.0, cfg=1.0)
+    x, d = seen[0]
+    cond, unc = x.chunk(2)
+    assert cond.tolist() == [[1, 2, 3, MASK, MASK, MASK, MASK], [4, MASK, MASK, MASK, MASK, PAD, PAD]]
+    assert unc.tolist() == [[MASK] * 7, [MASK] * 5 + [PAD, PAD]]
+    assert d.chunk(2)[0].tolist() == [[0] * 7, [0] * 5 + [1, 1]]  # padding is its own segment

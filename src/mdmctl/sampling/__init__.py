@@ -136,6 +136,8 @@ def generate(model, tok, info, prompts: list[str], cfg: SampleConfig, device,
     for i, n in enumerate(lengths):
         by_len.setdefault(n, []).append(i)
     for n_gen, members in sorted(by_len.items()):
+        # Similar prompt lengths together: less padding (results do not depend on the batch).
+        members = sorted(members, key=lambda i: len(ids[i]))
         for s in range(0, len(members), cfg.batch_size):
             rows = members[s : s + cfg.batch_size]
             chunk = [ids[r] for r in rows]

@@ -33,14 +33,15 @@ class MDMSampleOutput:
     nfe: int  # forward passes (a CFG step counts one batched pass)
 
 
-def cfg_logits(model: ModelFn, x: torch.Tensor, doc_ids: torch.Tensor, prompt_mask: torch.Tensor,
+def cfg_logits(model: ModelFn, x: torch.Tensor, doc_ids: torch.Tensor | None, prompt_mask: torch.Tensor,
                mask_id: int, cfg: float) -> torch.Tensor:
     """Guided logits (B, L, V). ``prompt_mask`` (B, L) marks prompt positions (masked in the
     unconditional pass). cfg = 0 is one plain conditional pass."""
     if cfg == 0 or not bool(prompt_mask.any()):
         return model(x, doc_ids)
     uncond = torch.where(prompt_mask, torch.full_like(x, mask_id), x)
-    both = model(torch.cat([x, uncond]), torch.cat([doc_ids, doc_ids]))  # (2B, L, V)
+    docs = None if doc_ids is None else torch.cat([doc_ids, doc_ids])
+    both = model(torch.cat([x, uncond]), docs)  # (2B, L, V)
     cond, unc = both.chunk(2)
     guided = unc + (cfg + 1.0) * (cond - unc)
     # -inf - -inf is nan at the mask column: keep it -inf (never predicted).
@@ -74,9 +75,13 @@ def sample_mdm(
         gen_pos[b, len(p) : len(p) + length] = True
     pos = torch.arange(total)
     real = pos[None, :] < (plens + length)[:, None]  # (B, total)
-    doc_ids = (~real).long()  # padding is its own segment
+    # Padding is its own attention segment. Without padding no mask is built at all, which keeps
+    # the attention kernel on its fast maskless path.
+    doc_ids = (~real).long() if bool((~real).any()) else None
     prompt_mask = pos[None, :] < plens[:, None]
-    x, doc_ids, prompt_mask, gen_pos = (t.to(device) for t in (x, doc_ids, prompt_mask, gen_pos))
+    x, prompt_mask, gen_pos = (t.to(device) for t in (x, prompt_mask, gen_pos))
+    if doc_ids is not None:
+        doc_ids = doc_ids.to(device)
 
     nfe = 0
     logits = None
