@@ -26,11 +26,18 @@ def hf_llama(cfg):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hc = LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.seq_len,
-        rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_base, tie_word_embeddings=False,
-        attention_bias=False, mlp_bias=False,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=cfg.seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_base,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
     )
     hc._attn_implementation = "sdpa"
     return LlamaForCausalLM(hc)
@@ -65,8 +72,10 @@ def bench(size, args, device, dtype, backend):
     n_ours = sum(p.numel() for p in ours.parameters())
     n_theirs = sum(p.numel() for p in theirs.parameters())
     assert n_ours == n_theirs, (n_ours, n_theirs)
-    opts = {m: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=device.type == "cuda")
-            for m in (ours, theirs)}
+    opts = {
+        m: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=device.type == "cuda")
+        for m in (ours, theirs)
+    }
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, args.vocab, (args.batch, cfg.seq_len), generator=g).to(device)
     times = {"mdmctl": [], "hf": []}
@@ -81,8 +90,13 @@ def bench(size, args, device, dtype, backend):
             if it >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
     tokens = args.batch * cfg.seq_len
-    res = {"size": size, "attention": backend, "params": n_ours, "seq_len": cfg.seq_len,
-           "batch": args.batch}
+    res = {
+        "size": size,
+        "attention": backend,
+        "params": n_ours,
+        "seq_len": cfg.seq_len,
+        "batch": args.batch,
+    }
     for name, ts in times.items():
         ts = sorted(ts)
         res[f"{name}_tok_s"] = tokens / ts[len(ts) // 2]  # median step
@@ -128,15 +142,19 @@ def main() -> None:
                 continue
             rows.append(bench(size, args, device, dtype, backend))
             r = rows[-1]
-            line = (f"{r['size']:>6} {r['attention']:>8}  seq {r['seq_len']:>5} batch {r['batch']:>3}  "
-                    f"mdmctl {r['mdmctl_tok_s']:>10,.0f} tok/s   HF Llama {r['hf_tok_s']:>10,.0f} tok/s"
-                    f"   ratio {r['ratio']:.2f}")
+            line = (
+                f"{r['size']:>6} {r['attention']:>8}  seq {r['seq_len']:>5} batch {r['batch']:>3}  "
+                f"mdmctl {r['mdmctl_tok_s']:>10,.0f} tok/s   HF Llama {r['hf_tok_s']:>10,.0f} tok/s"
+                f"   ratio {r['ratio']:.2f}"
+            )
             if "mdmctl_mfu" in r:
                 line += f"   MFU {r['mdmctl_mfu']:.1%} vs {r['hf_mfu']:.1%}"
             print(line, flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": str(device), "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump(
+                {"device": str(device), "torch": torch.__version__, "rows": rows}, f, indent=1
+            )
 
 
 if __name__ == "__main__":

@@ -15,9 +15,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 SENTENCES = [
-    "the cat sat on the mat.", "the dog ran to the park.", "birds sang in the tall green trees.",
-    "a small boat sailed across the quiet lake.", "the sky was full of white clouds.",
-    "children played near the old stone bridge.", "rain fell softly on the roof all night.",
+    "the cat sat on the mat.",
+    "the dog ran to the park.",
+    "birds sang in the tall green trees.",
+    "a small boat sailed across the quiet lake.",
+    "the sky was full of white clouds.",
+    "children played near the old stone bridge.",
+    "rain fell softly on the roof all night.",
     "she wrote a long letter to her brother.",
 ]
 
@@ -52,8 +56,14 @@ def corpus_dir(tmp_path_factory, corpus_file) -> Path:
     from mdmctl.data.shards import TokenizeConfig, tokenize_corpus
 
     out = tmp_path_factory.mktemp("data") / "tiny"
-    tokenize_corpus(TokenizeConfig(corpus=CorpusSpec(paths=(str(corpus_file),)), out=str(out),
-                                   vocab_size=400, val_fraction=0.1))
+    tokenize_corpus(
+        TokenizeConfig(
+            corpus=CorpusSpec(paths=(str(corpus_file),)),
+            out=str(out),
+            vocab_size=400,
+            val_fraction=0.1,
+        )
+    )
     return out
 
 

@@ -25,8 +25,9 @@ def naive(q, k, v, causal, doc_ids=None):
 @pytest.mark.parametrize("causal", [False, True])
 def test_sdpa_equals_naive(causal):
     q, k, v = (torch.randn(2, 10, 3, 8) for _ in range(3))
-    torch.testing.assert_close(attention(q, k, v, causal=causal), naive(q, k, v, causal),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        attention(q, k, v, causal=causal), naive(q, k, v, causal), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -63,8 +64,12 @@ def test_xformers_matches_sdpa_on_cuda(causal, packed):
     if resolve_backend("auto", torch.device("cuda")) != "xformers":
         pytest.skip("xformers cannot run on this GPU (auto fell back to SDPA; see log)")
     g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(2, 256, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g,
-                           requires_grad=True) for _ in range(3))
+    q, k, v = (
+        torch.randn(
+            2, 256, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True
+        )
+        for _ in range(3)
+    )
     doc = torch.tensor([[0] * 100 + [1] * 156, [0] * 256], device="cuda") if packed else None
     a = attention(q, k, v, causal=causal, doc_ids=doc, backend="xformers")
     b = attention(q, k, v, causal=causal, doc_ids=doc, backend="sdpa")

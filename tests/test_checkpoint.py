@@ -23,9 +23,17 @@ def tok_path(tmp_path):
 
 
 def _save(run, step, model, cfg, tok_path, **kw):
-    return ckpt.save_checkpoint(run, step, model=model, model_cfg=cfg, tokenizer_path=tok_path,
-                                tokenizer_sha256="abc", train_state={"loop": {"step": step}},
-                                optimizer={"exp_avg/x": torch.ones(3)}, **kw)
+    return ckpt.save_checkpoint(
+        run,
+        step,
+        model=model,
+        model_cfg=cfg,
+        tokenizer_path=tok_path,
+        tokenizer_sha256="abc",
+        train_state={"loop": {"step": step}},
+        optimizer={"exp_avg/x": torch.ones(3)},
+        **kw,
+    )
 
 
 def test_round_trip_bit_identical(tmp_path, tiny_cfg, tok_path):
@@ -33,8 +41,12 @@ def test_round_trip_bit_identical(tmp_path, tiny_cfg, tok_path):
     d = _save(tmp_path, 10, m, tiny_cfg, tok_path)
     assert d.name == "step-00000010"
     assert sorted(p.name for p in d.iterdir()) == [
-        "MANIFEST.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json",
-        "train_state.json"]
+        "MANIFEST.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "tokenizer.json",
+        "train_state.json",
+    ]
     loaded = ckpt.load_checkpoint(d)
     assert loaded.model_cfg == tiny_cfg
     for k, v in m.state_dict().items():
@@ -103,8 +115,15 @@ def test_pickle_files_refused(tmp_path):
 def test_non_finite_state_refused(tmp_path, tiny_cfg, tok_path):
     m = Transformer(tiny_cfg)
     with pytest.raises(ValueError):
-        ckpt.save_checkpoint(tmp_path, 1, model=m, model_cfg=tiny_cfg, tokenizer_path=tok_path,
-                             tokenizer_sha256="a", train_state={"loss": float("nan")})
+        ckpt.save_checkpoint(
+            tmp_path,
+            1,
+            model=m,
+            model_cfg=tiny_cfg,
+            tokenizer_path=tok_path,
+            tokenizer_sha256="a",
+            train_state={"loss": float("nan")},
+        )
     assert ckpt.list_steps(tmp_path) == []
     d = _save(tmp_path, 2, m, tiny_cfg, tok_path)
     (d / "train_state.json").write_text('{"loss": Infinity}')

@@ -31,9 +31,29 @@ def ckpts(tmp_path_factory, corpus_dir):
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for obj in ("mdm", "arm"):
-        run("pretrain", "--objective", obj, "--size", "tiny", "--seq-len", "32", "--steps", "4",
-            "--batch-size", "4", "--val-every", "4", "--data", corpus_dir, "--out", root / obj,
-            "--show-samples", "0", "--device", "cpu")
+        run(
+            "pretrain",
+            "--objective",
+            obj,
+            "--size",
+            "tiny",
+            "--seq-len",
+            "32",
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--val-every",
+            "4",
+            "--data",
+            corpus_dir,
+            "--out",
+            root / obj,
+            "--show-samples",
+            "0",
+            "--device",
+            "cpu",
+        )
         out[obj] = root / obj / "checkpoints" / "step-00000004"
     return out
 
@@ -46,8 +66,10 @@ def test_command_set_is_frozen():
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from mdmctl.cli import app; from typer.testing import CliRunner; "
-            "CliRunner().invoke(app, ['pretrain', '--help']); assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from mdmctl.cli import app; from typer.testing import CliRunner; "
+        "CliRunner().invoke(app, ['pretrain', '--help']); assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -56,7 +78,9 @@ def test_missing_and_empty_corpus(tmp_path):
     r = run("tokenize", tmp_path / "nope.jsonl", "--out", tmp_path / "o", code=3)
     assert "no such file" in r.stderr
     (tmp_path / "e.jsonl").write_text("")
-    r = run("tokenize", tmp_path / "e.jsonl", "--out", tmp_path / "o", "--vocab-size", "300", code=3)
+    r = run(
+        "tokenize", tmp_path / "e.jsonl", "--out", tmp_path / "o", "--vocab-size", "300", code=3
+    )
     assert "corpus is empty" in r.stderr
 
 
@@ -69,8 +93,12 @@ def test_undecodable_line(tmp_path):
 def test_tokenizer_without_eos(tmp_path, corpus_file):
     from tokenizers import Tokenizer, models
 
-    Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(tmp_path / "t.json"))
-    r = run("tokenize", corpus_file, "--tokenizer", tmp_path / "t.json", "--out", tmp_path / "o", code=3)
+    Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(
+        str(tmp_path / "t.json")
+    )
+    r = run(
+        "tokenize", corpus_file, "--tokenizer", tmp_path / "t.json", "--out", tmp_path / "o", code=3
+    )
     assert "no end-of-text token" in r.stderr
 
 
@@ -82,19 +110,27 @@ def test_unknown_size_and_config_key(tmp_path, corpus_dir):
     assert "unknown key 'train.learning_rate'" in r.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ("pretrain", "--steps", "0"), ("pretrain", "--batch-size", "-1"),
-    ("sample", "--length", "0"), ("sample", "--steps", "0"), ("sample", "--batch-size", "0"),
-    ("sample", "--cfg", "-1"), ("sample", "--temperature", "-0.5"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("pretrain", "--steps", "0"),
+        ("pretrain", "--batch-size", "-1"),
+        ("sample", "--length", "0"),
+        ("sample", "--steps", "0"),
+        ("sample", "--batch-size", "0"),
+        ("sample", "--cfg", "-1"),
+        ("sample", "--temperature", "-0.5"),
+    ],
+)
 def test_non_positive_and_negative_values(args):
     r = run(*args, code=2)
     assert "Invalid value" in r.stderr
 
 
 def test_prompt_longer_than_context(ckpts):
-    r = run("sample", "--checkpoint", ckpts["mdm"], "--prompt", "the cat " * 40, "--length", "8",
-            code=2)
+    r = run(
+        "sample", "--checkpoint", ckpts["mdm"], "--prompt", "the cat " * 40, "--length", "8", code=2
+    )
     assert "model context is 32" in r.stderr
 
 
@@ -104,9 +140,28 @@ def test_cfg_on_arm_checkpoint(ckpts):
 
 
 def test_checkpoint_from_other_architecture(tmp_path, ckpts, corpus_dir):
-    r = run("pretrain", "--size", "tiny", "--seq-len", "32", "--n-layers", "3", "--steps", "5",
-            "--batch-size", "4", "--data", corpus_dir, "--out", tmp_path / "x",
-            "--resume", ckpts["mdm"], "--device", "cpu", code=4)
+    r = run(
+        "pretrain",
+        "--size",
+        "tiny",
+        "--seq-len",
+        "32",
+        "--n-layers",
+        "3",
+        "--steps",
+        "5",
+        "--batch-size",
+        "4",
+        "--data",
+        corpus_dir,
+        "--out",
+        tmp_path / "x",
+        "--resume",
+        ckpts["mdm"],
+        "--device",
+        "cpu",
+        code=4,
+    )
     assert "model.n_layers: checkpoint=2, requested=3" in r.stderr
 
 
@@ -140,13 +195,28 @@ def test_truncated_and_corrupt_checkpoint(tmp_path, ckpts):
 
 
 def test_sample_json_and_eval_ppl_labels(ckpts, corpus_dir):
-    r = run("sample", "--checkpoint", ckpts["mdm"], "--prompt", "the cat", "--num-samples", "2",
-            "--length", "8", "--steps", "4", "--json", "--cfg", "1.0")
+    r = run(
+        "sample",
+        "--checkpoint",
+        ckpts["mdm"],
+        "--prompt",
+        "the cat",
+        "--num-samples",
+        "2",
+        "--length",
+        "8",
+        "--steps",
+        "4",
+        "--json",
+        "--cfg",
+        "1.0",
+    )
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(lines) == 2 and lines[0]["prompt"] == "the cat"
     assert "forward passes" in r.stderr and "tokens/s" in r.stderr
-    mdm = json.loads(run("eval", "ppl", "--checkpoint", ckpts["mdm"], "--mc-samples", "4",
-                         "--json").stdout)
+    mdm = json.loads(
+        run("eval", "ppl", "--checkpoint", ckpts["mdm"], "--mc-samples", "4", "--json").stdout
+    )
     arm = json.loads(run("eval", "ppl", "--checkpoint", ckpts["arm"], "--json").stdout)
     assert mdm["kind"] == "upper bound" and mdm["stderr"] > 0
     assert arm["kind"] == "exact" and arm["mc_samples"] is None
@@ -158,14 +228,33 @@ def test_end_to_end_subprocess(tmp_path, corpus_file):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
     def cli(*args):
-        p = subprocess.run([sys.executable, "-m", "mdmctl", *map(str, args)], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "mdmctl", *map(str, args)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert p.returncode == 0, p.stderr
         return p
 
     cli("tokenize", corpus_file, "--vocab-size", "400", "--out", "data/tiny")
-    cli("pretrain", "--size", "tiny", "--seq-len", "32", "--steps", "5", "--batch-size", "4",
-        "--data", "data/tiny", "--show-samples", "1")
+    cli(
+        "pretrain",
+        "--size",
+        "tiny",
+        "--seq-len",
+        "32",
+        "--steps",
+        "5",
+        "--batch-size",
+        "4",
+        "--data",
+        "data/tiny",
+        "--show-samples",
+        "1",
+    )
     out = cli("sample", "--prompt", "the cat", "--length", "8", "--steps", "8").stdout
     assert out.startswith("the cat")
     ppl = json.loads(cli("eval", "ppl", "--mc-samples", "4", "--json").stdout)
@@ -182,16 +271,41 @@ def test_signal_saves_and_resume_matches_uninterrupted(tmp_path, corpus_dir, sig
 
     from mdmctl import checkpoint as ckpt
 
-    args = ["pretrain", "--size", "tiny", "--seq-len", "32", "--steps", "120", "--batch-size", "4",
-            "--data", corpus_dir, "--val-every", "1000", "--save-every", "1000",
-            "--show-samples", "0", "--device", "cpu"]
+    args = [
+        "pretrain",
+        "--size",
+        "tiny",
+        "--seq-len",
+        "32",
+        "--steps",
+        "120",
+        "--batch-size",
+        "4",
+        "--data",
+        corpus_dir,
+        "--val-every",
+        "1000",
+        "--save-every",
+        "1000",
+        "--show-samples",
+        "0",
+        "--device",
+        "cpu",
+    ]
     cmd = [sys.executable, "-m", "mdmctl", *map(str, args)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.Popen(cmd + ["--out", str(tmp_path / "a")], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        cmd + ["--out", str(tmp_path / "a")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "a" / "metrics.jsonl"
     deadline = time.time() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+    while (
+        not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline
+    ):
         time.sleep(0.05)
     p.send_signal(getattr(signal, sig))
     _, err = p.communicate(timeout=120)

@@ -41,7 +41,9 @@ def test_unknown_override_key_suggests():
 def test_toml_unknown_key_and_type(tmp_path):
     p = tmp_path / "run.toml"
     p.write_text("[train]\nwarmup = 10\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'train.warmup'; did you mean 'warmup_steps'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'train.warmup'; did you mean 'warmup_steps'"
+    ):
         load_toml(p)
     p.write_text('[train]\nsteps = "10"\n')
     with pytest.raises(ConfigError, match="train.steps: expected int, got str"):
@@ -77,6 +79,8 @@ def test_config_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import mdmctl.config, mdmctl.cli; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import mdmctl.config, mdmctl.cli; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

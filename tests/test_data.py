@@ -49,13 +49,21 @@ def test_empty_and_missing_corpus(tmp_path):
 
 def test_shards_round_trip(tmp_path, corpus_file):
     out = tmp_path / "d"
-    m = tokenize_corpus(TokenizeConfig(corpus=_spec(corpus_file), out=str(out), vocab_size=400,
-                                       val_fraction=0.1, shard_tokens=2000))
+    m = tokenize_corpus(
+        TokenizeConfig(
+            corpus=_spec(corpus_file),
+            out=str(out),
+            vocab_size=400,
+            val_fraction=0.1,
+            shard_tokens=2000,
+        )
+    )
     meta = json.loads((out / "corpus.json").read_text())
     assert meta["dtype"] == "uint16"
     assert len(meta["splits"]["train"]["shards"]) > 1  # sharded, documents never split
     assert m.tokens["train"] + m.tokens["val"] == sum(
-        s["tokens"] for sp in meta["splits"].values() for s in sp["shards"])
+        s["tokens"] for sp in meta["splits"].values() for s in sp["shards"]
+    )
     tok = load_tokenizer(out)
     from safetensors.torch import load_file
 
@@ -73,9 +81,16 @@ def test_shards_round_trip(tmp_path, corpus_file):
 
 
 def test_split_is_deterministic(tmp_path, corpus_file):
-    a = tokenize_corpus(TokenizeConfig(corpus=_spec(corpus_file), out=str(tmp_path / "a"), vocab_size=400))
-    b = tokenize_corpus(TokenizeConfig(corpus=_spec(corpus_file), out=str(tmp_path / "b"), vocab_size=400))
-    assert a.meta["splits"]["val"]["shards"][0]["sha256"] == b.meta["splits"]["val"]["shards"][0]["sha256"]
+    a = tokenize_corpus(
+        TokenizeConfig(corpus=_spec(corpus_file), out=str(tmp_path / "a"), vocab_size=400)
+    )
+    b = tokenize_corpus(
+        TokenizeConfig(corpus=_spec(corpus_file), out=str(tmp_path / "b"), vocab_size=400)
+    )
+    assert (
+        a.meta["splits"]["val"]["shards"][0]["sha256"]
+        == b.meta["splits"]["val"]["shards"][0]["sha256"]
+    )
     assert a.meta["tokenizer"]["sha256"] == b.meta["tokenizer"]["sha256"]
 
 

@@ -4,7 +4,6 @@ import math
 
 import torch
 
-from mdmctl.config import ModelConfig
 from mdmctl.diffusion import forward_mask, mdm_elbo, mdm_loss, stratified_t
 from mdmctl.model import Transformer
 

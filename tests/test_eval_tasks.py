@@ -12,16 +12,19 @@ from mdmctl.evaluation.reverse_curse import is_hit, sentence_bleu
 from .conftest import SHARED
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("She pays 3 + 4 = 7 dollars.\n#### 7", "7"),
-    ("#### 1,200", "1200"),
-    ("the total is $1,200.00.", "1200"),
-    ("so x = -3.50", "-3.5"),
-    ("answer: 12.0 apples", "12"),
-    ("#### 50%", "50"),
-    ("first 5 then #### 8 later 9", "8"),
-    ("no number here", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("She pays 3 + 4 = 7 dollars.\n#### 7", "7"),
+        ("#### 1,200", "1200"),
+        ("the total is $1,200.00.", "1200"),
+        ("so x = -3.50", "-3.5"),
+        ("answer: 12.0 apples", "12"),
+        ("#### 50%", "50"),
+        ("first 5 then #### 8 later 9", "8"),
+        ("no number here", None),
+    ],
+)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
@@ -33,19 +36,27 @@ def test_normalize_number():
 
 def test_score_and_rescore(tmp_path):
     data = tmp_path / "g.jsonl"
-    data.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"x\n#### {i}"}) + "\n"
-                            for i in range(3)))
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"q{i}", "answer": f"x\n#### {i}"}) + "\n" for i in range(3)
+        )
+    )
     probs = load_problems(str(data))
     rows = score(probs, ["#### 0", "it is 1.", "#### 5"])
     assert [r["correct"] for r in rows] == [True, True, False]
     pred = tmp_path / "p.jsonl"
-    pred.write_text("".join(json.dumps({"question": f"q{i}", "generation": f"#### {i}"}) + "\n"
-                            for i in range(3)))
+    pred.write_text(
+        "".join(
+            json.dumps({"question": f"q{i}", "generation": f"#### {i}"}) + "\n" for i in range(3)
+        )
+    )
     assert rescore(probs, str(pred)) == ["#### 0", "#### 1", "#### 2"]
     pred.write_text(json.dumps({"generation": "1"}) + "\n")
     with pytest.raises(DataError, match="1 lines but the problem set has 3"):
         rescore(probs, str(pred))
-    pred.write_text("".join(json.dumps({"question": "other", "generation": "1"}) + "\n" for _ in range(3)))
+    pred.write_text(
+        "".join(json.dumps({"question": "other", "generation": "1"}) + "\n" for _ in range(3))
+    )
     with pytest.raises(DataError, match="question does not match"):
         rescore(probs, str(pred))
     data.write_text(json.dumps({"question": "q"}) + "\n")
@@ -64,8 +75,9 @@ def test_hub_offline_fails_fast_with_a_hint():
 def test_shared_gsm8k_references_extract():
     probs = load_problems(str(SHARED / "gsm8k" / "test.jsonl"))
     assert len(probs) == 1319 and all(p.answer is not None for p in probs)
-    assert probs[0].answer == extract_answer(json.loads(
-        (SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()[0])["answer"])
+    assert probs[0].answer == extract_answer(
+        json.loads((SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()[0])["answer"]
+    )
 
 
 def test_reverse_curse_scoring():
@@ -89,13 +101,46 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
         assert "Traceback" not in r.stderr
         return r
 
-    run("pretrain", "--size", "tiny", "--seq-len", "48", "--steps", "2", "--batch-size", "4",
-        "--data", corpus_dir, "--out", tmp_path / "m", "--show-samples", "0", "--device", "cpu")
+    run(
+        "pretrain",
+        "--size",
+        "tiny",
+        "--seq-len",
+        "48",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--data",
+        corpus_dir,
+        "--out",
+        tmp_path / "m",
+        "--show-samples",
+        "0",
+        "--device",
+        "cpu",
+    )
     data = tmp_path / "g.jsonl"
-    data.write_text("".join(json.dumps({"question": "the cat sat", "answer": f"#### {i}"}) + "\n"
-                            for i in range(4)))
-    r = run("eval", "gsm8k", "--checkpoint", tmp_path / "m", "--data", data, "--length", "8",
-            "--steps", "4", "--out", tmp_path / "o.jsonl", "--json")
+    data.write_text(
+        "".join(
+            json.dumps({"question": "the cat sat", "answer": f"#### {i}"}) + "\n" for i in range(4)
+        )
+    )
+    r = run(
+        "eval",
+        "gsm8k",
+        "--checkpoint",
+        tmp_path / "m",
+        "--data",
+        data,
+        "--length",
+        "8",
+        "--steps",
+        "4",
+        "--out",
+        tmp_path / "o.jsonl",
+        "--json",
+    )
     res = json.loads(r.stdout)
     assert res["n"] == 4 and 0 <= res["accuracy"] <= 1 and res["seconds_per_problem"] > 0
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 4
@@ -106,13 +151,34 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
     assert "--cfg" in run("eval", "gsm8k", "--data", data, "--cfg", "-1", code=2).stderr
     rc = tmp_path / "rc"
     rc.mkdir()
-    for name in ("p2d_prompts_test", "p2d_reverse_prompts_test", "d2p_prompts_test",
-                 "d2p_reverse_prompts_test"):
+    for name in (
+        "p2d_prompts_test",
+        "p2d_reverse_prompts_test",
+        "d2p_prompts_test",
+        "d2p_reverse_prompts_test",
+    ):
         (rc / f"{name}.jsonl").write_text(
-            json.dumps({"prompt": "the cat", "completion": " sat"}) + "\n"
-            + json.dumps({"prompt": "the dog", "completion": " ran"}) + "\n")
-    r = run("eval", "reverse-curse", "--checkpoint", tmp_path / "m", "--data-dir", rc,
-            "--total-length", "16", "--steps", "4", "--json", "--rank", "--rank-mc", "2")
+            json.dumps({"prompt": "the cat", "completion": " sat"})
+            + "\n"
+            + json.dumps({"prompt": "the dog", "completion": " ran"})
+            + "\n"
+        )
+    r = run(
+        "eval",
+        "reverse-curse",
+        "--checkpoint",
+        tmp_path / "m",
+        "--data-dir",
+        rc,
+        "--total-length",
+        "16",
+        "--steps",
+        "4",
+        "--json",
+        "--rank",
+        "--rank-mc",
+        "2",
+    )
     res = json.loads(r.stdout)
     assert [x["split"] for x in res] == ["p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse"]
     assert all(x["candidates"] == 2 and 0 <= x["rank_accuracy"] <= 1 for x in res)
@@ -134,8 +200,9 @@ def test_rank_accuracy_prefers_the_likely_completion():
         eos_id = 0
 
     for objective, mask_id in (("arm", -1), ("mdm", 11)):
-        cfg = ModelConfig.from_name("tiny", objective=objective, vocab_size=12, mask_id=mask_id,
-                                    seq_len=16)
+        cfg = ModelConfig.from_name(
+            "tiny", objective=objective, vocab_size=12, mask_id=mask_id, seq_len=16
+        )
 
         class Fake:
             def __init__(self):
@@ -148,7 +215,10 @@ def test_rank_accuracy_prefers_the_likely_completion():
                     logits[..., mask_id] = float("-inf")
                 return logits
 
-        rows = [{"prompt": "1 2", "completion": "7 7"}, {"prompt": "3", "completion": "7 7"},
-                {"prompt": "4", "completion": "5 6"}]
+        rows = [
+            {"prompt": "1 2", "completion": "7 7"},
+            {"prompt": "3", "completion": "7 7"},
+            {"prompt": "4", "completion": "5 6"},
+        ]
         acc, n = rank_accuracy(Fake(), Tok(), Info(), rows, "cpu", n_mc=4, batch_size=8, seed=0)
         assert n == 2 and acc == pytest.approx(2 / 3)

@@ -66,17 +66,27 @@ def test_matches_hf_llama_with_the_same_weights():
     ours = Transformer(cfg).eval()
     hf = hf_llama(cfg).eval()
     d = cfg.d_model
-    state = {"model.embed_tokens.weight": ours.tok_emb.weight, "lm_head.weight": ours.head.weight,
-             "model.norm.weight": ours.norm.weight}
+    state = {
+        "model.embed_tokens.weight": ours.tok_emb.weight,
+        "lm_head.weight": ours.head.weight,
+        "model.norm.weight": ours.norm.weight,
+    }
     for i, b in enumerate(ours.blocks):
         p = f"model.layers.{i}."
         q, k, v = b.wqkv.weight.split(d)
-        state.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                      p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.wo.weight,
-                      p + "mlp.gate_proj.weight": b.w1.weight, p + "mlp.up_proj.weight": b.w2.weight,
-                      p + "mlp.down_proj.weight": b.w3.weight,
-                      p + "input_layernorm.weight": b.attn_norm.weight,
-                      p + "post_attention_layernorm.weight": b.mlp_norm.weight})
+        state.update(
+            {
+                p + "self_attn.q_proj.weight": q,
+                p + "self_attn.k_proj.weight": k,
+                p + "self_attn.v_proj.weight": v,
+                p + "self_attn.o_proj.weight": b.wo.weight,
+                p + "mlp.gate_proj.weight": b.w1.weight,
+                p + "mlp.up_proj.weight": b.w2.weight,
+                p + "mlp.down_proj.weight": b.w3.weight,
+                p + "input_layernorm.weight": b.attn_norm.weight,
+                p + "post_attention_layernorm.weight": b.mlp_norm.weight,
+            }
+        )
     hf.load_state_dict(state, strict=True)
     x = torch.randint(0, 120, (2, 32))
     with torch.no_grad():

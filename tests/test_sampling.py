@@ -36,8 +36,16 @@ def test_confidence_reveals_on_schedule(mdm):
         seen.append(x.clone())
         return mdm(x, d)
 
-    sample_mdm(spy, [[5, 6]], length=16, steps=4, mask_id=MASK, pad_id=PAD,
-               generator=torch.Generator().manual_seed(0), temperature=0.0)
+    sample_mdm(
+        spy,
+        [[5, 6]],
+        length=16,
+        steps=4,
+        mask_id=MASK,
+        pad_id=PAD,
+        generator=torch.Generator().manual_seed(0),
+        temperature=0.0,
+    )
     masked = [int((x == MASK).sum()) for x in seen]
     assert masked == [16, 12, 8, 4]
     for prev, nxt in zip(seen, seen[1:], strict=False):
@@ -49,8 +57,9 @@ def test_ragged_batch_equals_alone(mdm):
     """A prompt's sample is identical alone and in a ragged batch (padding never leaks in)."""
     kw = dict(length=8, steps=8, mask_id=MASK, pad_id=PAD, temperature=0.0, cfg=0.5)
     alone = sample_mdm(mdm, [[7, 8]], generator=torch.Generator().manual_seed(0), **kw).tokens
-    batch = sample_mdm(mdm, [[1, 2, 3, 4, 5, 6], [7, 8]], generator=torch.Generator().manual_seed(0),
-                       **kw).tokens
+    batch = sample_mdm(
+        mdm, [[1, 2, 3, 4, 5, 6], [7, 8]], generator=torch.Generator().manual_seed(0), **kw
+    ).tokens
     assert torch.equal(batch[1], alone[0])
     assert not (batch == PAD).any()
 
@@ -81,8 +90,15 @@ def test_gumbel_temperature_zero_is_argmax_and_float64_sampling_matches_softmax(
 def test_arm_kv_cache_sampling_equals_recompute():
     cfg = ModelConfig.from_name("tiny", objective="arm", vocab_size=50, seq_len=32)
     m = Transformer(cfg).eval()
-    out, nfe = sample_arm(m, [[3, 4, 5], [6, 7, 8]], length=6, eos_id=0,
-                          generator=torch.Generator(), temperature=0.0, stop_at_eos=False)
+    out, nfe = sample_arm(
+        m,
+        [[3, 4, 5], [6, 7, 8]],
+        length=6,
+        eos_id=0,
+        generator=torch.Generator(),
+        temperature=0.0,
+        stop_at_eos=False,
+    )
     for prompt, gen in zip([[3, 4, 5], [6, 7, 8]], out, strict=True):
         x = [0] + prompt
         for _ in range(6):
@@ -100,10 +116,22 @@ def test_cfg_unconditional_pass_masks_exactly_each_rows_prompt(mdm):
         seen.append((x.clone(), None if d is None else d.clone()))
         return mdm(x, d)
 
-    sample_mdm(spy, [[1, 2, 3], [4]], length=4, steps=1, mask_id=MASK, pad_id=PAD,
-               generator=torch.Generator().manual_seed(0), temperature=0.0, cfg=1.0)
+    sample_mdm(
+        spy,
+        [[1, 2, 3], [4]],
+        length=4,
+        steps=1,
+        mask_id=MASK,
+        pad_id=PAD,
+        generator=torch.Generator().manual_seed(0),
+        temperature=0.0,
+        cfg=1.0,
+    )
     x, d = seen[0]
     cond, unc = x.chunk(2)
-    assert cond.tolist() == [[1, 2, 3, MASK, MASK, MASK, MASK], [4, MASK, MASK, MASK, MASK, PAD, PAD]]
+    assert cond.tolist() == [
+        [1, 2, 3, MASK, MASK, MASK, MASK],
+        [4, MASK, MASK, MASK, MASK, PAD, PAD],
+    ]
     assert unc.tolist() == [[MASK] * 7, [MASK] * 5 + [PAD, PAD]]
     assert d.chunk(2)[0].tolist() == [[0] * 7, [0] * 5 + [1, 1]]  # padding is its own segment

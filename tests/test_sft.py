@@ -7,7 +7,7 @@ import torch
 
 from mdmctl.autoregressive import arm_sft_nll
 from mdmctl.config import FinetuneConfig, ModelConfig, RunConfig, TrainConfig
-from mdmctl.data.sft import collate, read_examples, tokenize_examples, Tokenized
+from mdmctl.data.sft import Tokenized, collate, read_examples
 from mdmctl.diffusion import mdm_sft_loss
 from mdmctl.errors import ConfigError, DataError
 from mdmctl.model import Transformer
@@ -26,14 +26,26 @@ def test_formats(tmp_path):
     assert (pr[0].prompt, pr[0].response) == ("Q1", " A1")
     g = read_examples(_write(tmp_path / "g.jsonl", [{"question": "2+2?", "answer": "4\n#### 4"}]))
     assert g[0].prompt == "2+2?\n" and g[0].response.endswith("#### 4")
-    chat = read_examples(_write(tmp_path / "c.jsonl", [{"messages": [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]))
+    chat = read_examples(
+        _write(
+            tmp_path / "c.jsonl",
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello"},
+                    ]
+                }
+            ],
+        )
+    )
     assert chat[0].prompt == "USER: hi\nASSISTANT: " and chat[0].response == "hello"
     (tmp_path / "e.txt").write_text("What is 3*4?||<<3*4=12>> #### 12\n")
     eq = read_examples(tmp_path / "e.txt")
     assert eq[0].prompt == "What is 3*4?\n" and eq[0].response == "<<3*4=12>> #### 12"
-    custom = read_examples(_write(tmp_path / "x.jsonl", [{"q": "a", "r": "b"}]), prompt_field="q",
-                           response_field="r")
+    custom = read_examples(
+        _write(tmp_path / "x.jsonl", [{"q": "a", "r": "b"}]), prompt_field="q", response_field="r"
+    )
     assert custom[0].response == "b"
 
 
@@ -47,7 +59,9 @@ def test_shared_gsm8k_and_reversal_files_parse():
 
 def test_bad_lines(tmp_path):
     with pytest.raises(DataError, match=r"b\.jsonl:2: missing field 'response'"):
-        read_examples(_write(tmp_path / "b.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}]))
+        read_examples(
+            _write(tmp_path / "b.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}])
+        )
     with pytest.raises(DataError, match=r"e\.jsonl:1: empty response"):
         read_examples(_write(tmp_path / "e.jsonl", [{"prompt": "a", "response": "  "}]))
 
@@ -77,7 +91,9 @@ def test_conditional_loss_never_masks_prompt_and_normalises(tiny_cfg):
     g = torch.Generator().manual_seed(0)
     p = (1 - 1e-3) * torch.rand(3, generator=g) + 1e-3
     masked = (torch.rand(3, 20, generator=g) < p[:, None]) & ~pm
-    logp = torch.log_softmax(m(torch.where(masked, 96, x0)), -1).gather(-1, x0[..., None]).squeeze(-1)
+    logp = (
+        torch.log_softmax(m(torch.where(masked, 96, x0)), -1).gather(-1, x0[..., None]).squeeze(-1)
+    )
     torch.testing.assert_close(loss, (-(logp * masked).sum(1) / p).sum() / (~pm).sum())
     # prompt dropout 1.0 masks every prompt position in the model input
     mdm_sft_loss(spy, x0, pm, 96, torch.Generator().manual_seed(0), cfg_dropout=1.0)
@@ -100,28 +116,53 @@ def test_arm_sft_scores_only_response():
 
 
 def test_finetune_runs_resumes_and_drops_overlong(tmp_path, corpus_dir):
-    base = pretrain(RunConfig(model=ModelConfig.from_name("tiny", seq_len=32),
-                              train=TrainConfig(steps=2, batch_size=4, val_batches=1, val_mc=2),
-                              data=str(corpus_dir), out=str(tmp_path / "base"), device="cpu"),
-                    log=lambda m: None)
-    rows = [{"prompt": f"the cat sat on the mat {i}", "completion": " the dog ran."} for i in range(40)]
+    base = pretrain(
+        RunConfig(
+            model=ModelConfig.from_name("tiny", seq_len=32),
+            train=TrainConfig(steps=2, batch_size=4, val_batches=1, val_mc=2),
+            data=str(corpus_dir),
+            out=str(tmp_path / "base"),
+            device="cpu",
+        ),
+        log=lambda m: None,
+    )
+    rows = [
+        {"prompt": f"the cat sat on the mat {i}", "completion": " the dog ran."} for i in range(40)
+    ]
     rows.append({"prompt": "birds sang " * 30, "completion": " x"})  # longer than 32 tokens
     data = _write(tmp_path / "sft.jsonl", rows)
     logs = []
-    cfg = FinetuneConfig(init=str(base.checkpoint), data=str(data), out=str(tmp_path / "ft"),
-                         train=TrainConfig(steps=4, batch_size=4, val_every=2, val_mc=2, save_every=2),
-                         device="cpu")
+    cfg = FinetuneConfig(
+        init=str(base.checkpoint),
+        data=str(data),
+        out=str(tmp_path / "ft"),
+        train=TrainConfig(steps=4, batch_size=4, val_every=2, val_mc=2, save_every=2),
+        device="cpu",
+    )
     r = finetune(cfg, log=logs.append)
     assert r.steps == 4 and r.val_loss > 0 and "MDM conditional" in r.val_loss_kind
     assert any("dropped 1 of" in m for m in logs)
-    r2 = finetune(FinetuneConfig(**{**{f: getattr(cfg, f) for f in cfg.__slots__},
-                                    "train": TrainConfig(steps=6, batch_size=4, val_every=2,
-                                                         val_mc=2, save_every=2)}), log=logs.append)
+    r2 = finetune(
+        FinetuneConfig(
+            **{
+                **{f: getattr(cfg, f) for f in cfg.__slots__},
+                "train": TrainConfig(steps=6, batch_size=4, val_every=2, val_mc=2, save_every=2),
+            }
+        ),
+        log=logs.append,
+    )
     assert r2.resumed_from == 4 and r2.steps == 6
     with pytest.raises(DataError, match="prompt is .* tokens; model context is 32"):
-        finetune(FinetuneConfig(**{**{f: getattr(cfg, f) for f in cfg.__slots__},
-                                   "out": str(tmp_path / "ft2"), "overlong": "error"}),
-                 log=lambda m: None)
+        finetune(
+            FinetuneConfig(
+                **{
+                    **{f: getattr(cfg, f) for f in cfg.__slots__},
+                    "out": str(tmp_path / "ft2"),
+                    "overlong": "error",
+                }
+            ),
+            log=lambda m: None,
+        )
 
 
 def test_finetune_config_rules():

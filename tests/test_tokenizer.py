@@ -13,7 +13,10 @@ def test_trained_bpe_has_special_tokens():
     tok = train_bpe(make_docs(50), 350)
     info = prepare(tok, add_missing=False)
     assert (info.eos_id, info.mask_id, info.pad_id) == (
-        tok.token_to_id(EOS_TOKEN), tok.token_to_id(MASK_TOKEN), tok.token_to_id(PAD_TOKEN))
+        tok.token_to_id(EOS_TOKEN),
+        tok.token_to_id(MASK_TOKEN),
+        tok.token_to_id(PAD_TOKEN),
+    )
     assert info.added == ()
     text = "the cat sat on the mat"
     assert tok.decode(tok.encode(text).ids) == text

@@ -12,11 +12,24 @@ from mdmctl.train import lr_at, pretrain
 
 
 def _run(corpus_dir, out, objective="mdm", **train):
-    kw = dict(steps=6, batch_size=4, val_every=3, val_batches=1, val_mc=2, save_every=3,
-              log_every=1, seed=3)
+    kw = dict(
+        steps=6,
+        batch_size=4,
+        val_every=3,
+        val_batches=1,
+        val_mc=2,
+        save_every=3,
+        log_every=1,
+        seed=3,
+    )
     kw.update(train)
-    return RunConfig(model=ModelConfig.from_name("tiny", objective=objective, seq_len=32),
-                     train=TrainConfig(**kw), data=str(corpus_dir), out=str(out), device="cpu")
+    return RunConfig(
+        model=ModelConfig.from_name("tiny", objective=objective, seq_len=32),
+        train=TrainConfig(**kw),
+        data=str(corpus_dir),
+        out=str(out),
+        device="cpu",
+    )
 
 
 def test_lr_schedule():
@@ -89,23 +102,32 @@ def test_nan_loss_stops_before_update(tmp_path, corpus_dir, monkeypatch):
 
     assert [p.name for p in ckpt.list_steps(tmp_path / "n")] == ["step-00000003"]
     calls["n"] = 0
-    r = pretrain(_run(corpus_dir, tmp_path / "s", steps=8, max_nonfinite_skips=1), log=lambda m: None)
+    r = pretrain(
+        _run(corpus_dir, tmp_path / "s", steps=8, max_nonfinite_skips=1), log=lambda m: None
+    )
     assert r.steps == 8
 
 
 def test_training_reduces_loss_below_unigram(tmp_path, corpus_dir):
     """ARM on the tiny repetitive corpus learns well below the unigram entropy in 60 steps."""
-    r = pretrain(_run(corpus_dir, tmp_path / "u", "arm", steps=60, val_every=60, lr=3e-3,
-                      save_every=60), log=lambda m: None)
+    r = pretrain(
+        _run(corpus_dir, tmp_path / "u", "arm", steps=60, val_every=60, lr=3e-3, save_every=60),
+        log=lambda m: None,
+    )
     assert r.val_loss < r.unigram_entropy - 0.3
 
 
 def test_resume_from_older_step_with_newer_ones_is_refused(tmp_path, corpus_dir):
-    pretrain(_run(corpus_dir, tmp_path / "r", steps=6, save_every=3, keep_last=3), log=lambda m: None)
+    pretrain(
+        _run(corpus_dir, tmp_path / "r", steps=6, save_every=3, keep_last=3), log=lambda m: None
+    )
     older = tmp_path / "r" / "checkpoints" / "step-00000003"
     with pytest.raises(ConfigError, match="newer than step-00000003"):
-        pretrain(_run(corpus_dir, tmp_path / "r", steps=9, save_every=3, keep_last=3),
-                 resume=str(older), log=lambda m: None)
+        pretrain(
+            _run(corpus_dir, tmp_path / "r", steps=9, save_every=3, keep_last=3),
+            resume=str(older),
+            log=lambda m: None,
+        )
 
 
 def test_seed_bounds():

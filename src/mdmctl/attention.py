@@ -90,9 +90,7 @@ def _sdpa(q, k, v, *, causal: bool, doc_ids: torch.Tensor | None) -> torch.Tenso
     if causal and (mask is not None or Lq != Lk):
         tri = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)  # (Lq, Lk)
         mask = tri if mask is None else mask & tri
-    y = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal and mask is None
-    )
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
     return y.transpose(1, 2)  # (B, H, Lq, Dh) -> (B, Lq, H, Dh)
 
 
@@ -104,8 +102,10 @@ def _xformers(q, k, v, *, causal: bool, doc_ids: torch.Tensor | None) -> torch.T
     if doc_ids is None:
         bias = None
         if causal:
-            bias = fmha.attn_bias.LowerTriangularFromBottomRightMask() if Lq != k.shape[1] else (
-                fmha.attn_bias.LowerTriangularMask()
+            bias = (
+                fmha.attn_bias.LowerTriangularFromBottomRightMask()
+                if Lq != k.shape[1]
+                else (fmha.attn_bias.LowerTriangularMask())
             )
         return xops.memory_efficient_attention(q, k, v, attn_bias=bias)
     if Lq != k.shape[1]:

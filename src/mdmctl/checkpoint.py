@@ -9,7 +9,6 @@ directory without a manifest is incomplete. Only safetensors and JSON are ever r
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -26,11 +25,21 @@ from safetensors.torch import save_file
 from mdmctl import __version__
 from mdmctl.config import ModelConfig
 from mdmctl.errors import CheckpointError, CompatibilityError
+from mdmctl.fileio import sha256_file
 
 FORMAT_VERSION = 1
 STEP_PREFIX = "step-"
-ARCH_FIELDS = ("objective", "n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "mask_id",
-               "rope_base", "norm_eps")
+ARCH_FIELDS = (
+    "objective",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_ff",
+    "vocab_size",
+    "mask_id",
+    "rope_base",
+    "norm_eps",
+)
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 
 
@@ -54,15 +63,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer, names: dict[torch.nn.Parameter, str]) -> dict[str, torch.Tensor]:
+def optimizer_tensors(
+    opt: torch.optim.Optimizer, names: dict[torch.nn.Parameter, str]
+) -> dict[str, torch.Tensor]:
     """AdamW state keyed by parameter name (not index) so it survives reordering."""
     out = {}
     for p, st in opt.state.items():
@@ -73,7 +76,9 @@ def optimizer_tensors(opt: torch.optim.Optimizer, names: dict[torch.nn.Parameter
 
 
 def load_optimizer_tensors(
-    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]
+    opt: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    params: dict[str, torch.nn.Parameter],
 ) -> None:
     on_device = any(g.get("fused") or g.get("capturable") for g in opt.param_groups)
     for key, val in tensors.items():
@@ -118,25 +123,40 @@ def save_checkpoint(
     try:
         # A single metadata key keeps the file bytes reproducible (safetensors writes a multi-key
         # header in arbitrary order), so identical weights give identical files and sha256.
-        meta = {"mdmctl": json.dumps({
-            "format": "mdmctl-weights", "format_version": FORMAT_VERSION,
-            "model_config": model_cfg.to_dict(), "tokenizer_sha256": tokenizer_sha256,
-        }, sort_keys=True)}
+        meta = {
+            "mdmctl": json.dumps(
+                {
+                    "format": "mdmctl-weights",
+                    "format_version": FORMAT_VERSION,
+                    "model_config": model_cfg.to_dict(),
+                    "tokenizer_sha256": tokenizer_sha256,
+                },
+                sort_keys=True,
+            )
+        }
         save_file(weights, str(tmp / "model.safetensors"), metadata=meta)
         if optimizer is not None:
-            save_file(optimizer, str(tmp / "optimizer.safetensors"), metadata={"mdmctl": "optimizer"})
+            save_file(
+                optimizer, str(tmp / "optimizer.safetensors"), metadata={"mdmctl": "optimizer"}
+            )
         if train_state is not None:
             # allow_nan=False: a non-finite value in loop state fails the save, not the next load.
-            (tmp / "train_state.json").write_text(json.dumps(train_state, allow_nan=False, indent=1))
+            (tmp / "train_state.json").write_text(
+                json.dumps(train_state, allow_nan=False, indent=1)
+            )
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         files = {}
         for f in sorted(tmp.iterdir()):
             _fsync_file(f)
             files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
         manifest = {
-            "format_version": FORMAT_VERSION, "step": step, "files": files,
-            "objective": model_cfg.objective, "tokenizer_sha256": tokenizer_sha256,
-            "mdmctl_version": __version__, "torch_version": torch.__version__,
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "files": files,
+            "objective": model_cfg.objective,
+            "tokenizer_sha256": tokenizer_sha256,
+            "mdmctl_version": __version__,
+            "torch_version": torch.__version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "save_seconds": round(time.perf_counter() - t0, 3),
         }
@@ -242,9 +262,15 @@ def find_latest(run_dir: Path, *, quiet: bool = False, log=None) -> Path | None:
 def resolve_checkpoint(path: str | Path | None, runs_root: Path = Path("runs"), log=None) -> Path:
     """A step directory from a step dir, a run dir (its newest valid step) or None (newest run)."""
     if path is None:
-        runs = [r for r in runs_root.glob("*") if (r / "checkpoints").is_dir()] if runs_root.is_dir() else []
+        runs = (
+            [r for r in runs_root.glob("*") if (r / "checkpoints").is_dir()]
+            if runs_root.is_dir()
+            else []
+        )
         if not runs:
-            raise CheckpointError(f"no runs under {runs_root}/; train one with 'mdmctl pretrain' or pass --checkpoint")
+            raise CheckpointError(
+                f"no runs under {runs_root}/; train one with 'mdmctl pretrain' or pass --checkpoint"
+            )
         path = max(runs, key=lambda r: max((s.stat().st_mtime for s in list_steps(r)), default=0))
     p = Path(path)
     if (p / "MANIFEST.json").exists() or p.name.startswith(STEP_PREFIX) or not p.is_dir():
@@ -278,7 +304,9 @@ def load_checkpoint(step_dir: Path, *, check_hash: bool = True) -> LoadedCheckpo
         info = json.loads(meta["mdmctl"])
         cfg = ModelConfig.from_dict(info["model_config"])
     except (KeyError, json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(f"{path}: no mdmctl model config in safetensors metadata ({e})") from None
+        raise CheckpointError(
+            f"{path}: no mdmctl model config in safetensors metadata ({e})"
+        ) from None
     return LoadedCheckpoint(step_dir, cfg, state, manifest, info.get("tokenizer_sha256", ""))
 
 
@@ -306,10 +334,13 @@ def check_compatible(ckpt: ModelConfig, requested: ModelConfig, fields=ARCH_FIEL
     """Every differing architecture field, as 'field: checkpoint=…, requested=…'."""
     diffs = [
         f"{f}: checkpoint={getattr(ckpt, f)}, requested={getattr(requested, f)}"
-        for f in fields if getattr(ckpt, f) != getattr(requested, f)
+        for f in fields
+        if getattr(ckpt, f) != getattr(requested, f)
     ]
     if diffs:
-        raise CompatibilityError("checkpoint does not match the requested model: " + "; ".join(diffs))
+        raise CompatibilityError(
+            "checkpoint does not match the requested model: " + "; ".join(diffs)
+        )
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -317,8 +348,11 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: P
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:

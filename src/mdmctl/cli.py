@@ -86,31 +86,65 @@ def _log(msg: str) -> None:
 # --------------------------------------------------------------------------------------- tokenize
 @app.command()
 def tokenize(
-    inputs: list[str] = typer.Argument(None, help="Text files or folders (.txt, .jsonl[.gz], .parquet). Default: the built-in corpus."),
-    dataset: str | None = typer.Option(None, "--dataset", help="A datasets hub id instead of files."),
+    inputs: list[str] = typer.Argument(
+        None,
+        help="Text files or folders (.txt, .jsonl[.gz], .parquet). Default: the built-in corpus.",
+    ),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="A datasets hub id instead of files."
+    ),
     config: str | None = typer.Option(None, "--config", help="Hub dataset config name."),
     split: str = typer.Option("train", "--split", help="Hub dataset split."),
-    text_field: str = typer.Option("text", "--text-field", help="Field holding the text (jsonl, parquet, hub)."),
-    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Existing tokenizer.json; default: train a byte-level BPE."),
-    vocab_size: int | None = typer.Option(None, "--vocab-size", min=300, help="BPE vocabulary size when training [default: 1024 for the built-in corpus, else 4096]."),
-    eos_token: str | None = typer.Option(None, "--eos-token", help="Name of the end-of-text token in --tokenizer."),
-    val_fraction: float = typer.Option(0.01, "--val-fraction", help="Share of documents held out for validation."),
-    shard_tokens: int = typer.Option(50_000_000, "--shard-tokens", min=1024, help="Tokens per shard file."),
-    max_docs: int | None = typer.Option(None, "--max-docs", min=1, help="Stop after this many documents."),
+    text_field: str = typer.Option(
+        "text", "--text-field", help="Field holding the text (jsonl, parquet, hub)."
+    ),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", help="Existing tokenizer.json; default: train a byte-level BPE."
+    ),
+    vocab_size: int | None = typer.Option(
+        None,
+        "--vocab-size",
+        min=300,
+        help="BPE vocabulary size when training [default: 1024 for the built-in corpus, else 4096].",
+    ),
+    eos_token: str | None = typer.Option(
+        None, "--eos-token", help="Name of the end-of-text token in --tokenizer."
+    ),
+    val_fraction: float = typer.Option(
+        0.01, "--val-fraction", help="Share of documents held out for validation."
+    ),
+    shard_tokens: int = typer.Option(
+        50_000_000, "--shard-tokens", min=1024, help="Tokens per shard file."
+    ),
+    max_docs: int | None = typer.Option(
+        None, "--max-docs", min=1, help="Stop after this many documents."
+    ),
     out: Path = typer.Option(DEFAULT_DATA, "--out", help="Output folder."),
     json_out: bool = typer.Option(False, "--json", help="Print corpus.json to stdout."),
 ) -> None:
     """Train or load a tokenizer and write packed token shards plus corpus.json."""
     with cli_errors():
         from mdmctl.data.readers import CorpusSpec
-        from mdmctl.data.shards import TokenizeConfig, tokenize_corpus
+        from mdmctl.data.shards import TokenizeConfig
         from mdmctl.log import console
 
-        spec = CorpusSpec(paths=tuple(inputs or ()), dataset=dataset, config=config, split=split,
-                          text_field=text_field)
-        cfg = TokenizeConfig(corpus=spec, out=str(out), tokenizer=str(tokenizer) if tokenizer else None,
-                             vocab_size=vocab_size, eos_token=eos_token, val_fraction=val_fraction,
-                             shard_tokens=shard_tokens, max_docs=max_docs)
+        spec = CorpusSpec(
+            paths=tuple(inputs or ()),
+            dataset=dataset,
+            config=config,
+            split=split,
+            text_field=text_field,
+        )
+        cfg = TokenizeConfig(
+            corpus=spec,
+            out=str(out),
+            tokenizer=str(tokenizer) if tokenizer else None,
+            vocab_size=vocab_size,
+            eos_token=eos_token,
+            val_fraction=val_fraction,
+            shard_tokens=shard_tokens,
+            max_docs=max_docs,
+        )
         manifest = _tokenize_with_progress(cfg)
         m = manifest.meta
         if json_out:
@@ -129,8 +163,13 @@ def _tokenize_with_progress(cfg: Any) -> Any:
     from mdmctl.data.shards import tokenize_corpus
     from mdmctl.log import console
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(f"tokenizing {cfg.corpus.description}")
 
         def progress(docs: int, tokens: int) -> None:
@@ -142,16 +181,40 @@ def _tokenize_with_progress(cfg: Any) -> Any:
 # --------------------------------------------------------------------------------------- pretrain
 @app.command()
 def pretrain(
-    objective: Objective = typer.Option(Objective.mdm, "--objective", help="mdm (masked diffusion) or arm (autoregressive baseline)."),
-    size: str | None = typer.Option(None, "--size", help="Named size: tiny (default), mini, small, or an SMDM size (6M ... 2121M)."),
-    config: Path | None = typer.Option(None, "--config", help="TOML run file with [model] and [train] sections."),
-    data: Path | None = typer.Option(None, "--data", help="Tokenized corpus (mdmctl tokenize). Default: the built-in corpus, tokenized on first use."),
-    out: Path | None = typer.Option(None, "--out", help="Run directory. Default: runs/<objective>-<size>."),
+    objective: Objective = typer.Option(
+        Objective.mdm,
+        "--objective",
+        help="mdm (masked diffusion) or arm (autoregressive baseline).",
+    ),
+    size: str | None = typer.Option(
+        None,
+        "--size",
+        help="Named size: tiny (default), mini, small, or an SMDM size (6M ... 2121M).",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML run file with [model] and [train] sections."
+    ),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Tokenized corpus (mdmctl tokenize). Default: the built-in corpus, tokenized on first use.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run directory. Default: runs/<objective>-<size>."
+    ),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps."),
-    tokens: int | None = typer.Option(None, "--tokens", min=1, help="Training tokens (instead of --steps)."),
-    flops: float | None = typer.Option(None, "--flops", help="Compute budget C = 6·N·D (instead of --steps)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Global batch in sequences."),
-    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", min=1, help="Sequences per forward (gradient accumulation)."),
+    tokens: int | None = typer.Option(
+        None, "--tokens", min=1, help="Training tokens (instead of --steps)."
+    ),
+    flops: float | None = typer.Option(
+        None, "--flops", help="Compute budget C = 6·N·D (instead of --steps)."
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Global batch in sequences."
+    ),
+    micro_batch_size: int | None = typer.Option(
+        None, "--micro-batch-size", min=1, help="Sequences per forward (gradient accumulation)."
+    ),
     seq_len: int | None = typer.Option(None, "--seq-len", min=8, help="Context length."),
     n_layers: int | None = typer.Option(None, "--n-layers", min=1),
     d_model: int | None = typer.Option(None, "--d-model", min=1),
@@ -159,20 +222,34 @@ def pretrain(
     d_ff: int | None = typer.Option(None, "--d-ff", min=1),
     lr: float | None = typer.Option(None, "--lr"),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0),
-    var_len_prob: float | None = typer.Option(None, "--var-len-prob", min=0, max=1, help="MDM: probability of a variable-length batch."),
+    var_len_prob: float | None = typer.Option(
+        None, "--var-len-prob", min=0, max=1, help="MDM: probability of a variable-length batch."
+    ),
     eps: float | None = typer.Option(None, "--eps", help="MDM: minimum masking probability."),
-    doc_mask: bool | None = typer.Option(None, "--doc-mask/--no-doc-mask", help="Block-diagonal attention over packed documents."),
+    doc_mask: bool | None = typer.Option(
+        None, "--doc-mask/--no-doc-mask", help="Block-diagonal attention over packed documents."
+    ),
     val_every: int | None = typer.Option(None, "--val-every", min=1),
     save_every: int | None = typer.Option(None, "--save-every", min=1),
     keep_last: int | None = typer.Option(None, "--keep-last", min=2),
     max_nonfinite_skips: int | None = typer.Option(None, "--max-nonfinite-skips", min=0),
     seed: int | None = typer.Option(None, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."
+    ),
     attention: Attention = typer.Option(Attention.auto, "--attention", help="Attention kernel."),
-    resume: str = typer.Option("auto", "--resume", help="auto (continue the run in --out if any), never, or a checkpoint path."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run in --out first."),
-    show_samples: int = typer.Option(3, "--show-samples", min=0, help="Samples printed in the summary."),
+    resume: str = typer.Option(
+        "auto",
+        "--resume",
+        help="auto (continue the run in --out if any), never, or a checkpoint path.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Delete an existing run in --out first."
+    ),
+    show_samples: int = typer.Option(
+        3, "--show-samples", min=0, help="Samples printed in the summary."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Train an MDM (or the ARM baseline) from scratch."""
@@ -181,17 +258,36 @@ def pretrain(
 
         file_cfg = load_toml(config) if config else {"model": {}, "train": {}}
         model_over = dict(file_cfg["model"])
-        model_over.update({k: v for k, v in dict(seq_len=seq_len, n_layers=n_layers, d_model=d_model,
-                                                  n_heads=n_heads, d_ff=d_ff).items() if v is not None})
+        model_over.update(
+            {
+                k: v
+                for k, v in dict(
+                    seq_len=seq_len, n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_ff=d_ff
+                ).items()
+                if v is not None
+            }
+        )
         model_over["objective"] = objective.value
         preset = model_over.pop("name", None)
         model_cfg = ModelConfig.from_name(size or preset or "tiny", **model_over)
         train_over = dict(file_cfg["train"])
-        flags = dict(steps=steps, tokens=tokens, flops=flops, batch_size=batch_size,
-                     micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
-                     var_len_prob=var_len_prob, eps=eps, doc_mask=doc_mask, val_every=val_every,
-                     save_every=save_every, keep_last=keep_last,
-                     max_nonfinite_skips=max_nonfinite_skips, seed=seed)
+        flags = dict(
+            steps=steps,
+            tokens=tokens,
+            flops=flops,
+            batch_size=batch_size,
+            micro_batch_size=micro_batch_size,
+            lr=lr,
+            warmup_steps=warmup_steps,
+            var_len_prob=var_len_prob,
+            eps=eps,
+            doc_mask=doc_mask,
+            val_every=val_every,
+            save_every=save_every,
+            keep_last=keep_last,
+            max_nonfinite_skips=max_nonfinite_skips,
+            seed=seed,
+        )
         if any(v is not None for v in (steps, tokens, flops)):
             for k in ("steps", "tokens", "flops"):
                 train_over.pop(k, None)
@@ -203,9 +299,15 @@ def pretrain(
 
             _log(f"no --data: tokenizing the built-in corpus into {DEFAULT_DATA} (once)")
             _tokenize_with_progress(TokenizeConfig(out=str(DEFAULT_DATA)))
-        run = RunConfig(model=model_cfg, train=train_cfg, data=str(data_dir),
-                        out=str(out or Path("runs") / f"{objective.value}-{model_cfg.name}"),
-                        device=device, attention=attention.value, dtype=dtype)
+        run = RunConfig(
+            model=model_cfg,
+            train=train_cfg,
+            data=str(data_dir),
+            out=str(out or Path("runs") / f"{objective.value}-{model_cfg.name}"),
+            device=device,
+            attention=attention.value,
+            dtype=dtype,
+        )
         result = _run_pretrain(run, resume, overwrite)
         samples = _summary_samples(result, show_samples) if show_samples else []
         _render_train_summary(result, samples, json_out)
@@ -214,19 +316,34 @@ def pretrain(
 def _run_pretrain(run: Any, resume: str, overwrite: bool) -> Any:
     from mdmctl.train import pretrain as lib_pretrain
 
-    return _with_progress(lambda on_step: lib_pretrain(
-        run, resume=resume, overwrite=overwrite, on_step=on_step, log=_log))
+    return _with_progress(
+        lambda on_step: lib_pretrain(
+            run, resume=resume, overwrite=overwrite, on_step=on_step, log=_log
+        )
+    )
 
 
 def _with_progress(fn: Any) -> Any:
     """Run a training call with a rich progress bar (ETA, loss, lr, tokens/s, val, MFU)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from mdmctl.log import console
 
-    with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=console,
-                  transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task("train", total=None, status="")
         last_val: dict[str, float] = {}
 
@@ -248,11 +365,18 @@ def _summary_samples(result: Any, n: int) -> list[str]:
 
     if result.checkpoint is None:
         return []
-    res = sample_from_checkpoint(SampleConfig(
-        checkpoint=str(result.checkpoint), prompts=("",), num_samples=n,
-        length=min(64, result.seq_len - 1), steps=min(64, result.seq_len - 1),
-        sampler="ancestral", temperature=1.0, device=result.device,
-    ))
+    res = sample_from_checkpoint(
+        SampleConfig(
+            checkpoint=str(result.checkpoint),
+            prompts=("",),
+            num_samples=n,
+            length=min(64, result.seq_len - 1),
+            steps=min(64, result.seq_len - 1),
+            sampler="ancestral",
+            temperature=1.0,
+            device=result.device,
+        )
+    )
     return [s.text for s in res.samples]
 
 
@@ -262,12 +386,22 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
     from mdmctl.log import console
 
     summary = {
-        "run_dir": str(r.run_dir), "checkpoint": str(r.checkpoint), "steps": r.steps,
-        "tokens": r.tokens, "val_loss": r.val_loss, "val_loss_kind": r.val_loss_kind,
-        "unigram_entropy": r.unigram_entropy, "train_loss": r.train_loss,
-        "tokens_per_s": r.tokens_per_s, "seconds": r.seconds, "peak_rss_mb": r.peak_rss_mb,
-        "n_params_non_embedding": r.n_params_non_embedding, "device": r.device,
-        "attention": r.attention, "resumed_from": r.resumed_from, "samples": samples,
+        "run_dir": str(r.run_dir),
+        "checkpoint": str(r.checkpoint),
+        "steps": r.steps,
+        "tokens": r.tokens,
+        "val_loss": r.val_loss,
+        "val_loss_kind": r.val_loss_kind,
+        "unigram_entropy": r.unigram_entropy,
+        "train_loss": r.train_loss,
+        "tokens_per_s": r.tokens_per_s,
+        "seconds": r.seconds,
+        "peak_rss_mb": r.peak_rss_mb,
+        "n_params_non_embedding": r.n_params_non_embedding,
+        "device": r.device,
+        "attention": r.attention,
+        "resumed_from": r.resumed_from,
+        "samples": samples,
     }
     if json_out:
         print(json.dumps(summary, indent=2))
@@ -305,23 +439,55 @@ class SFTFormat(str, Enum):
 
 @app.command()
 def finetune(
-    init: Path = typer.Option(..., "--init", help="Checkpoint to start from (step dir or run dir)."),
-    data: Path = typer.Option(..., "--data", help="Examples: jsonl (prompt/response, prompt/completion, messages, question/answer) or GSM8K equations .txt."),
-    out: Path | None = typer.Option(None, "--out", help="Run directory. Default: runs/<init run>-sft."),
-    sft_objective: SFTObjective = typer.Option(SFTObjective.auto, "--sft-objective", help="MDM: conditional (prompt never masked; default) or unconditional (whole sequence). ARM checkpoints: response cross-entropy."),
-    cfg_dropout: float = typer.Option(0.0, "--cfg-dropout", help="Standard-CFG baseline: mask the whole prompt with this probability (MDM)."),
-    fmt: SFTFormat = typer.Option(SFTFormat.auto, "--format", help="Data format; auto detects by fields."),
+    init: Path = typer.Option(
+        ..., "--init", help="Checkpoint to start from (step dir or run dir)."
+    ),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Examples: jsonl (prompt/response, prompt/completion, messages, question/answer) or GSM8K equations .txt.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run directory. Default: runs/<init run>-sft."
+    ),
+    sft_objective: SFTObjective = typer.Option(
+        SFTObjective.auto,
+        "--sft-objective",
+        help="MDM: conditional (prompt never masked; default) or unconditional (whole sequence). ARM checkpoints: response cross-entropy.",
+    ),
+    cfg_dropout: float = typer.Option(
+        0.0,
+        "--cfg-dropout",
+        help="Standard-CFG baseline: mask the whole prompt with this probability (MDM).",
+    ),
+    fmt: SFTFormat = typer.Option(
+        SFTFormat.auto, "--format", help="Data format; auto detects by fields."
+    ),
     prompt_field: str = typer.Option("prompt", "--prompt-field"),
-    response_field: str | None = typer.Option(None, "--response-field", help="Default: 'completion' if present, else 'response'."),
-    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Share of examples held out for the conditional validation loss."),
-    epochs: float | None = typer.Option(None, "--epochs", help="Passes over the examples (default 1 unless --steps)."),
+    response_field: str | None = typer.Option(
+        None, "--response-field", help="Default: 'completion' if present, else 'response'."
+    ),
+    val_fraction: float = typer.Option(
+        0.05,
+        "--val-fraction",
+        help="Share of examples held out for the conditional validation loss.",
+    ),
+    epochs: float | None = typer.Option(
+        None, "--epochs", help="Passes over the examples (default 1 unless --steps)."
+    ),
     steps: int | None = typer.Option(None, "--steps", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Examples per optimizer step."),
     micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", min=1),
     lr: float | None = typer.Option(None, "--lr"),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0),
-    seq_len: int | None = typer.Option(None, "--seq-len", min=8, help="Context for fine-tuning (at most the checkpoint's)."),
-    overlong: str = typer.Option("drop", "--overlong", help="Examples longer than the context: drop (counted and reported) or error."),
+    seq_len: int | None = typer.Option(
+        None, "--seq-len", min=8, help="Context for fine-tuning (at most the checkpoint's)."
+    ),
+    overlong: str = typer.Option(
+        "drop",
+        "--overlong",
+        help="Examples longer than the context: drop (counted and reported) or error.",
+    ),
     val_every: int = typer.Option(200, "--val-every", min=1),
     save_every: int = typer.Option(500, "--save-every", min=1),
     keep_last: int = typer.Option(2, "--keep-last", min=2),
@@ -337,40 +503,79 @@ def finetune(
     with cli_errors():
         from mdmctl.config import FinetuneConfig, TrainConfig
 
-        train = TrainConfig.from_dict({k: v for k, v in dict(
-            steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
-            warmup_steps=warmup_steps, val_every=val_every, save_every=save_every,
-            keep_last=keep_last, seed=seed).items() if v is not None})
-        run_name = (init.parent.parent.name if init.name.startswith("step-") else init.name) or "run"
+        train = TrainConfig.from_dict(
+            {
+                k: v
+                for k, v in dict(
+                    steps=steps,
+                    batch_size=batch_size,
+                    micro_batch_size=micro_batch_size,
+                    lr=lr,
+                    warmup_steps=warmup_steps,
+                    val_every=val_every,
+                    save_every=save_every,
+                    keep_last=keep_last,
+                    seed=seed,
+                ).items()
+                if v is not None
+            }
+        )
+        run_name = (
+            init.parent.parent.name if init.name.startswith("step-") else init.name
+        ) or "run"
         fcfg = FinetuneConfig(
-            init=str(init), data=str(data), out=str(out or Path("runs") / f"{run_name}-sft"),
-            train=train, objective=sft_objective.value, cfg_dropout=cfg_dropout, format=fmt.value,
-            prompt_field=prompt_field, response_field=response_field, val_fraction=val_fraction,
-            epochs=epochs, overlong=overlong, seq_len=seq_len, device=device,
-            attention=attention.value, dtype=dtype,
+            init=str(init),
+            data=str(data),
+            out=str(out or Path("runs") / f"{run_name}-sft"),
+            train=train,
+            objective=sft_objective.value,
+            cfg_dropout=cfg_dropout,
+            format=fmt.value,
+            prompt_field=prompt_field,
+            response_field=response_field,
+            val_fraction=val_fraction,
+            epochs=epochs,
+            overlong=overlong,
+            seq_len=seq_len,
+            device=device,
+            attention=attention.value,
+            dtype=dtype,
         )
         from mdmctl.train import finetune as lib_finetune
 
-        result = _with_progress(lambda on_step: lib_finetune(
-            fcfg, resume=resume, overwrite=overwrite, on_step=on_step, log=_log))
+        result = _with_progress(
+            lambda on_step: lib_finetune(
+                fcfg, resume=resume, overwrite=overwrite, on_step=on_step, log=_log
+            )
+        )
         _render_train_summary(result, [], json_out)
 
 
 # ----------------------------------------------------------------------------------------- sample
 @app.command()
 def sample(
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Step dir or run dir. Default: the newest run's newest checkpoint."),
-    prompt: list[str] = typer.Option(None, "--prompt", help="Prompt text (repeatable). Default: unconditional."),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Step dir or run dir. Default: the newest run's newest checkpoint.",
+    ),
+    prompt: list[str] = typer.Option(
+        None, "--prompt", help="Prompt text (repeatable). Default: unconditional."
+    ),
     prompt_file: Path | None = typer.Option(None, "--prompt-file", help="One prompt per line."),
     length: int = typer.Option(64, "--length", min=1, help="Tokens to generate."),
     steps: int = typer.Option(64, "--steps", min=1, help="Denoising steps (MDM)."),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
     temperature: float = typer.Option(1.0, "--temperature", min=0, help="0 = argmax."),
-    cfg: float = typer.Option(0.0, "--cfg", min=0, help="Unsupervised classifier-free guidance scale (MDM)."),
+    cfg: float = typer.Option(
+        0.0, "--cfg", min=0, help="Unsupervised classifier-free guidance scale (MDM)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="Samples per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    stop_at_eos: bool = typer.Option(True, "--stop-at-eos/--no-stop-at-eos", help="Truncate at end-of-text."),
+    stop_at_eos: bool = typer.Option(
+        True, "--stop-at-eos/--no-stop-at-eos", help="Truncate at end-of-text."
+    ),
     device: str = typer.Option("auto", "--device"),
     attention: Attention = typer.Option(Attention.auto, "--attention"),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per sample on stdout."),
@@ -383,14 +588,27 @@ def sample(
         prompts = list(prompt or [])
         if prompt_file is not None:
             try:
-                prompts += [ln.rstrip("\n") for ln in prompt_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+                prompts += [
+                    ln.rstrip("\n")
+                    for ln in prompt_file.read_text(encoding="utf-8").splitlines()
+                    if ln.strip()
+                ]
             except (OSError, UnicodeDecodeError) as e:
                 raise ConfigError(f"--prompt-file {prompt_file}: {e}") from None
         scfg = SampleConfig(
-            checkpoint=str(checkpoint) if checkpoint else None, prompts=tuple(prompts or [""]),
-            length=length, steps=steps, sampler=sampler.value, temperature=temperature, cfg=cfg,
-            seed=seed, num_samples=num_samples, batch_size=batch_size, device=device,
-            attention=attention.value, stop_at_eos=stop_at_eos,
+            checkpoint=str(checkpoint) if checkpoint else None,
+            prompts=tuple(prompts or [""]),
+            length=length,
+            steps=steps,
+            sampler=sampler.value,
+            temperature=temperature,
+            cfg=cfg,
+            seed=seed,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            device=device,
+            attention=attention.value,
+            stop_at_eos=stop_at_eos,
         )
         res = sample_from_checkpoint(scfg, log=_log)
         for s in res.samples:
@@ -402,17 +620,24 @@ def sample(
         console.print(
             f"{res.objective} {res.checkpoint}: {len(res.samples)} samples, {res.generated_tokens} "
             f"generated tokens in {res.seconds:.2f}s ({res.tokens_per_s:,.1f} tokens/s), "
-            f"{res.nfe} forward passes", highlight=False,
+            f"{res.nfe} forward passes",
+            highlight=False,
         )
 
 
 # ------------------------------------------------------------------------------------------- eval
 @eval_app.command("ppl")
 def eval_ppl(
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Step dir or run dir. Default: the newest run."),
-    data: str | None = typer.Option(None, "--data", help="Tokenized corpus dir or text files. Default: the run's corpus."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="Tokenized corpus dir or text files. Default: the run's corpus."
+    ),
     split: str = typer.Option("val", "--split", help="Corpus split to score."),
-    mc_samples: int = typer.Option(32, "--mc-samples", min=1, help="MDM: stratified t samples per window."),
+    mc_samples: int = typer.Option(
+        32, "--mc-samples", min=1, help="MDM: stratified t samples per window."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     max_windows: int | None = typer.Option(None, "--max-windows", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -426,22 +651,48 @@ def eval_ppl(
         from mdmctl.evaluation.ppl import PplConfig, evaluate_ppl
         from mdmctl.log import console
 
-        r = evaluate_ppl(PplConfig(
-            checkpoint=str(checkpoint) if checkpoint else None, data=data, split=split,
-            mc_samples=mc_samples, batch_size=batch_size, max_windows=max_windows, seed=seed,
-            device=device, attention=attention.value, text_field=text_field,
-        ), log=_log)
-        d = {"task": "ppl", "objective": r.objective, "kind": r.kind, "nll_per_token": r.nll_per_token,
-             "stderr": r.stderr, "perplexity": r.perplexity, "tokens": r.tokens, "windows": r.windows,
-             "mc_samples": r.mc_samples, "seconds": r.seconds, "checkpoint": str(r.checkpoint),
-             "data": r.data}
+        r = evaluate_ppl(
+            PplConfig(
+                checkpoint=str(checkpoint) if checkpoint else None,
+                data=data,
+                split=split,
+                mc_samples=mc_samples,
+                batch_size=batch_size,
+                max_windows=max_windows,
+                seed=seed,
+                device=device,
+                attention=attention.value,
+                text_field=text_field,
+            ),
+            log=_log,
+        )
+        d = {
+            "task": "ppl",
+            "objective": r.objective,
+            "kind": r.kind,
+            "nll_per_token": r.nll_per_token,
+            "stderr": r.stderr,
+            "perplexity": r.perplexity,
+            "tokens": r.tokens,
+            "windows": r.windows,
+            "mc_samples": r.mc_samples,
+            "seconds": r.seconds,
+            "checkpoint": str(r.checkpoint),
+            "data": r.data,
+        }
         if json_out:
             print(json.dumps(d, indent=2))
         else:
-            label = "perplexity (upper bound, ELBO)" if r.kind == "upper bound" else "perplexity (exact)"
+            label = (
+                "perplexity (upper bound, ELBO)"
+                if r.kind == "upper bound"
+                else "perplexity (exact)"
+            )
             se = f" ± {r.stderr:.4f} (MC s.e.)" if r.objective == "mdm" else ""
-            print(f"{label}: {r.perplexity:.3f}   nll/token {r.nll_per_token:.4f}{se}   "
-                  f"{r.tokens:,} tokens in {r.windows} windows")
+            print(
+                f"{label}: {r.perplexity:.3f}   nll/token {r.nll_per_token:.4f}{se}   "
+                f"{r.tokens:,} tokens in {r.windows} windows"
+            )
             console.print(f"{r.checkpoint} on {r.data} in {r.seconds:.1f}s", highlight=False)
 
 
@@ -455,18 +706,38 @@ def main() -> None:
 
 @eval_app.command("gsm8k")
 def eval_gsm8k(
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Step dir or run dir. Default: the newest run."),
-    data: str | None = typer.Option(None, "--data", help="GSM8K jsonl (question / answer). Default: the hub's openai/gsm8k test split (online only)."),
-    predictions: Path | None = typer.Option(None, "--predictions", help="Re-score generations from a jsonl (one line per problem) without loading a model."),
-    out: Path | None = typer.Option(None, "--out", help="Per-problem jsonl: generation, prediction, verdict. Default: eval-gsm8k.jsonl beside the checkpoint run."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="GSM8K jsonl (question / answer). Default: the hub's openai/gsm8k test split (online only).",
+    ),
+    predictions: Path | None = typer.Option(
+        None,
+        "--predictions",
+        help="Re-score generations from a jsonl (one line per problem) without loading a model.",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Per-problem jsonl: generation, prediction, verdict. Default: eval-gsm8k.jsonl beside the checkpoint run.",
+    ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="First N problems only."),
-    fewshot: int = typer.Option(0, "--fewshot", min=0, help="Worked examples before each question."),
-    fewshot_data: str | None = typer.Option(None, "--fewshot-data", help="Where the few-shot examples come from (e.g. the train split)."),
+    fewshot: int = typer.Option(
+        0, "--fewshot", min=0, help="Worked examples before each question."
+    ),
+    fewshot_data: str | None = typer.Option(
+        None, "--fewshot-data", help="Where the few-shot examples come from (e.g. the train split)."
+    ),
     length: int = typer.Option(256, "--length", min=1, help="Tokens to generate (SMDM: 256)."),
     steps: int = typer.Option(256, "--steps", min=1, help="Denoising steps (SMDM: 256)."),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
     temperature: float = typer.Option(0.1, "--temperature", min=0),
-    cfg: float = typer.Option(0.1, "--cfg", min=0, help="Unsupervised CFG scale (SMDM: 0.1; ARM checkpoints: 0)."),
+    cfg: float = typer.Option(
+        0.1, "--cfg", min=0, help="Unsupervised CFG scale (SMDM: 0.1; ARM checkpoints: 0)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
@@ -478,16 +749,39 @@ def eval_gsm8k(
         from mdmctl.evaluation.gsm8k import evaluate_gsm8k
         from mdmctl.sampling import SampleConfig
 
-        scfg = SampleConfig(checkpoint=str(checkpoint) if checkpoint else None, length=length,
-                            steps=steps, sampler=sampler.value, temperature=temperature, cfg=cfg,
-                            seed=seed, batch_size=batch_size, device=device, attention=attention.value)
-        r = evaluate_gsm8k(data=data, checkpoint=scfg.checkpoint,
-                           predictions=str(predictions) if predictions else None,
-                           out=str(out) if out else None, limit=limit, fewshot=fewshot,
-                           fewshot_data=fewshot_data, sample_cfg=scfg, log=_log)
-        d = {"task": "gsm8k", "accuracy": r.accuracy, "stderr": r.stderr, "n": r.n,
-             "correct": r.correct, "seconds_per_problem": r.seconds_per_problem,
-             "predictions": r.predictions_path, "settings": r.settings}
+        scfg = SampleConfig(
+            checkpoint=str(checkpoint) if checkpoint else None,
+            length=length,
+            steps=steps,
+            sampler=sampler.value,
+            temperature=temperature,
+            cfg=cfg,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            attention=attention.value,
+        )
+        r = evaluate_gsm8k(
+            data=data,
+            checkpoint=scfg.checkpoint,
+            predictions=str(predictions) if predictions else None,
+            out=str(out) if out else None,
+            limit=limit,
+            fewshot=fewshot,
+            fewshot_data=fewshot_data,
+            sample_cfg=scfg,
+            log=_log,
+        )
+        d = {
+            "task": "gsm8k",
+            "accuracy": r.accuracy,
+            "stderr": r.stderr,
+            "n": r.n,
+            "correct": r.correct,
+            "seconds_per_problem": r.seconds_per_problem,
+            "predictions": r.predictions_path,
+            "settings": r.settings,
+        }
         if json_out:
             print(json.dumps(d, indent=2))
         else:
@@ -497,17 +791,33 @@ def eval_gsm8k(
 
 @eval_app.command("reverse-curse")
 def eval_reverse_curse(
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Step dir or run dir. Default: the newest run."),
-    data_dir: Path = typer.Option(..., "--data-dir", help="Folder with the reversal-curse test files (e.g. ../shared/data/reversal_curse)."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
+    ),
+    data_dir: Path = typer.Option(
+        ...,
+        "--data-dir",
+        help="Folder with the reversal-curse test files (e.g. ../shared/data/reversal_curse).",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Per-example jsonl."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="First N prompts of each file."),
-    total_length: int = typer.Option(52, "--total-length", min=2, help="Prompt + generation tokens (SMDM: 52)."),
-    rank: bool = typer.Option(False, "--rank", help="Also rank each reference against the file's other completions by likelihood (MDM: conditional ELBO; ARM: exact)."),
-    rank_mc: int = typer.Option(16, "--rank-mc", min=1, help="MDM: stratified t samples per candidate for --rank."),
+    total_length: int = typer.Option(
+        52, "--total-length", min=2, help="Prompt + generation tokens (SMDM: 52)."
+    ),
+    rank: bool = typer.Option(
+        False,
+        "--rank",
+        help="Also rank each reference against the file's other completions by likelihood (MDM: conditional ELBO; ARM: exact).",
+    ),
+    rank_mc: int = typer.Option(
+        16, "--rank-mc", min=1, help="MDM: stratified t samples per candidate for --rank."
+    ),
     steps: int = typer.Option(32, "--steps", min=1),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
     temperature: float = typer.Option(0.0, "--temperature", min=0),
-    cfg: float = typer.Option(0.8, "--cfg", min=0, help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0)."),
+    cfg: float = typer.Option(
+        0.8, "--cfg", min=0, help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
@@ -522,22 +832,45 @@ def eval_reverse_curse(
         from mdmctl.log import console
         from mdmctl.sampling import SampleConfig
 
-        scfg = SampleConfig(checkpoint=str(checkpoint) if checkpoint else None, steps=steps,
-                            sampler=sampler.value, temperature=temperature, cfg=cfg, seed=seed,
-                            batch_size=batch_size, device=device, attention=attention.value)
-        res = evaluate_reverse_curse(data_dir=str(data_dir), checkpoint=scfg.checkpoint,
-                                     sample_cfg=scfg, total_length=total_length, limit=limit,
-                                     out=str(out) if out else None, rank=rank, rank_mc=rank_mc,
-                                     log=_log)
+        scfg = SampleConfig(
+            checkpoint=str(checkpoint) if checkpoint else None,
+            steps=steps,
+            sampler=sampler.value,
+            temperature=temperature,
+            cfg=cfg,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            attention=attention.value,
+        )
+        res = evaluate_reverse_curse(
+            data_dir=str(data_dir),
+            checkpoint=scfg.checkpoint,
+            sample_cfg=scfg,
+            total_length=total_length,
+            limit=limit,
+            out=str(out) if out else None,
+            rank=rank,
+            rank_mc=rank_mc,
+            log=_log,
+        )
         if json_out:
             print(json.dumps([r.__dict__ for r in res], indent=2))
             return
         t = Table(title="reverse curse")
-        cols = ["split", "direction", "n", "accuracy", "BLEU"] + (["rank acc. (chance)"] if rank else [])
+        cols = ["split", "direction", "n", "accuracy", "BLEU"] + (
+            ["rank acc. (chance)"] if rank else []
+        )
         for col in cols:
             t.add_column(col)
         for r in res:
-            row = [r.split, r.direction, str(r.n), f"{r.accuracy:.3f} ± {r.stderr:.3f}", f"{r.bleu:.1f}"]
+            row = [
+                r.split,
+                r.direction,
+                str(r.n),
+                f"{r.accuracy:.3f} ± {r.stderr:.3f}",
+                f"{r.bleu:.1f}",
+            ]
             if rank:
                 row.append(f"{r.rank_accuracy:.3f} ({1 / r.candidates:.3f})")
             t.add_row(*row)

@@ -142,7 +142,11 @@ class ModelConfig:
                 f"(valid: {', '.join(MODEL_SIZES)})"
             )
         base = dict(
-            name=name, n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
+            name=name,
+            n_layers=n_layers,
+            d_model=d_model,
+            n_heads=n_heads,
+            d_ff=d_ff,
             seq_len=seq_len,
         )
         base.update({k: v for k, v in _checked(cls, overrides, "model").items() if v is not None})
@@ -191,8 +195,17 @@ class TrainConfig:
         given = [n for n in ("steps", "tokens", "flops") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ConfigError(f"train: give only one of steps / tokens / flops (got {given})")
-        for name in ("steps", "tokens", "batch_size", "micro_batch_size", "val_every",
-                     "val_batches", "val_mc", "save_every", "log_every"):
+        for name in (
+            "steps",
+            "tokens",
+            "batch_size",
+            "micro_batch_size",
+            "val_every",
+            "val_batches",
+            "val_mc",
+            "save_every",
+            "log_every",
+        ):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {v}")
@@ -274,14 +287,21 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model.to_dict(), "train": self.train.to_dict(), "data": self.data,
-            "out": self.out, "device": self.device, "attention": self.attention,
+            "model": self.model.to_dict(),
+            "train": self.train.to_dict(),
+            "data": self.data,
+            "out": self.out,
+            "device": self.device,
+            "attention": self.attention,
             "dtype": self.dtype,
         }
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
 }
 
 
@@ -365,7 +385,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.objective not in SFT_OBJECTIVES:
-            raise ConfigError(f"--sft-objective: expected one of {', '.join(SFT_OBJECTIVES)}, got {self.objective!r}")
+            raise ConfigError(
+                f"--sft-objective: expected one of {', '.join(SFT_OBJECTIVES)}, got {self.objective!r}"
+            )
         if not 0 <= self.cfg_dropout <= 1:
             raise ConfigError(f"--cfg-dropout: must be in [0, 1], got {self.cfg_dropout}")
         if not 0 < self.val_fraction < 0.5:

@@ -113,7 +113,9 @@ def mdm_sft_loss(
     masked = (u < p[:, None]) & noisable  # (B, L)
     xt = torch.where(masked, torch.full_like(x0, mask_id), x0)
     if cfg_dropout > 0:
-        drop = torch.rand(B, generator=generator, device=generator.device).to(x0.device) < cfg_dropout
+        drop = (
+            torch.rand(B, generator=generator, device=generator.device).to(x0.device) < cfg_dropout
+        )
         xt = torch.where(drop[:, None] & prompt_mask, torch.full_like(x0, mask_id), xt)
     ce = masked_ce_sum(logits_fn(xt), x0, masked)  # (B,)
     return (ce / p).sum() / noisable.sum().clamp(min=1)

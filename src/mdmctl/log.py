@@ -39,5 +39,7 @@ class MetricsWriter:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:
             if not self._warned:
-                logging.getLogger("mdmctl").warning("cannot write %s (%s); continuing", self.path, e)
+                logging.getLogger("mdmctl").warning(
+                    "cannot write %s (%s); continuing", self.path, e
+                )
                 self._warned = True

@@ -32,7 +32,9 @@ class RMSNorm(nn.Module):
         return (y * self.weight.float()).to(x.dtype)
 
 
-def rope_cache(seq_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cache(
+    seq_len: int, head_dim: int, base: float, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (seq_len, head_dim/2): the rotate-half (LLaMA / SMDM) convention, in which
     both halves of a head share the same frequencies."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
@@ -131,11 +133,22 @@ class Transformer(nn.Module):
         start = cache.length if cache is not None else 0
         if start + L > self.cfg.seq_len:
             raise ValueError(f"sequence of {start + L} tokens exceeds seq_len={self.cfg.seq_len}")
-        cos, sin = self.rope_cos[start : start + L], self.rope_sin[start : start + L]  # (L, H, Dh/2)
+        cos, sin = (
+            self.rope_cos[start : start + L],
+            self.rope_sin[start : start + L],
+        )  # (L, H, Dh/2)
         x = self.tok_emb(idx)  # (B, L, D)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, causal=self.causal, doc_ids=doc_ids, backend=self.backend,
-                      cache=cache, layer=i)
+            x = block(
+                x,
+                cos,
+                sin,
+                causal=self.causal,
+                doc_ids=doc_ids,
+                backend=self.backend,
+                cache=cache,
+                layer=i,
+            )
         if cache is not None:
             cache.length += L
         logits = self.head(self.norm(x)).float()  # (B, L, V); fp32 for log-softmax

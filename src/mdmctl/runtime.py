@@ -11,8 +11,16 @@ import torch
 from mdmctl.errors import ConfigError
 
 # Dense bf16 peak FLOP/s by card, for MFU. Spec-sheet values (dense, no sparsity).
-_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
-              "L4": 121e12, "RTX 4090": 165e12, "A6000": 155e12}
+_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+    "RTX 4090": 165e12,
+    "A6000": 155e12,
+}
 
 
 def resolve_device(name: str = "auto") -> torch.device:

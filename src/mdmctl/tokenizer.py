@@ -103,9 +103,7 @@ def prepare(
     mask_id = _find(tok, [mask_token] if mask_token else MASK_NAMES)
     if mask_id is None:
         if not add_missing:
-            raise TokenizerError(
-                "tokenizer has no mask token; re-run 'mdmctl tokenize' to add one"
-            )
+            raise TokenizerError("tokenizer has no mask token; re-run 'mdmctl tokenize' to add one")
         tok.add_special_tokens([mask_token or MASK_TOKEN])
         mask_id = tok.token_to_id(mask_token or MASK_TOKEN)
         added.append(mask_token or MASK_TOKEN)

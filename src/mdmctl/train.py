@@ -40,16 +40,31 @@ from mdmctl.model import Transformer
 from mdmctl.runtime import autocast, peak_flops, peak_rss_mb, resolve_device, resolve_dtype
 
 # Fields that may change between a run and its resume (tunables); everything else must match.
-RESUMABLE_CHANGES = {"steps", "tokens", "flops", "lr", "min_lr_ratio", "warmup_steps", "val_every",
-                     "val_batches", "val_mc", "save_every", "keep_last", "log_every",
-                     "max_nonfinite_skips", "micro_batch_size"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "tokens",
+    "flops",
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "val_every",
+    "val_batches",
+    "val_mc",
+    "save_every",
+    "keep_last",
+    "log_every",
+    "max_nonfinite_skips",
+    "micro_batch_size",
+}
 
 
 class Interrupted(MdmctlError):
     """SIGINT (130) or SIGTERM (143) after a successful save."""
 
     def __init__(self, signum: int, path: Path | None) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint saved at {path}")
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name}; checkpoint saved at {path}"
+        )
         self.exit_code = 128 + signum
 
 
@@ -87,7 +102,9 @@ def unigram_entropy(windows: TokenWindows, vocab_size: int) -> float:
     for f in windows._files:  # noqa: SLF001 (same package)
         n = f.get_shape()[0]
         for s in range(0, n, 1 << 22):
-            counts += torch.bincount(f[s : s + (1 << 22)].to(torch.int64), minlength=vocab_size).double()
+            counts += torch.bincount(
+                f[s : s + (1 << 22)].to(torch.int64), minlength=vocab_size
+            ).double()
     p = counts[counts > 0] / counts.sum()
     return float(-(p * p.log()).sum())
 
@@ -120,7 +137,10 @@ class _SignalFlag:
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 @torch.no_grad()
@@ -138,8 +158,9 @@ def validate(model: Transformer, windows: TokenWindows, tc: TrainConfig, device)
         x0 = b.x0.to(device)
         doc = b.doc_ids.to(device) if tc.doc_mask else None
         if model.cfg.objective == "mdm":
-            bound, _ = mdm_elbo(lambda xt: model(xt, doc_ids=doc), x0, model.cfg.mask_id,
-                                tc.val_mc, gen, tc.eps)
+            bound, _ = mdm_elbo(
+                lambda xt: model(xt, doc_ids=doc), x0, model.cfg.mask_id, tc.val_mc, gen, tc.eps
+            )
             total += float(bound.sum())
             count += x0.numel()
         else:
@@ -191,8 +212,12 @@ def _check_resume(saved: dict[str, Any], current: dict[str, Any]) -> None:
         if not isinstance(fields, dict):
             continue
         for f, v in fields.items():
-            if (section == "train" and f in RESUMABLE_CHANGES or (section == "model" and f == "name")
-                    or (section == "sft" and f in ("epochs", "device", "dtype", "attention"))):
+            if (
+                section == "train"
+                and f in RESUMABLE_CHANGES
+                or (section == "model" and f == "name")
+                or (section == "sft" and f in ("epochs", "device", "dtype", "attention"))
+            ):
                 continue
             old = saved.get(section, {}).get(f)
             if old != v:
@@ -229,7 +254,9 @@ def _train(
     names = {p: n for n, p in model.named_parameters()}
     params = {n: p for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(
-        _param_groups(model, tc.weight_decay), lr=peak_lr, betas=(tc.beta1, tc.beta2),
+        _param_groups(model, tc.weight_decay),
+        lr=peak_lr,
+        betas=(tc.beta1, tc.beta2),
         fused=device.type == "cuda",
     )
     start_step, tokens_seen, skips, resumed_from = 0, 0, 0, None
@@ -239,8 +266,11 @@ def _train(
     elif resume == "auto" and has_steps:
         resume_dir = ckpt.find_latest(run_dir, log=log)
     if resume_dir is not None:
-        newer = [p.name for p in ckpt.list_steps(run_dir) if p.resolve().parent == resume_dir.resolve().parent
-                 and p.name > resume_dir.name]
+        newer = [
+            p.name
+            for p in ckpt.list_steps(run_dir)
+            if p.resolve().parent == resume_dir.resolve().parent and p.name > resume_dir.name
+        ]
         if newer and resume == "auto":
             # Newer steps that failed verification: set them aside (never deleted) so retention,
             # which keeps the highest step numbers, cannot drop the new trajectory instead.
@@ -277,7 +307,7 @@ def _train(
     (run_dir / "config.json").write_text(json.dumps(job.config_dict, indent=2) + "\n")
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     log(
-        f"{model_cfg.objective.upper()} {model_cfg.name}: {model_cfg.n_params_non_embedding/1e6:.2f}M "
+        f"{model_cfg.objective.upper()} {model_cfg.name}: {model_cfg.n_params_non_embedding / 1e6:.2f}M "
         f"non-embedding params, {total_steps} steps x batch {tc.batch_size} (seq_len "
         f"{model_cfg.seq_len}) on {device.type} ({str(dtype).removeprefix('torch.')}, "
         f"attention {backend})"
@@ -287,14 +317,24 @@ def _train(
         train_state = {
             "config": job.config_dict,
             "data": job.loader.state_dict(),
-            "loop": {"step": step, "tokens_seen": tokens_seen, "nonfinite_skips": skips,
-                     "elapsed_s": time.perf_counter() - t_start},
+            "loop": {
+                "step": step,
+                "tokens_seen": tokens_seen,
+                "nonfinite_skips": skips,
+                "elapsed_s": time.perf_counter() - t_start,
+            },
             "corpus": job.data_state,
         }
         return ckpt.save_checkpoint(
-            run_dir, step, model=model, model_cfg=model_cfg, tokenizer_path=job.tokenizer_path,
-            tokenizer_sha256=job.tokenizer_sha256, train_state=train_state,
-            optimizer=ckpt.optimizer_tensors(opt, names), keep_last=tc.keep_last,
+            run_dir,
+            step,
+            model=model,
+            model_cfg=model_cfg,
+            tokenizer_path=job.tokenizer_path,
+            tokenizer_sha256=job.tokenizer_sha256,
+            train_state=train_state,
+            optimizer=ckpt.optimizer_tensors(opt, names),
+            keep_last=tc.keep_last,
         )
 
     peak = peak_flops(device)
@@ -327,7 +367,9 @@ def _train(
                         f"no update applied, last checkpoint {last_ckpt or '(none)'} left as it is"
                     )
                 skips += 1
-                log(f"step {step + 1}: non-finite loss/grad, update skipped ({skips}/{tc.max_nonfinite_skips})")
+                log(
+                    f"step {step + 1}: non-finite loss/grad, update skipped ({skips}/{tc.max_nonfinite_skips})"
+                )
             else:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -339,9 +381,14 @@ def _train(
             timed_tokens += n_tok
             timed_s += dt
             train_loss = loss_sum
-            record: dict[str, Any] = {"step": step, "loss": round(loss_sum, 5), "lr": lr,
-                                      "grad_norm": round(grad_norm, 4), "tokens": tokens_seen,
-                                      "tokens_per_s": round(n_tok / dt, 1)}
+            record: dict[str, Any] = {
+                "step": step,
+                "loss": round(loss_sum, 5),
+                "lr": lr,
+                "grad_norm": round(grad_norm, 4),
+                "tokens": tokens_seen,
+                "tokens_per_s": round(n_tok / dt, 1),
+            }
             if job.log_extra:
                 record.update(job.log_extra(batch))
             if peak:
@@ -364,13 +411,22 @@ def _train(
         with autocast(device, dtype):
             val_loss = job.validate(model)
     return TrainResult(
-        run_dir=run_dir, checkpoint=last_ckpt, steps=step, tokens=tokens_seen, val_loss=val_loss,
+        run_dir=run_dir,
+        checkpoint=last_ckpt,
+        steps=step,
+        tokens=tokens_seen,
+        val_loss=val_loss,
         val_loss_kind=job.val_kind,
         unigram_entropy=job.unigram() if job.unigram else None,
-        train_loss=train_loss, tokens_per_s=timed_tokens / timed_s if timed_s else 0.0,
-        seconds=time.perf_counter() - t_start, peak_rss_mb=peak_rss_mb(),
-        n_params_non_embedding=model_cfg.n_params_non_embedding, device=str(device),
-        attention=backend, resumed_from=resumed_from, seq_len=model_cfg.seq_len,
+        train_loss=train_loss,
+        tokens_per_s=timed_tokens / timed_s if timed_s else 0.0,
+        seconds=time.perf_counter() - t_start,
+        peak_rss_mb=peak_rss_mb(),
+        n_params_non_embedding=model_cfg.n_params_non_embedding,
+        device=str(device),
+        attention=backend,
+        resumed_from=resumed_from,
+        seq_len=model_cfg.seq_len,
     )
 
 
@@ -387,7 +443,8 @@ def pretrain(
     manifest = read_manifest(cfg.data)
     tok = tokenizer_info(manifest)
     model_cfg = replace(
-        cfg.model, vocab_size=tok.vocab_size,
+        cfg.model,
+        vocab_size=tok.vocab_size,
         mask_id=tok.mask_id if cfg.model.objective == "mdm" else -1,
     )
     cfg = replace(cfg, model=model_cfg)
@@ -403,7 +460,9 @@ def pretrain(
     loader = TrainLoader(train_windows, tc.batch_size, tc.seed)
     device = resolve_device(cfg.device)
 
-    def step_losses(model: Transformer, batch: Any, step: int) -> Iterator[tuple[torch.Tensor, int]]:
+    def step_losses(
+        model: Transformer, batch: Any, step: int
+    ) -> Iterator[tuple[torch.Tensor, int]]:
         gen = torch.Generator().manual_seed(mix(tc.seed, step))
         L = model_cfg.seq_len
         if model_cfg.objective == "mdm" and torch.rand(1, generator=gen).item() < tc.var_len_prob:
@@ -415,16 +474,22 @@ def pretrain(
             doc = doc_all[m * micro : (m + 1) * micro] if tc.doc_mask else None
             if model_cfg.objective == "mdm":
                 mgen = torch.Generator().manual_seed(mix(tc.seed, step, m + 1))
-                loss = mdm_loss(lambda xt: model(xt, doc_ids=doc), x0, model_cfg.mask_id, mgen, tc.eps)
+                loss = mdm_loss(
+                    lambda xt: model(xt, doc_ids=doc), x0, model_cfg.mask_id, mgen, tc.eps
+                )
             else:
                 loss = arm_loss(model(x0, doc_ids=doc), x0)
             yield loss / accum, x0.numel()
 
     job = _Job(
-        cfg=cfg, config_dict=cfg.to_dict(), loader=loader, step_losses=step_losses,
+        cfg=cfg,
+        config_dict=cfg.to_dict(),
+        loader=loader,
+        step_losses=step_losses,
         validate=lambda model: validate(model, val_windows, tc, device),
         val_kind="MDM ELBO bound" if model_cfg.objective == "mdm" else "ARM cross-entropy",
-        tokenizer_path=manifest.path / "tokenizer.json", tokenizer_sha256=tok.sha256,
+        tokenizer_path=manifest.path / "tokenizer.json",
+        tokenizer_sha256=tok.sha256,
         data_state={"path": str(manifest.path), "tokenizer_sha256": tok.sha256},
         total_steps=tc.resolve_steps(model_cfg),
         unigram=lambda: unigram_entropy(train_windows, model_cfg.vocab_size),
@@ -449,9 +514,9 @@ def finetune(
     MDM: conditional (prompt never masked) or unconditional loss, optional prompt dropout; ARM:
     cross-entropy on response tokens. Same optimiser, schedule, checkpoints and resume as pretraining.
     """
+    from mdmctl.autoregressive import arm_sft_nll
     from mdmctl.data.sft import SFTLoader, collate, is_val, read_examples, tokenize_examples
     from mdmctl.diffusion import mdm_conditional_elbo, mdm_sft_loss
-    from mdmctl.autoregressive import arm_sft_nll
     from mdmctl.tokenizer import info_from_file
 
     tc = cfg.train
@@ -462,12 +527,16 @@ def finetune(
         raise CompatibilityError(f"{init}: tokenizer.json does not match the weights' tokenizer")
     base = loaded.model_cfg
     if cfg.seq_len is not None and cfg.seq_len > base.seq_len:
-        raise ConfigError(f"--seq-len {cfg.seq_len} exceeds the checkpoint's context {base.seq_len}")
+        raise ConfigError(
+            f"--seq-len {cfg.seq_len} exceeds the checkpoint's context {base.seq_len}"
+        )
     model_cfg = replace(base, seq_len=cfg.seq_len or base.seq_len)
     objective = cfg.objective
     if base.objective == "arm":
         if cfg.cfg_dropout:
-            raise ConfigError("--cfg-dropout applies to MDM checkpoints; checkpoint objective is 'arm'")
+            raise ConfigError(
+                "--cfg-dropout applies to MDM checkpoints; checkpoint objective is 'arm'"
+            )
         # ARM: next-token CE on the response ("conditional") or on the whole sequence.
         objective = "arm-full" if objective == "unconditional" else "arm"
     elif objective == "auto":
@@ -481,9 +550,12 @@ def finetune(
     # ARM: each prompt starts with eos, the document separator it saw in pretraining and the
     # context ``sample_arm`` gives it, so training and generation see the same positions.
     bos = [tinfo.eos_id] if base.objective == "arm" else []
-    train_tok, dropped = tokenize_examples(train_ex, tok, tinfo.eos_id, model_cfg.seq_len,
-                                           cfg.overlong, bos=bos)
-    val_tok, _ = tokenize_examples(val_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong, bos=bos)
+    train_tok, dropped = tokenize_examples(
+        train_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong, bos=bos
+    )
+    val_tok, _ = tokenize_examples(
+        val_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong, bos=bos
+    )
     if dropped:
         log(f"dropped {dropped} of {len(train_ex)} examples longer than {model_cfg.seq_len} tokens")
     if not val_tok:
@@ -493,15 +565,21 @@ def finetune(
         total_steps = max(1, math.ceil((cfg.epochs or 1.0) * loader.batches_per_epoch))
     else:
         total_steps = tc.steps
-    log(f"fine-tuning ({objective}) on {len(train_tok)} examples, {len(val_tok)} held out; "
-        f"{loader.batches_per_epoch} batches per epoch")
+    log(
+        f"fine-tuning ({objective}) on {len(train_tok)} examples, {len(val_tok)} held out; "
+        f"{loader.batches_per_epoch} batches per epoch"
+    )
     micro = tc.micro_batch_size or tc.batch_size
     accum = tc.batch_size // micro
     device = resolve_device(cfg.device)
     mask_id = model_cfg.mask_id
 
-    def step_losses(model: Transformer, batch: Any, step: int) -> Iterator[tuple[torch.Tensor, int]]:
-        x0_all, pm_all, rm_all = (t.to(device) for t in (batch.x0, batch.prompt_mask, batch.response_mask))
+    def step_losses(
+        model: Transformer, batch: Any, step: int
+    ) -> Iterator[tuple[torch.Tensor, int]]:
+        x0_all, pm_all, rm_all = (
+            t.to(device) for t in (batch.x0, batch.prompt_mask, batch.response_mask)
+        )
         for m in range(accum):
             sl = slice(m * micro, (m + 1) * micro)
             x0, pm, rm = x0_all[sl], pm_all[sl], rm_all[sl]
@@ -510,8 +588,16 @@ def finetune(
                 loss = arm_sft_nll(model(x0), x0, scored).sum() / scored[:, 1:].sum().clamp(min=1)
             else:
                 gen = torch.Generator().manual_seed(mix(tc.seed, step, m + 1))
-                loss = mdm_sft_loss(model, x0, pm, mask_id, gen, eps=tc.eps,
-                                    conditional=objective == "conditional", cfg_dropout=cfg.cfg_dropout)
+                loss = mdm_sft_loss(
+                    model,
+                    x0,
+                    pm,
+                    mask_id,
+                    gen,
+                    eps=tc.eps,
+                    conditional=objective == "conditional",
+                    cfg_dropout=cfg.cfg_dropout,
+                )
             yield loss / accum, x0.numel()
 
     @torch.no_grad()
@@ -532,24 +618,41 @@ def finetune(
                 if objective in ("arm", "arm-full"):
                     total += float(arm_sft_nll(model(x0), x0, rm).sum())
                 else:
-                    total += float(mdm_conditional_elbo(model, x0, pm, mask_id, tc.val_mc, gen).sum())
+                    total += float(
+                        mdm_conditional_elbo(model, x0, pm, mask_id, tc.val_mc, gen).sum()
+                    )
                 count += int(rm.sum())
         return total / max(count, 1)
 
     def log_extra(batch: Any) -> dict[str, Any]:
         return {"padding_frac": round(1 - batch.real_tokens / batch.x0.numel(), 4)}
 
-    run_cfg = RunConfig(model=model_cfg, train=tc, data=str(cfg.data), out=cfg.out,
-                        device=cfg.device, attention=cfg.attention, dtype=cfg.dtype)
+    run_cfg = RunConfig(
+        model=model_cfg,
+        train=tc,
+        data=str(cfg.data),
+        out=cfg.out,
+        device=cfg.device,
+        attention=cfg.attention,
+        dtype=cfg.dtype,
+    )
     config_dict = {"model": model_cfg.to_dict(), **cfg.to_dict(), "init": str(init)}
     config_dict["sft"] = {k: v for k, v in config_dict["sft"].items() if k not in ("init", "out")}
     job = _Job(
-        cfg=run_cfg, config_dict=config_dict, loader=loader, step_losses=step_losses,
+        cfg=run_cfg,
+        config_dict=config_dict,
+        loader=loader,
+        step_losses=step_losses,
         validate=validate_sft,
-        val_kind=("ARM response CE" if objective.startswith("arm") else "MDM conditional ELBO bound")
+        val_kind=(
+            "ARM response CE" if objective.startswith("arm") else "MDM conditional ELBO bound"
+        )
         + " per response token",
-        tokenizer_path=init / "tokenizer.json", tokenizer_sha256=tinfo.sha256,
+        tokenizer_path=init / "tokenizer.json",
+        tokenizer_sha256=tinfo.sha256,
         data_state={"path": str(cfg.data), "tokenizer_sha256": tinfo.sha256, "sft": True},
-        total_steps=total_steps, init=init, log_extra=log_extra,
+        total_steps=total_steps,
+        init=init,
+        log_extra=log_extra,
     )
     return _train(job, resume=resume, overwrite=overwrite, on_step=on_step, log=log)

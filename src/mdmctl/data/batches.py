@@ -21,7 +21,9 @@ from mdmctl.errors import DataError
 
 def mix(*ints: int) -> int:
     """Stable 63-bit seed from integers (blake2b; Python's hash() is salted per process)."""
-    h = hashlib.blake2b(b"".join(int(i).to_bytes(8, "little", signed=True) for i in ints), digest_size=8)
+    h = hashlib.blake2b(
+        b"".join(int(i).to_bytes(8, "little", signed=True) for i in ints), digest_size=8
+    )
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
@@ -95,8 +97,13 @@ class TrainLoader:
         return self.windows.batch(self.next_indices())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
-                "global_batch": self.global_batch, "windows": len(self.windows)}
+        return {
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "seed": self.seed,
+            "global_batch": self.global_batch,
+            "windows": len(self.windows),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("windows") != len(self.windows):
@@ -104,6 +111,7 @@ class TrainLoader:
 
             raise CompatibilityError(
                 f"cannot resume: the checkpoint's corpus had {state.get('windows')} training windows, "
-                f"this corpus has {len(self.windows)}")
+                f"this corpus has {len(self.windows)}"
+            )
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
         self._perm = self._permutation(self.epoch)

@@ -16,8 +16,18 @@ from pathlib import Path
 
 # Packages skipped: tests (code-heavy, huge), IDLE/turtle demos and vendored or GUI code.
 _SKIP_DIRS = {
-    "site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3",
-    "turtledemo", "ensurepip", "tkinter", "venv", "config-3.11-x86_64-linux-gnu",
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "__pycache__",
+    "lib2to3",
+    "turtledemo",
+    "ensurepip",
+    "tkinter",
+    "venv",
+    "config-3.11-x86_64-linux-gnu",
 }
 
 BUILTIN_NAME = "builtin:python-stdlib-docstrings"
@@ -42,7 +52,9 @@ def iter_builtin_documents(root: Path | None = None) -> Iterator[tuple[str, str]
                 continue
             parts = []
             for node in ast.walk(tree):
-                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                if isinstance(
+                    node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+                ):
                     doc = ast.get_docstring(node)
                     if doc and len(doc) > 20:
                         parts.append(doc.strip())

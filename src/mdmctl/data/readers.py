@@ -32,7 +32,9 @@ class CorpusSpec:
     @property
     def description(self) -> str:
         if self.dataset:
-            return f"hf:{self.dataset}" + (f"/{self.config}" if self.config else "") + f":{self.split}"
+            return (
+                f"hf:{self.dataset}" + (f"/{self.config}" if self.config else "") + f":{self.split}"
+            )
         if self.paths:
             return ",".join(self.paths)
         from mdmctl.data.builtin import BUILTIN_NAME
@@ -108,7 +110,9 @@ def read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
         ds = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
         for i, row in enumerate(ds):
             if text_field not in row:
-                raise DataError(f"{path}: row {i}: missing column '{text_field}' (set --text-field)")
+                raise DataError(
+                    f"{path}: row {i}: missing column '{text_field}' (set --text-field)"
+                )
             text = row[text_field]
             if isinstance(text, str) and text:
                 yield text, f"{path}#{i}"

@@ -63,9 +63,10 @@ def _field(obj: dict[str, Any], key: str, where: str) -> str:
 def _render_chat(messages: Any, where: str) -> tuple[str, str]:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: 'messages' must be a non-empty list")
-    last = max((i for i, m in enumerate(messages)
-                if isinstance(m, dict) and m.get("role") == "assistant"),
-               default=None)
+    last = max(
+        (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
+        default=None,
+    )
     if last is None:
         raise DataError(f"{where}: 'messages' has no assistant turn")
     parts = []
@@ -75,7 +76,9 @@ def _render_chat(messages: Any, where: str) -> tuple[str, str]:
         role, content = m.get("role"), m.get("content")
         if not isinstance(content, str):
             raise DataError(f"{where}: message content expected string")
-        parts.append(f"{'ASSISTANT' if role == 'assistant' else 'SYSTEM' if role == 'system' else 'USER'}: {content}\n")
+        parts.append(
+            f"{'ASSISTANT' if role == 'assistant' else 'SYSTEM' if role == 'system' else 'USER'}: {content}\n"
+        )
     content = messages[last].get("content")
     if not isinstance(content, str):
         raise DataError(f"{where}: message content expected string")
@@ -146,7 +149,9 @@ def read_examples(
 
 def is_val(ex: Example, val_fraction: float) -> bool:
     """Deterministic held-out split by the example's text."""
-    h = int.from_bytes(hashlib.sha1((ex.prompt + "\x00" + ex.response).encode()).digest()[:8], "big")
+    h = int.from_bytes(
+        hashlib.sha1((ex.prompt + "\x00" + ex.response).encode()).digest()[:8], "big"
+    )
     return h % 10000 < round(val_fraction * 10000)
 
 
@@ -157,8 +162,14 @@ class Tokenized:
     source: str
 
 
-def tokenize_examples(examples: list[Example], tok, eos_id: int, seq_len: int,
-                      overlong: str = "drop", bos: list[int] | None = None) -> tuple[list[Tokenized], int]:
+def tokenize_examples(
+    examples: list[Example],
+    tok,
+    eos_id: int,
+    seq_len: int,
+    overlong: str = "drop",
+    bos: list[int] | None = None,
+) -> tuple[list[Tokenized], int]:
     """Token ids per example. Examples longer than ``seq_len`` (prompt + response + eos) are
     dropped and counted, or with ``overlong='error'`` reported with their file:line."""
     out, dropped = [], 0
@@ -171,14 +182,20 @@ def tokenize_examples(examples: list[Example], tok, eos_id: int, seq_len: int,
         n = len(p_ids) + len(r.ids) + 1
         if n > seq_len:
             if overlong == "error":
-                what = f"prompt is {len(p_ids)} tokens" if len(p_ids) >= seq_len else f"example is {n} tokens"
+                what = (
+                    f"prompt is {len(p_ids)} tokens"
+                    if len(p_ids) >= seq_len
+                    else f"example is {n} tokens"
+                )
                 raise DataError(f"{ex.source}: {what}; model context is {seq_len}")
             dropped += 1
             continue
         out.append(Tokenized(p_ids, r.ids + [eos_id], ex.source))
     if examples and not out:
-        raise DataError(f"{examples[0].source.rsplit(':', 1)[0]}: every example is longer than the "
-                        f"model context of {seq_len} tokens")
+        raise DataError(
+            f"{examples[0].source.rsplit(':', 1)[0]}: every example is longer than the "
+            f"model context of {seq_len} tokens"
+        )
     return out, dropped
 
 
@@ -186,7 +203,9 @@ def tokenize_examples(examples: list[Example], tok, eos_id: int, seq_len: int,
 class SFTBatch:
     x0: torch.Tensor  # (B, L) prompt + response + eos padding
     prompt_mask: torch.Tensor  # (B, L) True at prompt positions
-    response_mask: torch.Tensor  # (B, L) True at response positions up to and including the first eos
+    response_mask: (
+        torch.Tensor
+    )  # (B, L) True at response positions up to and including the first eos
     real_tokens: int  # prompt + response tokens before padding (for the padding-waste figure)
 
 
@@ -212,8 +231,10 @@ class SFTLoader:
 
     def __init__(self, examples: list[Tokenized], batch_size: int, seed: int, eos_id: int) -> None:
         if len(examples) < batch_size:
-            raise DataError(f"{len(examples)} training examples, fewer than one batch of {batch_size}; "
-                            "use a smaller --batch-size")
+            raise DataError(
+                f"{len(examples)} training examples, fewer than one batch of {batch_size}; "
+                "use a smaller --batch-size"
+            )
         self.examples, self.batch_size, self.seed, self.eos_id = examples, batch_size, seed, eos_id
         self.epoch, self.consumed = 0, 0
         self._batches = self._plan(0)
@@ -227,9 +248,13 @@ class SFTLoader:
         window = self.batch_size * 32
         batches = []
         for s in range(0, n, window):
-            chunk = sorted(perm[s : min(n, s + window)],
-                           key=lambda i: len(self.examples[i].prompt) + len(self.examples[i].response))
-            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+            chunk = sorted(
+                perm[s : min(n, s + window)],
+                key=lambda i: len(self.examples[i].prompt) + len(self.examples[i].response),
+            )
+            batches += [
+                chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)
+            ]
         order = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i] for i in order]
 
@@ -246,8 +271,13 @@ class SFTLoader:
         return collate([self.examples[i] for i in idx], self.eos_id)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
-                "global_batch": self.batch_size, "examples": len(self.examples)}
+        return {
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "seed": self.seed,
+            "global_batch": self.batch_size,
+            "examples": len(self.examples),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("examples") != len(self.examples):
@@ -255,6 +285,7 @@ class SFTLoader:
 
             raise CompatibilityError(
                 f"cannot resume: the checkpoint's data had {state.get('examples')} training examples, "
-                f"this data has {len(self.examples)}")
+                f"this data has {len(self.examples)}"
+            )
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
         self._batches = self._plan(self.epoch)

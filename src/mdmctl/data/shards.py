@@ -26,6 +26,7 @@ import numpy as np
 from mdmctl import __version__
 from mdmctl.data.readers import CorpusSpec, iter_documents
 from mdmctl.errors import ConfigError, DataError
+from mdmctl.fileio import sha256_file
 from mdmctl.tokenizer import TokenizerInfo, load_tokenizer, prepare, train_bpe
 
 FORMAT_VERSION = 1
@@ -102,22 +103,20 @@ class _ShardWriter:
             str(tmp),
             # One metadata key: safetensors orders a multi-key header arbitrarily, and shard bytes
             # (and their sha256) must be reproducible.
-            metadata={"mdmctl": json.dumps({"format": "mdmctl-tokens", "format_version": FORMAT_VERSION})},
+            metadata={
+                "mdmctl": json.dumps({"format": "mdmctl-tokens", "format_version": FORMAT_VERSION})
+            },
         )
         os.replace(tmp, self.out / name)
         self.shards.append(
-            {"file": name, "tokens": int(len(tokens)), "docs": int(len(lengths)),
-             "sha256": _sha256(self.out / name)}
+            {
+                "file": name,
+                "tokens": int(len(tokens)),
+                "docs": int(len(lengths)),
+                "sha256": sha256_file(self.out / name),
+            }
         )
         self.buf, self.n_buf = [], 0
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _docs(cfg: TokenizeConfig) -> Iterator[tuple[str, str]]:
@@ -214,8 +213,12 @@ def tokenize_corpus(
         "documents": n_docs,
         "dtype": dtype.name,
         "tokenizer": {
-            "file": "tokenizer.json", "sha256": info.sha256, "vocab_size": info.vocab_size,
-            "mask_id": info.mask_id, "eos_id": info.eos_id, "pad_id": info.pad_id,
+            "file": "tokenizer.json",
+            "sha256": info.sha256,
+            "vocab_size": info.vocab_size,
+            "mask_id": info.mask_id,
+            "eos_id": info.eos_id,
+            "pad_id": info.pad_id,
         },
         "val_fraction": cfg.val_fraction,
         "splits": {
@@ -264,7 +267,9 @@ def read_manifest(path: str | Path) -> CorpusManifest:
     for split in ("train", "val"):
         for shard in meta["splits"][split]["shards"]:
             if not (mpath.parent / shard["file"]).is_file():
-                raise DataError(f"{mpath.parent / shard['file']}: shard listed in corpus.json is missing")
+                raise DataError(
+                    f"{mpath.parent / shard['file']}: shard listed in corpus.json is missing"
+                )
     return CorpusManifest(mpath.parent, meta)
 
 

@@ -11,7 +11,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mdmctl.errors import ConfigError, DataError
@@ -111,8 +110,15 @@ def score(problems: list[Problem], generations: list[str]) -> list[dict[str, Any
     rows = []
     for p, g in zip(problems, generations, strict=True):
         pred = extract_answer(g)
-        rows.append({"question": p.question, "reference": p.answer, "generation": g,
-                     "prediction": pred, "correct": pred == p.answer})
+        rows.append(
+            {
+                "question": p.question,
+                "reference": p.answer,
+                "generation": g,
+                "prediction": pred,
+                "correct": pred == p.answer,
+            }
+        )
     return rows
 
 
@@ -127,7 +133,9 @@ def rescore(problems: list[Problem], predictions: str) -> list[str]:
         if not isinstance(text, str):
             raise DataError(f"{predictions}:{r['_line']}: missing 'generation' (or 'text')")
         if "question" in r and r["question"].strip() != p.question:
-            raise DataError(f"{predictions}:{r['_line']}: question does not match problem {p.source}")
+            raise DataError(
+                f"{predictions}:{r['_line']}: question does not match problem {p.source}"
+            )
         out.append(text)
     return out
 
@@ -152,27 +160,44 @@ def evaluate_gsm8k(
     else:
         from mdmctl.sampling import generate, load_model
 
-        model, tok, info, step_dir, device = load_model(checkpoint, sample_cfg.device,
-                                                        sample_cfg.attention, log)
+        model, tok, info, step_dir, device = load_model(
+            checkpoint, sample_cfg.device, sample_cfg.attention, log
+        )
         prefix = ""
         if fewshot:
             if fewshot_data is None:
                 raise ConfigError("--fewshot needs --fewshot-data (e.g. the train split)")
             shots = load_problems(fewshot_data, fewshot)
             raw = read_jsonl(fewshot_data)[:fewshot]
-            prefix = "".join(f"{s.question}\n{r['answer'].strip()}\n\n" for s, r in zip(shots, raw, strict=True))
+            prefix = "".join(
+                f"{s.question}\n{r['answer'].strip()}\n\n" for s, r in zip(shots, raw, strict=True)
+            )
         prompts = [prefix + p.question + "\n" for p in problems]  # the SFT prompt format
         t0 = time.perf_counter()
         g = generate(model, tok, info, prompts, sample_cfg, device)
         gens = g.texts
         seconds = (time.perf_counter() - t0) / len(problems)
-        settings = {"checkpoint": str(step_dir), "sampler": sample_cfg.sampler,
-                    "steps": sample_cfg.steps, "length": sample_cfg.length,
-                    "temperature": sample_cfg.temperature, "cfg": sample_cfg.cfg,
-                    "batch_size": sample_cfg.batch_size, "fewshot": fewshot, "nfe": g.nfe}
+        settings = {
+            "checkpoint": str(step_dir),
+            "sampler": sample_cfg.sampler,
+            "steps": sample_cfg.steps,
+            "length": sample_cfg.length,
+            "temperature": sample_cfg.temperature,
+            "cfg": sample_cfg.cfg,
+            "batch_size": sample_cfg.batch_size,
+            "fewshot": fewshot,
+            "nfe": g.nfe,
+        }
     rows = score(problems, gens)
     correct = sum(r["correct"] for r in rows)
     if out:
         write_jsonl(out, rows)
-    return GSM8KResult(correct / len(rows), binomial_stderr(correct, len(rows)), len(rows), correct,
-                       seconds, out, settings)
+    return GSM8KResult(
+        correct / len(rows),
+        binomial_stderr(correct, len(rows)),
+        len(rows),
+        correct,
+        seconds,
+        out,
+        settings,
+    )

@@ -37,7 +37,9 @@ class PplConfig:
     def __post_init__(self) -> None:
         for name in ("mc_samples", "batch_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}"
+                )
         if self.split not in ("train", "val"):
             raise ConfigError(f"--split: expected train or val, got {self.split!r}")
 
@@ -57,7 +59,9 @@ class PplResult:
     data: str
 
 
-def _windows_from_files(paths: list[str], tok, eos_id: int, seq_len: int, text_field: str) -> list[torch.Tensor]:
+def _windows_from_files(
+    paths: list[str], tok, eos_id: int, seq_len: int, text_field: str
+) -> list[torch.Tensor]:
     from mdmctl.data.readers import CorpusSpec, iter_documents
 
     ids: list[int] = []
@@ -97,7 +101,9 @@ def evaluate_ppl(cfg: PplConfig, log=None) -> PplResult:
         n = len(tw) if cfg.max_windows is None else min(len(tw), cfg.max_windows)
         windows = [tw.window(i)[0] for i in range(n)]
         if not windows:
-            raise DataError(f"{p}: {cfg.split} split is shorter than one window of {mc.seq_len} tokens")
+            raise DataError(
+                f"{p}: {cfg.split} split is shorter than one window of {mc.seq_len} tokens"
+            )
     else:
         windows = _windows_from_files([data], tok, info.eos_id, mc.seq_len, cfg.text_field)
         if cfg.max_windows is not None:
@@ -124,9 +130,15 @@ def evaluate_ppl(cfg: PplConfig, log=None) -> PplResult:
         raise DataError(f"{data}: nothing to score")
     nll = total / tokens
     return PplResult(
-        objective=mc.objective, kind="upper bound" if mc.objective == "mdm" else "exact",
-        nll_per_token=nll, stderr=math.sqrt(var) / tokens, perplexity=math.exp(nll),
-        tokens=tokens, windows=len(windows),
+        objective=mc.objective,
+        kind="upper bound" if mc.objective == "mdm" else "exact",
+        nll_per_token=nll,
+        stderr=math.sqrt(var) / tokens,
+        perplexity=math.exp(nll),
+        tokens=tokens,
+        windows=len(windows),
         mc_samples=cfg.mc_samples if mc.objective == "mdm" else None,
-        seconds=time.perf_counter() - t0, checkpoint=step_dir, data=str(data),
+        seconds=time.perf_counter() - t0,
+        checkpoint=step_dir,
+        data=str(data),
     )

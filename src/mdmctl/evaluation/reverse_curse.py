@@ -73,8 +73,9 @@ class SplitResult:
 
 
 @torch.no_grad()
-def rank_accuracy(model, tok, info, rows: list[dict[str, Any]], device, n_mc: int, batch_size: int,
-                  seed: int) -> tuple[float, int]:
+def rank_accuracy(
+    model, tok, info, rows: list[dict[str, Any]], device, n_mc: int, batch_size: int, seed: int
+) -> tuple[float, int]:
     """Likelihood ranking: does the reference beat every other completion in the file?"""
     from mdmctl.autoregressive import arm_sft_nll
     from mdmctl.data.batches import mix
@@ -131,7 +132,9 @@ def evaluate_reverse_curse(
     d = Path(data_dir)
     if not d.is_dir():
         raise DataError(f"{d}: no such folder (the reversal-curse test files)")
-    model, tok, info, step_dir, device = load_model(checkpoint, sample_cfg.device, sample_cfg.attention, log)
+    model, tok, info, step_dir, device = load_model(
+        checkpoint, sample_cfg.device, sample_cfg.attention, log
+    )
     results, all_rows = [], []
     for name in splits:
         fname, direction = SPLITS[name]
@@ -145,7 +148,9 @@ def evaluate_reverse_curse(
         plen = [len(encode_literal(tok, p)) for p in prompts]
         # SMDM's "total length 52": prompt + generation; at least 8 generated tokens.
         lengths = [max(8, min(total_length, model.cfg.seq_len) - n) for n in plen]
-        lengths = [max(1, min(n, model.cfg.seq_len - p)) for n, p in zip(lengths, plen, strict=True)]
+        lengths = [
+            max(1, min(n, model.cfg.seq_len - p)) for n, p in zip(lengths, plen, strict=True)
+        ]
         g = generate(model, tok, info, prompts, sample_cfg, device, lengths)
         hits = [is_hit(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
         bleu = [sentence_bleu(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
@@ -153,11 +158,20 @@ def evaluate_reverse_curse(
         res = SplitResult(name, direction, n, c / n, binomial_stderr(c, n), 100 * sum(bleu) / n)
         if rank:
             res.rank_accuracy, res.candidates = rank_accuracy(
-                model, tok, info, rows, device, rank_mc, sample_cfg.batch_size * 4, sample_cfg.seed)
+                model, tok, info, rows, device, rank_mc, sample_cfg.batch_size * 4, sample_cfg.seed
+            )
         results.append(res)
-        all_rows += [{"split": name, "prompt": r["prompt"], "reference": r["completion"],
-                      "generation": t, "hit": h, "bleu": b}
-                     for r, t, h, b in zip(rows, g.texts, hits, bleu, strict=True)]
+        all_rows += [
+            {
+                "split": name,
+                "prompt": r["prompt"],
+                "reference": r["completion"],
+                "generation": t,
+                "hit": h,
+                "bleu": b,
+            }
+            for r, t, h, b in zip(rows, g.texts, hits, bleu, strict=True)
+        ]
     if out:
         write_jsonl(out, all_rows)
     return results

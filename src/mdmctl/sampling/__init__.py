@@ -35,7 +35,9 @@ class SampleConfig:
     def __post_init__(self) -> None:
         for name in ("length", "steps", "num_samples", "batch_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}"
+                )
         if self.temperature < 0:
             raise ConfigError(f"--temperature: must be >= 0, got {self.temperature}")
         if self.cfg < 0:
@@ -108,8 +110,15 @@ def encode_literal(tok, text: str) -> list[int]:
         tok.encode_special_tokens = False
 
 
-def generate(model, tok, info, prompts: list[str], cfg: SampleConfig, device,
-             length: int | list[int] | None = None) -> Generation:
+def generate(
+    model,
+    tok,
+    info,
+    prompts: list[str],
+    cfg: SampleConfig,
+    device,
+    length: int | list[int] | None = None,
+) -> Generation:
     """Generate after each prompt with ``cfg``'s sampler settings (one code path for ``sample``
     and the generation tasks). ``length`` overrides ``cfg.length``, optionally per prompt."""
     from mdmctl.sampling.arm import sample_arm
@@ -143,15 +152,30 @@ def generate(model, tok, info, prompts: list[str], cfg: SampleConfig, device,
             chunk = [ids[r] for r in rows]
             if mc.objective == "mdm":
                 o = sample_mdm(
-                    lambda x, d: model(x, doc_ids=d), chunk, length=n_gen, steps=cfg.steps,
-                    mask_id=mc.mask_id, pad_id=info.pad_id, generator=gen, sampler=cfg.sampler,
-                    temperature=cfg.temperature, cfg=cfg.cfg, device=device,
+                    lambda x, d: model(x, doc_ids=d),
+                    chunk,
+                    length=n_gen,
+                    steps=cfg.steps,
+                    mask_id=mc.mask_id,
+                    pad_id=info.pad_id,
+                    generator=gen,
+                    sampler=cfg.sampler,
+                    temperature=cfg.temperature,
+                    cfg=cfg.cfg,
+                    device=device,
                 )
                 got, n = o.tokens.tolist(), o.nfe
             else:
-                got, n = sample_arm(model, chunk, length=n_gen, eos_id=info.eos_id, generator=gen,
-                                    temperature=cfg.temperature, device=device,
-                                    stop_at_eos=cfg.stop_at_eos)
+                got, n = sample_arm(
+                    model,
+                    chunk,
+                    length=n_gen,
+                    eos_id=info.eos_id,
+                    generator=gen,
+                    temperature=cfg.temperature,
+                    device=device,
+                    stop_at_eos=cfg.stop_at_eos,
+                )
             for r, t in zip(rows, got, strict=True):
                 out_ids[r] = t
             nfe += n
@@ -169,5 +193,10 @@ def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
     model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
     prompts = [p for p in cfg.prompts for _ in range(cfg.num_samples)]
     g = generate(model, tok, info, prompts, cfg, device)
-    samples = [Sample(prompt=p, text=t, token_ids=i) for p, t, i in zip(prompts, g.texts, g.ids, strict=True)]
-    return SampleResult(samples, step_dir, model.cfg.objective, g.nfe, g.seconds, g.generated_tokens)
+    samples = [
+        Sample(prompt=p, text=t, token_ids=i)
+        for p, t, i in zip(prompts, g.texts, g.ids, strict=True)
+    ]
+    return SampleResult(
+        samples, step_dir, model.cfg.objective, g.nfe, g.seconds, g.generated_tokens
+    )

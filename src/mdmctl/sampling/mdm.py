@@ -24,7 +24,9 @@ import torch
 from mdmctl.sampling.select import gumbel_argmax, token_confidence
 
 Sampler = Literal["ancestral", "confidence"]
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B, L), doc_ids (B, L)) -> logits
+ModelFn = Callable[
+    [torch.Tensor, torch.Tensor], torch.Tensor
+]  # (x (B, L), doc_ids (B, L)) -> logits
 
 
 @dataclass
@@ -33,8 +35,14 @@ class MDMSampleOutput:
     nfe: int  # forward passes (a CFG step counts one batched pass)
 
 
-def cfg_logits(model: ModelFn, x: torch.Tensor, doc_ids: torch.Tensor | None, prompt_mask: torch.Tensor,
-               mask_id: int, cfg: float) -> torch.Tensor:
+def cfg_logits(
+    model: ModelFn,
+    x: torch.Tensor,
+    doc_ids: torch.Tensor | None,
+    prompt_mask: torch.Tensor,
+    mask_id: int,
+    cfg: float,
+) -> torch.Tensor:
     """Guided logits (B, L, V). ``prompt_mask`` (B, L) marks prompt positions (masked in the
     unconditional pass). cfg = 0 is one plain conditional pass."""
     if cfg == 0 or not bool(prompt_mask.any()):
