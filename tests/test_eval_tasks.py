@@ -146,8 +146,9 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 4
     r = run("eval", "gsm8k", "--data", data, "--predictions", tmp_path / "o.jsonl", "--json")
     assert json.loads(r.stdout)["accuracy"] == res["accuracy"]
-    r = run("eval", "gsm8k", "--checkpoint", tmp_path / "m", "--data", data, code=2)
-    assert "model context is 48" in r.stderr  # default length 256 does not fit
+    # the default length 256 does not fit a context of 48: generation is shortened to fit
+    r = run("eval", "gsm8k", "--checkpoint", tmp_path / "m", "--data", data, "--steps", "4", "--json")
+    assert json.loads(r.stdout)["settings"]["shortened_generations"] == 4
     assert "--cfg" in run("eval", "gsm8k", "--data", data, "--cfg", "-1", code=2).stderr
     rc = tmp_path / "rc"
     rc.mkdir()
@@ -222,3 +223,11 @@ def test_rank_accuracy_prefers_the_likely_completion():
         ]
         acc, n = rank_accuracy(Fake(), Tok(), Info(), rows, "cpu", n_mc=4, batch_size=8, seed=0)
         assert n == 2 and acc == pytest.approx(2 / 3)
+
+
+def test_fit_to_context():
+    from mdmctl.evaluation.gsm8k import fit_to_context
+
+    ids, lengths, shortened, truncated = fit_to_context([[1] * 10, [2] * 200, [3] * 250], 128, 256)
+    assert lengths == [128, 56, 32] and (shortened, truncated) == (1, 1)
+    assert ids[0] == [1] * 10 and len(ids[2]) == 224  # cut from the left to fit 32 generated

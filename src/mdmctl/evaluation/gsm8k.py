@@ -95,6 +95,28 @@ def _load_hub() -> list[dict[str, Any]]:
     return [dict(r) for r in ds]
 
 
+MIN_GEN = 32  # fewer generated tokens than this cannot hold a worked answer
+
+
+def fit_to_context(
+    ids: list[list[int]], length: int, seq_len: int
+) -> tuple[list[list[int]], list[int], int, int]:
+    """Per problem: generation length min(length, room left), and when less than MIN_GEN tokens
+    of room are left, the prompt cut from the left to leave min(length, MIN_GEN)."""
+    out, lengths, shortened, truncated = [], [], 0, 0
+    for p in ids:
+        n = min(length, seq_len - len(p))
+        if n < min(length, MIN_GEN):
+            n = min(length, MIN_GEN, seq_len - 1)
+            p = p[len(p) - (seq_len - n) :]
+            truncated += 1
+        elif n < length:
+            shortened += 1
+        out.append(p)
+        lengths.append(n)
+    return out, lengths, shortened, truncated
+
+
 @dataclass
 class GSM8KResult:
     accuracy: float
@@ -172,9 +194,19 @@ def evaluate_gsm8k(
             prefix = "".join(
                 f"{s.question}\n{r['answer'].strip()}\n\n" for s, r in zip(shots, raw, strict=True)
             )
+        from mdmctl.sampling import encode_literal
+
         prompts = [prefix + p.question + "\n" for p in problems]  # the SFT prompt format
+        ids, lengths, shortened, truncated = fit_to_context(
+            [encode_literal(tok, p) for p in prompts], sample_cfg.length, model.cfg.seq_len
+        )
+        if (shortened or truncated) and log:
+            log(
+                f"context {model.cfg.seq_len}: {shortened} problems get a shorter generation, "
+                f"{truncated} prompts were cut from the left (lm-eval's convention)"
+            )
         t0 = time.perf_counter()
-        g = generate(model, tok, info, prompts, sample_cfg, device)
+        g = generate(model, tok, info, prompts, sample_cfg, device, lengths, prompt_ids=ids)
         gens = g.texts
         seconds = (time.perf_counter() - t0) / len(problems)
         settings = {
@@ -187,6 +219,8 @@ def evaluate_gsm8k(
             "batch_size": sample_cfg.batch_size,
             "fewshot": fewshot,
             "nfe": g.nfe,
+            "shortened_generations": shortened,
+            "truncated_prompts": truncated,
         }
     rows = score(problems, gens)
     correct = sum(r["correct"] for r in rows)

@@ -118,16 +118,18 @@ def generate(
     cfg: SampleConfig,
     device,
     length: int | list[int] | None = None,
+    prompt_ids: list[list[int]] | None = None,
 ) -> Generation:
     """Generate after each prompt with ``cfg``'s sampler settings (one code path for ``sample``
-    and the generation tasks). ``length`` overrides ``cfg.length``, optionally per prompt."""
+    and the generation tasks). ``length`` overrides ``cfg.length``, optionally per prompt;
+    ``prompt_ids`` gives the prompts already tokenized (e.g. truncated to fit)."""
     from mdmctl.sampling.arm import sample_arm
     from mdmctl.sampling.mdm import sample_mdm
 
     mc = model.cfg
     if mc.objective == "arm" and cfg.cfg != 0:
         raise ConfigError("--cfg applies to objective 'mdm'; checkpoint objective is 'arm'")
-    ids = [encode_literal(tok, p) if p else [] for p in prompts]
+    ids = prompt_ids or [encode_literal(tok, p) if p else [] for p in prompts]
     lengths = [length] * len(ids) if not isinstance(length, list) else length
     lengths = [cfg.length if n is None else n for n in lengths]
     for i, n in zip(ids, lengths, strict=True):
