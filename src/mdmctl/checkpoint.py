@@ -1,6 +1,6 @@
 """Atomic, verified checkpoints (docs/formats.md; reliability protocol).
 
-A step directory is written as ``checkpoints/.tmp-step-XXXXXXXX-<uuid>/`` (each file fsynced,
+A step directory is written as ``checkpoints/.tmp-step-NNNNNNNN-<uuid>/`` (each file fsynced,
 ``MANIFEST.json`` with sizes and sha256 written last) and committed by one ``os.replace``. Retention
 runs only after a commit. Loading verifies sizes (truncation) and sha256 (flipped bytes) first; a
 directory without a manifest is incomplete. Only safetensors and JSON are ever read: no pickle.
@@ -104,7 +104,7 @@ def save_checkpoint(
     optimizer: dict[str, torch.Tensor] | None = None,
     keep_last: int = 2,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step-XXXXXXXX`` atomically; returns its path."""
+    """Write ``run_dir/checkpoints/step-NNNNNNNN`` atomically; returns its path."""
     t0 = time.perf_counter()
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
