@@ -61,7 +61,7 @@ def expand_paths(paths: Sequence[str]) -> list[Path]:
     return files
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, decoded line) with strict UTF-8; bad bytes give file:line and offset."""
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
@@ -79,13 +79,13 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def read_txt(path: Path) -> Iterator[tuple[str, str]]:
     """One document per .txt file (decoded line by line so errors carry file:line)."""
-    text = "".join(line for _, line in _lines(path))
+    text = "".join(line for _, line in read_lines(path))
     if text.strip():
         yield text, str(path)
 
 
 def read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
-    for lineno, line in _lines(path):
+    for lineno, line in read_lines(path):
         if not line.strip():
             continue
         try:

@@ -38,17 +38,12 @@ class Example:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    try:
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{path}:{n}: invalid UTF-8 at byte offset {e.start}") from None
-                if line.strip():
-                    yield n, line
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    """Non-blank lines with their numbers (decoding errors name file:line)."""
+    from mdmctl.data.readers import read_lines
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return ((n, line) for n, line in read_lines(path) if line.strip())
 
 
 def _field(obj: dict[str, Any], key: str, where: str) -> str:

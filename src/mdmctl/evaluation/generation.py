@@ -20,25 +20,24 @@ def binomial_stderr(correct: int, n: int) -> float:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """JSON objects of a jsonl file, each with its line number in ``_line``."""
+    from mdmctl.data.readers import read_lines
+
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     rows = []
-    with open(p, encoding="utf-8", errors="strict") as f:
+    for n, line in read_lines(p):
+        if not line.strip():
+            continue
         try:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{p}:{n}: invalid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{p}:{n}: expected a JSON object")
-                obj["_line"] = n
-                rows.append(obj)
-        except UnicodeDecodeError as e:
-            raise DataError(f"{p}: invalid UTF-8 ({e.reason})") from None
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{n}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{p}:{n}: expected a JSON object")
+        obj["_line"] = n
+        rows.append(obj)
     return rows
 
 
