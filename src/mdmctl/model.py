@@ -127,8 +127,12 @@ class Transformer(nn.Module):
         *,
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """idx (B, L) -> logits (B, L, V) in fp32. The MDM's mask column is -inf."""
+        """idx (B, L) -> logits (B, L, V) in fp32. The MDM's mask column is -inf.
+
+        ``select`` (B, L) bool: return logits only at those positions, (N, V) in row-major order.
+        Scoring needs a few positions of long rows; the head is skipped everywhere else."""
         B, L = idx.shape
         start = cache.length if cache is not None else 0
         if start + L > self.cfg.seq_len:
@@ -151,7 +155,9 @@ class Transformer(nn.Module):
             )
         if cache is not None:
             cache.length += L
-        logits = self.head(self.norm(x)).float()  # (B, L, V); fp32 for log-softmax
+        if select is not None:
+            x = x[select]  # (N, D)
+        logits = self.head(self.norm(x)).float()  # (B, L, V) or (N, V); fp32 for log-softmax
         if self.cfg.objective == "mdm":
             # The mask is an input-only token: x0 never contains it, so the head never predicts it.
             logits[..., self.cfg.mask_id] = float("-inf")
