@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -72,3 +73,49 @@ def tiny_cfg():
     from mdmctl.config import ModelConfig
 
     return ModelConfig.from_name("tiny", vocab_size=97, mask_id=96, seq_len=32)
+
+
+runner = CliRunner()
+
+
+def run(*args, code=0):
+    """Invoke the CLI in-process; assert the exit code and that no traceback leaked."""
+    from mdmctl.cli import app
+
+    r = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in (r.stdout + r.stderr), r.stderr
+    assert r.exit_code == code, f"exit {r.exit_code}: {r.stdout}\n{r.stderr}"
+    return r
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory, corpus_dir):
+    """Tiny trained MDM and ARM checkpoints (4 steps each)."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for obj in ("mdm", "arm"):
+        run(
+            "pretrain",
+            "--objective",
+            obj,
+            "--size",
+            "tiny",
+            "--seq-len",
+            "32",
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--val-every",
+            "4",
+            "--data",
+            corpus_dir,
+            "--out",
+            root / obj,
+            "--show-samples",
+            "0",
+            "--device",
+            "cpu",
+        )
+        out[obj] = root / obj / "checkpoints" / "step-00000004"
+    return out

@@ -11,51 +11,8 @@ import sys
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from mdmctl.cli import app
-
-runner = CliRunner()
-
-
-def run(*args, code=0):
-    r = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in (r.stdout + r.stderr), r.stderr
-    assert r.exit_code == code, f"exit {r.exit_code}: {r.stdout}\n{r.stderr}"
-    return r
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, corpus_dir):
-    """Tiny trained MDM and ARM checkpoints (4 steps each)."""
-    root = tmp_path_factory.mktemp("runs")
-    out = {}
-    for obj in ("mdm", "arm"):
-        run(
-            "pretrain",
-            "--objective",
-            obj,
-            "--size",
-            "tiny",
-            "--seq-len",
-            "32",
-            "--steps",
-            "4",
-            "--batch-size",
-            "4",
-            "--val-every",
-            "4",
-            "--data",
-            corpus_dir,
-            "--out",
-            root / obj,
-            "--show-samples",
-            "0",
-            "--device",
-            "cpu",
-        )
-        out[obj] = root / obj / "checkpoints" / "step-00000004"
-    return out
+from .conftest import run, runner  # noqa: F401
 
 
 def test_command_set_is_frozen():

@@ -34,8 +34,10 @@ def _score(model, reqs, **kw):
 def _requests(n: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     rng = random.Random(seed)
     return [
-        ([rng.randrange(3, MASK) for _ in range(rng.randint(0, 9))],
-         [rng.randrange(3, MASK) for _ in range(rng.randint(1, 5))])
+        (
+            [rng.randrange(3, MASK) for _ in range(rng.randint(0, 9))],
+            [rng.randrange(3, MASK) for _ in range(rng.randint(1, 5))],
+        )
         for _ in range(n)
     ]
 
@@ -120,8 +122,9 @@ def test_mc_is_a_lower_bound_on_the_exact_two_token_likelihood():
     assert c.logprob == pytest.approx(q_ab, abs=1e-4)
 
 
-@pytest.mark.parametrize("objective,estimator", [("mdm", "mc"), ("mdm", "chain-rule"),
-                                                 ("arm", "mc")])
+@pytest.mark.parametrize(
+    "objective,estimator", [("mdm", "mc"), ("mdm", "chain-rule"), ("arm", "mc")]
+)
 def test_results_do_not_depend_on_batch_size_or_order(objective, estimator):
     m = _model(objective)
     reqs = _requests(12)
@@ -151,7 +154,7 @@ def test_mc_equals_a_per_request_loop_on_the_same_draws():
     vals = []
     for s in range(n):
         masked = (u[s] < t[s]).tolist()
-        xt = ctx + [MASK if k else tok for k, tok in zip(masked, cont)]
+        xt = ctx + [MASK if k else tok for k, tok in zip(masked, cont, strict=True)]
         tot = sum(_cond_logp(m, xt, 3 + j, cont[j], 3, 0) for j in range(4) if masked[j])
         vals.append(tot / float(t[s]))
     (sc,) = _score(m, [(ctx, cont)], estimator="mc", mc_samples=n)
@@ -166,8 +169,16 @@ def test_mdm_greedy_flag_matches_the_confidence_sampler():
 
     m = _model("mdm")
     ctx = [5, 6, 7]
-    out = sample_mdm(lambda x, d: m(x, doc_ids=d), [ctx], length=4, steps=4, mask_id=MASK,
-                     pad_id=MASK - 1, generator=torch.Generator().manual_seed(0), temperature=0.0)
+    out = sample_mdm(
+        lambda x, d: m(x, doc_ids=d),
+        [ctx],
+        length=4,
+        steps=4,
+        mask_id=MASK,
+        pad_id=MASK - 1,
+        generator=torch.Generator().manual_seed(0),
+        temperature=0.0,
+    )
     y = out.tokens[0].tolist()
     other = y[:2] + [(y[2] + 1) % (MASK - 1)] + y[3:]
     a, b = _score(m, [(ctx, y), (ctx, other)], estimator="chain-rule", greedy=True)
@@ -180,8 +191,15 @@ def test_arm_greedy_flag_matches_greedy_sampling():
 
     m = _model("arm")
     ctx = [5, 6, 7]
-    (y,), _ = sample_arm(m, [ctx], length=4, eos_id=EOS, generator=torch.Generator(),
-                         temperature=0.0, stop_at_eos=False)
+    (y,), _ = sample_arm(
+        m,
+        [ctx],
+        length=4,
+        eos_id=EOS,
+        generator=torch.Generator(),
+        temperature=0.0,
+        stop_at_eos=False,
+    )
     other = y[:-1] + [(y[-1] + 1) % MASK]
     a, b = _score(m, [(ctx, y), (ctx, other)])
     assert a.is_greedy is True and b.is_greedy is False

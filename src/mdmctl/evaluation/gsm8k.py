@@ -7,7 +7,6 @@ so ``$1,200.00`` and ``1200`` agree. Accuracy is reported with its binomial stan
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 
 from mdmctl.errors import ConfigError, DataError
 from mdmctl.evaluation.generation import binomial_stderr, read_jsonl, write_jsonl
+from mdmctl.evaluation.hub import load_hub_split
 
 _NUMBER = re.compile(r"[-+]?[$€£]?\s?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
 HUB_ID = "openai/gsm8k"
@@ -56,7 +56,9 @@ class Problem:
 def load_problems(path: str | None, limit: int | None = None) -> list[Problem]:
     """From a local jsonl (question / answer with '#### N'), or the hub's test split online."""
     if path is None:
-        rows = _load_hub()
+        rows = load_hub_split(
+            HUB_ID, "main", "test", "pass --data FILE.jsonl (e.g. ../shared/data/gsm8k/test.jsonl)"
+        )
         where = HUB_ID
     else:
         rows = read_jsonl(path)
@@ -74,25 +76,6 @@ def load_problems(path: str | None, limit: int | None = None) -> list[Problem]:
     if not out:
         raise DataError(f"{where}: no problems")
     return out[:limit] if limit else out
-
-
-def _load_hub() -> list[dict[str, Any]]:
-    hint = "pass --data FILE.jsonl (e.g. ../shared/data/gsm8k/test.jsonl)"
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise DataError(f"{HUB_ID}: the hub is switched off (HF_HUB_OFFLINE); {hint}")
-    import socket
-
-    try:  # fail in well under a second when there is no network, instead of a long retry loop
-        socket.create_connection(("huggingface.co", 443), timeout=0.5).close()
-    except OSError as e:
-        raise DataError(f"{HUB_ID}: hub unreachable ({e.strerror or e}); {hint}") from None
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(HUB_ID, "main", split="test")
-    except Exception as e:  # many exception types for network / auth / missing data
-        raise DataError(f"{HUB_ID}: could not be loaded ({type(e).__name__}); {hint}") from None
-    return [dict(r) for r in ds]
 
 
 MIN_GEN = 32  # fewer generated tokens than this cannot hold a worked answer

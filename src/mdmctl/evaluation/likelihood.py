@@ -54,7 +54,7 @@ class ScoreConfig:
     """Unsupervised CFG scale w for the MDM (0: none)."""
     greedy: bool = False
     """Also compute ``is_greedy`` (MDM: one forward per revealed token, stops at the first miss)."""
-    batch_size: int = 64
+    batch_size: int = 32
     """Rows per forward pass (a CFG row counts once; it runs as two)."""
     seed: int = 0
     eps: float = 1e-3
@@ -90,43 +90,42 @@ class Score:
 
 @dataclass
 class _Row:
-    """One distinct model input and the positions whose log-probs its consumers need."""
+    """One distinct model input and the positions whose log-probs are read from it."""
 
     x: tuple[int, ...]
     prompt_len: int  # clean context positions (masked in CFG's unconditional pass)
     positions: dict[int, int]  # position -> column in this row's block of selected logits
 
 
-@dataclass
-class _Use:
-    """A consumer: Σ_k weight · log p(targets[k] at positions[k]) into accumulator ``slot``."""
-
-    row: int
-    positions: list[int]
-    targets: list[int]
-    weight: float
-    slot: int
-
-
 class _Rows:
-    """Distinct rows and the uses that read them."""
+    """Distinct rows, and distinct sums read from them ("slots"): Σ_k log p(targets[k] at
+    positions[k]). Identical rows are forwarded once and identical sums computed once, so the
+    cost follows the number of distinct mask patterns, not the number of samples."""
 
     def __init__(self) -> None:
         self.rows: list[_Row] = []
-        self.uses: list[_Use] = []
-        self._index: dict[tuple[tuple[int, ...], int], int] = {}
+        self.slots: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []  # row, pos, targets
+        self._row_index: dict[tuple[tuple[int, ...], int], int] = {}
+        self._slot_index: dict[tuple[int, tuple[int, ...], tuple[int, ...]], int] = {}
 
-    def add(self, x: list[int], prompt_len: int, positions: list[int], targets: list[int],
-            weight: float, slot: int) -> None:
+    def add(
+        self, x: Sequence[int], prompt_len: int, positions: Sequence[int], targets: Sequence[int]
+    ) -> int:
+        """The slot of Σ log p(targets at positions | x)."""
         key = (tuple(x), prompt_len)
-        r = self._index.get(key)
+        r = self._row_index.get(key)
         if r is None:
-            r = self._index[key] = len(self.rows)
+            r = self._row_index[key] = len(self.rows)
             self.rows.append(_Row(key[0], prompt_len, {}))
-        cols = self.rows[r].positions
-        for p in positions:
-            cols.setdefault(p, len(cols))
-        self.uses.append(_Use(r, positions, targets, weight, slot))
+        skey = (r, tuple(positions), tuple(targets))
+        slot = self._slot_index.get(skey)
+        if slot is None:
+            slot = self._slot_index[skey] = len(self.slots)
+            self.slots.append(skey)
+            cols = self.rows[r].positions
+            for p in positions:
+                cols.setdefault(p, len(cols))
+        return slot
 
 
 def _fit(ctx: Sequence[int], cont: Sequence[int], room: int) -> tuple[list[int], list[int], bool]:
@@ -141,26 +140,24 @@ def _fit(ctx: Sequence[int], cont: Sequence[int], room: int) -> tuple[list[int],
 
 
 def _forward_logprobs(model, rows: list[_Row], *, mask_id: int, cfg: float, device) -> torch.Tensor:
-    """Log-probs (N, V) at every row's selected positions, rows in order, positions in column
-    order. Rows are right-padded; the padding is its own attention segment (MDM)."""
+    """Log-probs (N, V) at every row's selected positions: rows in order, each row's positions in
+    its column order. Rows are right-padded; the padding is its own attention segment."""
     L = max(len(r.x) for r in rows)
     B = len(rows)
-    x = torch.full((B, L), mask_id, dtype=torch.long)
-    select = torch.zeros(B, L, dtype=torch.bool)
-    prompt = torch.zeros(B, L, dtype=torch.bool)
-    ragged = any(len(r.x) != L for r in rows)
-    docs = torch.zeros(B, L, dtype=torch.long) if ragged else None
-    order = []  # (row, position) in the row-major order the model returns selected logits
-    for b, r in enumerate(rows):
-        x[b, : len(r.x)] = torch.tensor(r.x)
-        prompt[b, : r.prompt_len] = True
-        if docs is not None:
-            docs[b, len(r.x) :] = 1
-        for p in sorted(r.positions):
-            select[b, p] = True
-        order.append(sorted(r.positions, key=r.positions.__getitem__))
-    x, select, prompt = x.to(device), select.to(device), prompt.to(device)
-    docs = None if docs is None else docs.to(device)
+    # Padding uses id 0 (a valid id for every model; never attended, never read).
+    x = torch.tensor([r.x + (0,) * (L - len(r.x)) for r in rows])  # (B, L)
+    lengths = torch.tensor([len(r.x) for r in rows])
+    pos = torch.arange(L)
+    docs = None
+    if bool((lengths != L).any()):
+        docs = (pos[None, :] >= lengths[:, None]).long().to(device)  # (B, L): 1 = padding
+    prompt = (pos[None, :] < torch.tensor([r.prompt_len for r in rows])[:, None]).to(device)
+    # Selected positions in column order, as flat indices into (B, L).
+    flat = torch.tensor([b * L + p for b, r in enumerate(rows) for p in r.positions])
+    select = torch.zeros(B * L, dtype=torch.bool)
+    select[flat] = True
+    select = select.view(B, L).to(device)
+    x = x.to(device)
     if model.cfg.objective == "arm" or cfg == 0 or not bool(prompt.any()):
         logits = model(x, doc_ids=docs, select=select)
     else:
@@ -168,55 +165,73 @@ def _forward_logprobs(model, rows: list[_Row], *, mask_id: int, cfg: float, devi
         logits = cfg_logits(
             lambda xx, dd: model(xx, doc_ids=dd, select=sel2), x, docs, prompt, mask_id, cfg
         )
-    logp = torch.log_softmax(logits, dim=-1)  # (N, V), N in (row, ascending position) order
-    # Reorder each row's block from ascending positions to its column order.
-    perm, start = [], 0
-    for b, r in enumerate(rows):
-        asc = sorted(r.positions)
-        rank = {p: i for i, p in enumerate(asc)}
-        perm.extend(start + rank[p] for p in order[b])
-        start += len(asc)
-    return logp[torch.tensor(perm, device=logp.device)]
+    # The model returns ascending flat order; map each column-ordered entry to its rank.
+    rank = torch.empty(B * L, dtype=torch.long)
+    rank[flat.sort().values] = torch.arange(len(flat))
+    return torch.log_softmax(logits, dim=-1)[rank[flat].to(logits.device)]  # (N, V)
 
 
-def _run(model, rows: _Rows, n_slots: int, *, mask_id: int, cfg: float, batch_size: int,
-         device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ weight · log p per slot (float64), whether every target of the slot was the argmax),
-    all rows batched by length."""
-    acc = torch.zeros(n_slots, dtype=torch.float64)
-    misses = torch.zeros(n_slots, dtype=torch.long)
-    uses_of: list[list[_Use]] = [[] for _ in rows.rows]
-    for u in rows.uses:
-        uses_of[u.row].append(u)
-    order = sorted(range(len(rows.rows)), key=lambda i: len(rows.rows[i].x))
-    for s in range(0, len(order), batch_size):
-        chunk = order[s : s + batch_size]
+def _batches(rows: list[_Row], batch_size: int) -> list[list[int]]:
+    """Row indices grouped by length (equal lengths need no padding mask), then chunked."""
+    by_len: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_len.setdefault(len(r.x), []).append(i)
+    out, carry = [], []
+    for _, idx in sorted(by_len.items()):
+        # Leftovers smaller than a batch ride along with the next length (padded, masked).
+        idx = carry + idx
+        full = len(idx) - len(idx) % batch_size
+        out.extend(idx[s : s + batch_size] for s in range(0, full, batch_size))
+        carry = idx[full:]
+    if carry:
+        out.append(carry)
+    return out
+
+
+def _run(
+    model, rows: _Rows, *, mask_id: int, cfg: float, batch_size: int, device, argmax: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each slot's Σ log p (float64); with ``argmax``, whether all its targets were the argmax."""
+    n = len(rows.slots)
+    acc = torch.zeros(n, dtype=torch.float64)
+    misses = torch.zeros(n, dtype=torch.long) if argmax else None
+    slots_of: list[list[int]] = [[] for _ in rows.rows]
+    for k, (r, _, _) in enumerate(rows.slots):
+        slots_of[r].append(k)
+    for chunk in _batches(rows.rows, batch_size):
         logp = _forward_logprobs(
             model, [rows.rows[i] for i in chunk], mask_id=mask_id, cfg=cfg, device=device
         ).cpu()
-        idx, tgt, slot, w = [], [], [], []
+        idx, tgt, slot = [], [], []
         offset = 0
         for i in chunk:
             cols = rows.rows[i].positions
-            for u in uses_of[i]:
-                idx.extend(offset + cols[p] for p in u.positions)
-                tgt.extend(u.targets)
-                slot.extend([u.slot] * len(u.positions))
-                w.extend([u.weight] * len(u.positions))
+            for k in slots_of[i]:
+                _, pos, targets = rows.slots[k]
+                idx.extend(offset + cols[p] for p in pos)
+                tgt.extend(targets)
+                slot.extend([k] * len(pos))
             offset += len(cols)
         idx_t, tgt_t, slot_t = torch.tensor(idx), torch.tensor(tgt), torch.tensor(slot)
-        lp = logp[idx_t, tgt_t].double()
-        acc.index_add_(0, slot_t, lp * torch.tensor(w, dtype=torch.float64))
-        misses.index_add_(0, slot_t, (logp[idx_t].argmax(-1) != tgt_t).long())
-    return acc, misses == 0
+        acc.index_add_(0, slot_t, logp[idx_t, tgt_t].double())
+        if misses is not None:
+            misses.index_add_(0, slot_t, (logp[idx_t].argmax(-1) != tgt_t).long())
+    return acc, (None if misses is None else misses == 0)
 
 
 def _context_key(seed: int, ctx: Sequence[int]) -> int:
     return mix(seed, zlib.crc32(array("q", ctx).tobytes()), len(ctx))
 
 
-def _mdm_greedy(model, reqs: list[tuple[list[int], list[int]]], *, mask_id: int, cfg: float,
-                batch_size: int, device) -> list[bool]:
+def _mdm_greedy(
+    model,
+    reqs: list[tuple[list[int], list[int]]],
+    *,
+    mask_id: int,
+    cfg: float,
+    batch_size: int,
+    device,
+) -> list[bool]:
     """Reveal the most confident masked position (its argmax) each step, all requests batched;
     a request stops at its first miss, so a weak model costs about one forward per request."""
     canvas = [ctx + [mask_id] * len(cont) for ctx, cont in reqs]
@@ -270,50 +285,91 @@ def loglikelihood(
             c, x, cut = _fit(ctx, cont, mc.seq_len)
         fitted.append((c, x, cut))
     rows = _Rows()
-    if arm:
-        for r, (c, x, _) in enumerate(fitted):
-            # Position i predicts token i + 1.
-            rows.add(c + x, len(c), list(range(len(c) - 1, len(c) + len(x) - 1)), x, 1.0, r)
-        n_slots = len(fitted)
-    elif cfg.estimator == "chain-rule":
-        for r, (c, x, _) in enumerate(fitted):
-            for j in range(len(x)):
-                xt = c + x[:j] + [mc.mask_id] * (len(x) - j)
-                rows.add(xt, len(c), [len(c) + j], [x[j]], 1.0, r)
-        n_slots = len(fitted)
+    if arm or cfg.estimator == "chain-rule":
+        slots = []  # per request, the slots whose sum is its log-likelihood
+        for c, x, _ in fitted:
+            if arm:  # one row; position i predicts token i + 1
+                slots.append([rows.add(c + x, len(c), range(len(c) - 1, len(c) + len(x) - 1), x)])
+            else:  # one row per token: earlier tokens clean, this one and later ones masked
+                slots.append(
+                    [
+                        rows.add(
+                            c + x[:j] + [mc.mask_id] * (len(x) - j), len(c), [len(c) + j], [x[j]]
+                        )
+                        for j in range(len(x))
+                    ]
+                )
+        acc, all_argmax = _run(
+            model,
+            rows,
+            mask_id=mc.mask_id,
+            cfg=0.0 if arm else cfg.cfg,
+            batch_size=cfg.batch_size,
+            device=device,
+            argmax=arm,
+        )
+        values = [acc[torch.tensor(sl)].sum()[None] for sl in slots]
     else:
         n = cfg.mc_samples
-        t_all = []
-        for r, (c, x, _) in enumerate(fitted):
+        sample_slot, weight = [], []  # (R, n) slot per sample (-1: nothing masked), 1/t
+        for c, x, _ in fitted:
             g = torch.Generator().manual_seed(_context_key(cfg.seed, c))
             t = stratified_t(n, g, cfg.eps)  # (n,)
             # One uniform per (sample, position) over the whole context window, so choices of
             # different lengths share the masks of the positions they have in common.
             u = torch.rand(n, mc.seq_len, generator=g)[:, : len(x)]
-            masked = (u < t[:, None]).tolist()
-            t_all.append(t)
-            for s in range(n):
-                pos = [j for j in range(len(x)) if masked[s][j]]
+            masked = u < t[:, None]  # (n, C)
+            patterns, inverse = torch.unique(masked, dim=0, return_inverse=True)
+            pslot = []
+            for pat in patterns.tolist():
+                pos = [j for j, m in enumerate(pat) if m]
                 if not pos:
-                    continue  # nothing masked: this sample contributes 0
-                xt = list(c) + [mc.mask_id if m else tok for m, tok in zip(masked[s], x)]
-                rows.add(xt, len(c), [len(c) + j for j in pos], [x[j] for j in pos],
-                         1.0 / float(t[s]), r * n + s)
-        n_slots = len(fitted) * n
-    acc, all_argmax = _run(model, rows, n_slots, mask_id=mc.mask_id, cfg=0.0 if arm else cfg.cfg,
-                           batch_size=cfg.batch_size, device=device)
+                    pslot.append(-1)  # nothing masked: the sample contributes 0
+                    continue
+                xt = c + [mc.mask_id if m else tok for m, tok in zip(pat, x, strict=True)]
+                pslot.append(rows.add(xt, len(c), [len(c) + j for j in pos], [x[j] for j in pos]))
+            sample_slot.append(torch.tensor(pslot)[inverse])
+            weight.append(1.0 / t.double())
+        acc, _ = _run(
+            model, rows, mask_id=mc.mask_id, cfg=cfg.cfg, batch_size=cfg.batch_size, device=device
+        )
+        acc = torch.cat([acc, torch.zeros(1, dtype=torch.float64)])  # slot -1 reads 0
+        values = [acc[sl] * w for sl, w in zip(sample_slot, weight, strict=True)]  # (n,) each
     greedy: list[bool | None] = [None] * len(fitted)
     if arm:
-        greedy = all_argmax.tolist()
+        greedy = [bool(all_argmax[sl[0]]) for sl in slots]
     elif cfg.greedy:
-        greedy = list(_mdm_greedy(model, [(c, x) for c, x, _ in fitted], mask_id=mc.mask_id,
-                                  cfg=cfg.cfg, batch_size=cfg.batch_size, device=device))
+        greedy = list(
+            _mdm_greedy(
+                model,
+                [(c, x) for c, x, _ in fitted],
+                mask_id=mc.mask_id,
+                cfg=cfg.cfg,
+                batch_size=cfg.batch_size,
+                device=device,
+            )
+        )
     out = []
-    for r, (_, x, cut) in enumerate(fitted):
-        if arm or cfg.estimator == "chain-rule":
-            out.append(Score(float(acc[r]), 0.0, greedy[r], len(x), cut))
-        else:
-            v = acc[r * cfg.mc_samples : (r + 1) * cfg.mc_samples]
-            se = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-            out.append(Score(float(v.mean()), se, greedy[r], len(x), cut))
+    for (_, x, cut), v, gr in zip(fitted, values, greedy, strict=True):
+        se = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
+        if len(v) == 1 and not (arm or cfg.estimator == "chain-rule"):
+            se = float("nan")  # one MC sample: the error is unknown, not zero
+        out.append(Score(float(v.mean()), se, gr, len(x), cut))
     return out
+
+
+def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's tokenisation of a (context, continuation) pair: trailing whitespace of the context
+    moves to the continuation, the pair is encoded whole and the continuation is what follows the
+    context's own token count, so the boundary tokenises as in running text."""
+    from mdmctl.sampling import encode_literal
+
+    n_space = len(context) - len(context.rstrip())
+    if n_space:
+        context, continuation = context[:-n_space], context[-n_space:] + continuation
+    ctx = encode_literal(tok, context) if context else []
+    whole = encode_literal(tok, context + continuation)
+    cont = whole[len(ctx) :]
+    if not cont:  # the continuation merged into the context's last token: score it on its own
+        cont = encode_literal(tok, continuation)
+    return ctx, cont
