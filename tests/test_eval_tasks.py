@@ -143,12 +143,17 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
     )
     res = json.loads(r.stdout)
     assert res["n"] == 4 and 0 <= res["accuracy"] <= 1 and res["seconds_per_problem"] > 0
-    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 4
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and res["settings"]["two_stage"] is True
+    # two-stage: stage 2 always continues after the answer marker
+    assert all("\n#### " in x["generation"] or " #### " in x["generation"] for x in lines)
     r = run("eval", "gsm8k", "--data", data, "--predictions", tmp_path / "o.jsonl", "--json")
     assert json.loads(r.stdout)["accuracy"] == res["accuracy"]
     # the default length 256 does not fit a context of 48: generation is shortened to fit
-    r = run("eval", "gsm8k", "--checkpoint", tmp_path / "m", "--data", data, "--steps", "4", "--json")
-    assert json.loads(r.stdout)["settings"]["shortened_generations"] == 4
+    r = run("eval", "gsm8k", "--checkpoint", tmp_path / "m", "--data", data, "--steps", "4",
+            "--one-stage", "--json")
+    settings = json.loads(r.stdout)["settings"]
+    assert settings["shortened_generations"] == 4 and settings["two_stage"] is False
     assert "--cfg" in run("eval", "gsm8k", "--data", data, "--cfg", "-1", code=2).stderr
     rc = tmp_path / "rc"
     rc.mkdir()
@@ -209,12 +214,12 @@ def test_rank_accuracy_prefers_the_likely_completion():
             def __init__(self):
                 self.cfg = cfg
 
-            def __call__(self, x):
+            def __call__(self, x, doc_ids=None, select=None):
                 logits = torch.zeros(*x.shape, 12)
                 logits[..., 7] = 10.0
                 if mask_id >= 0:
                     logits[..., mask_id] = float("-inf")
-                return logits
+                return logits if select is None else logits[select]
 
         rows = [
             {"prompt": "1 2", "completion": "7 7"},
@@ -223,6 +228,13 @@ def test_rank_accuracy_prefers_the_likely_completion():
         ]
         acc, n = rank_accuracy(Fake(), Tok(), Info(), rows, "cpu", n_mc=4, batch_size=8, seed=0)
         assert n == 2 and acc == pytest.approx(2 / 3)
+
+
+def test_answer_marker_follows_the_sft_formats():
+    from mdmctl.evaluation.gsm8k import answer_marker
+
+    assert answer_marker("<<2*3=6>> <<6+1=7>>") == " #### "
+    assert answer_marker("She has 2 * 3 = 6 apples.") == "\n#### "
 
 
 def test_fit_to_context():

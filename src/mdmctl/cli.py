@@ -733,6 +733,14 @@ def eval_gsm8k(
     ),
     length: int = typer.Option(256, "--length", min=1, help="Tokens to generate (SMDM: 256)."),
     steps: int = typer.Option(256, "--steps", min=1, help="Denoising steps (SMDM: 256)."),
+    two_stage: bool = typer.Option(
+        True,
+        "--two-stage/--one-stage",
+        help="Reasoning first, then '####' and a short answer (the paper's procedure).",
+    ),
+    answer_length: int = typer.Option(
+        16, "--answer-length", min=1, help="Two-stage: tokens generated after '####'."
+    ),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
     temperature: float = typer.Option(0.1, "--temperature", min=0),
     cfg: float = typer.Option(
@@ -770,6 +778,8 @@ def eval_gsm8k(
             fewshot=fewshot,
             fewshot_data=fewshot_data,
             sample_cfg=scfg,
+            two_stage=two_stage,
+            answer_length=answer_length,
             log=_log,
         )
         d = {

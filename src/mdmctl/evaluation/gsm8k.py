@@ -3,6 +3,11 @@
 Extraction: the number after the last ``####``; without one, the last number in the text.
 Normalisation: commas, currency and percent signs, a trailing period and trailing ``.0`` removed,
 so ``$1,200.00`` and ``1200`` agree. Accuracy is reported with its binomial standard error.
+
+Two-stage generation (the paper's procedure, on by default): stage 1 generates the reasoning; the
+text before any ``####`` is kept, the answer marker is appended (`` #### `` after equation-style
+reasoning ``<<...>>``, else a new line and ``#### ``, the two SFT formats), and stage 2 generates a
+short answer after it. Without it, the answer is read from the single generation.
 """
 
 from __future__ import annotations
@@ -145,6 +150,26 @@ def rescore(problems: list[Problem], predictions: str) -> list[str]:
     return out
 
 
+def answer_marker(reasoning: str) -> str:
+    """The text between the reasoning and the answer, as the two SFT formats write it."""
+    return " #### " if "<<" in reasoning else "\n#### "
+
+
+def _answer_stage(model, tok, info, prompts, gens, sample_cfg, device, answer_length):
+    """Stage 2: the reasoning before any '####', the marker, then ``answer_length`` tokens."""
+    import dataclasses
+
+    from mdmctl.sampling import encode_literal, generate
+
+    reasoning = [g.split("####")[0].rstrip() for g in gens]
+    heads = [r + answer_marker(r) for r in reasoning]
+    room = model.cfg.seq_len - answer_length
+    ids = [encode_literal(tok, p + h)[-room:] for p, h in zip(prompts, heads, strict=True)]
+    cfg2 = dataclasses.replace(sample_cfg, length=answer_length, steps=answer_length)
+    g = generate(model, tok, info, prompts, cfg2, device, answer_length, prompt_ids=ids)
+    return [h + a for h, a in zip(heads, g.texts, strict=True)], g.nfe
+
+
 def evaluate_gsm8k(
     *,
     data: str | None,
@@ -155,6 +180,8 @@ def evaluate_gsm8k(
     fewshot: int = 0,
     fewshot_data: str | None = None,
     sample_cfg: Any = None,
+    two_stage: bool = True,
+    answer_length: int = 16,
     log=None,
 ) -> GSM8KResult:
     problems = load_problems(data, limit)
@@ -190,7 +217,12 @@ def evaluate_gsm8k(
             )
         t0 = time.perf_counter()
         g = generate(model, tok, info, prompts, sample_cfg, device, lengths, prompt_ids=ids)
-        gens = g.texts
+        gens, nfe = g.texts, g.nfe
+        if two_stage:
+            gens, n2 = _answer_stage(
+                model, tok, info, prompts, gens, sample_cfg, device, answer_length
+            )
+            nfe += n2
         seconds = (time.perf_counter() - t0) / len(problems)
         settings = {
             "checkpoint": str(step_dir),
@@ -201,7 +233,9 @@ def evaluate_gsm8k(
             "cfg": sample_cfg.cfg,
             "batch_size": sample_cfg.batch_size,
             "fewshot": fewshot,
-            "nfe": g.nfe,
+            "two_stage": two_stage,
+            "answer_length": answer_length if two_stage else None,
+            "nfe": nfe,
             "shortened_generations": shortened,
             "truncated_prompts": truncated,
         }
