@@ -33,6 +33,7 @@ def naive(
     from mdmctl.sampling.mdm import cfg_logits
 
     fn = lambda x, d: model(x, doc_ids=d)  # noqa: E731
+    dev = next(model.parameters()).device
     out = []
     for ctx, cont in reqs:
         c, x, _ = lk._fit(ctx, cont, model.cfg.seq_len)
@@ -49,6 +50,7 @@ def naive(
             for j in range(C):
                 full[j, len(c) + j :] = True
             weight = torch.ones(C)
+        x0, full = x0.to(dev), full.to(dev)
         xt = torch.where(full, mask_id, x0)
         prompt = torch.zeros_like(full)
         prompt[:, : len(c)] = True
@@ -61,7 +63,7 @@ def naive(
             ]
         )  # (rows, L) log p of x0 at every position
         if estimator == "mc":
-            per = torch.where(full, lp, 0.0).sum(1).double() * weight.double()
+            per = torch.where(full, lp, 0.0).sum(1).double().cpu() * weight.double()
             out.append(float(per.mean()))
         else:
             out.append(float(sum(lp[j, len(c) + j] for j in range(C))))

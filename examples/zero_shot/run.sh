@@ -12,7 +12,7 @@
 set -euo pipefail
 DATA=${1:-../shared/data}
 STEPS=${2:-800}
-LIMIT=${3:-200}
+LIMIT=${3:-100}
 W=work/zero_shot
 mkdir -p "$W"
 

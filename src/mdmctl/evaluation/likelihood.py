@@ -199,9 +199,6 @@ def _run(
     for k, (r, _, _) in enumerate(rows.slots):
         slots_of[r].append(k)
     for chunk in _batches(rows.rows, batch_size):
-        logp = _forward_logprobs(
-            model, [rows.rows[i] for i in chunk], mask_id=mask_id, cfg=cfg, device=device
-        ).cpu()
         idx, tgt, slot = [], [], []
         offset = 0
         for i in chunk:
@@ -212,10 +209,15 @@ def _run(
                 tgt.extend(targets)
                 slot.extend([k] * len(pos))
             offset += len(cols)
-        idx_t, tgt_t, slot_t = torch.tensor(idx), torch.tensor(tgt), torch.tensor(slot)
-        acc.index_add_(0, slot_t, logp[idx_t, tgt_t].double())
+        logp = _forward_logprobs(
+            model, [rows.rows[i] for i in chunk], mask_id=mask_id, cfg=cfg, device=device
+        )  # (N, V) on the device; only the scored entries come back
+        idx_t, tgt_t = torch.tensor(idx, device=logp.device), torch.tensor(tgt, device=logp.device)
+        slot_t = torch.tensor(slot)
+        acc.index_add_(0, slot_t, logp[idx_t, tgt_t].double().cpu())
         if misses is not None:
-            misses.index_add_(0, slot_t, (logp[idx_t].argmax(-1) != tgt_t).long())
+            miss = (logp[idx_t].argmax(-1) != tgt_t).long().cpu()
+            misses.index_add_(0, slot_t, miss)
     return acc, (None if misses is None else misses == 0)
 
 
