@@ -91,3 +91,23 @@ def test_matches_hf_llama_with_the_same_weights():
     x = torch.randint(0, 120, (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), hf(input_ids=x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_select_returns_the_full_forward_at_those_positions(tiny_cfg):
+    """Scoring's shortcut (the last block's projection and MLP only at selected positions)
+    changes nothing at the selected positions, also with a padding segment."""
+    import torch
+
+    from mdmctl.model import Transformer
+
+    m = Transformer(tiny_cfg).eval()
+    x = torch.randint(0, 90, (3, 12))
+    docs = torch.zeros_like(x)
+    docs[0, 9:] = 1
+    select = torch.rand(3, 12) < 0.3
+    select[1, 4] = True
+    with torch.no_grad():
+        full = m(x, doc_ids=docs)
+        part = m(x, doc_ids=docs, select=select)
+    assert part.shape == (int(select.sum()), tiny_cfg.vocab_size)
+    torch.testing.assert_close(part, full[select], atol=1e-5, rtol=1e-5)

@@ -76,7 +76,12 @@ class Block(nn.Module):
         self.w2 = nn.Linear(d, cfg.d_ff, bias=False)
         self.w3 = nn.Linear(cfg.d_ff, d, bias=False)
 
-    def forward(self, x, cos, sin, *, causal, doc_ids, backend, cache: KVCache | None, layer: int):
+    def forward(
+        self, x, cos, sin, *, causal, doc_ids, backend, cache: KVCache | None, layer: int,
+        select: torch.Tensor | None = None,
+    ):
+        """x (B, L, D) -> (B, L, D); with ``select`` (B, L) bool, only those positions (N, D):
+        keys and values still come from every position, the rest is skipped."""
         B, L, D = x.shape
         q, k, v = self.wqkv(self.attn_norm(x)).split(D, dim=-1)
         q, k, v = (t.view(B, L, self.n_heads, self.head_dim) for t in (q, k, v))  # (B, L, H, Dh)
@@ -86,8 +91,10 @@ class Block(nn.Module):
             cache.k[layer][:, start : start + L] = k
             cache.v[layer][:, start : start + L] = v
             k, v = cache.k[layer][:, : start + L], cache.v[layer][:, : start + L]
-        y = attention(q, k, v, causal=causal, doc_ids=doc_ids, backend=backend)
-        x = x + self.wo(y.reshape(B, L, D))
+        y = attention(q, k, v, causal=causal, doc_ids=doc_ids, backend=backend).reshape(B, L, D)
+        if select is not None:
+            x, y = x[select], y[select]  # (N, D)
+        x = x + self.wo(y)
         h = self.mlp_norm(x)
         return x + self.w3(F.silu(self.w1(h)) * self.w2(h))
 
@@ -142,6 +149,7 @@ class Transformer(nn.Module):
             self.rope_sin[start : start + L],
         )  # (L, H, Dh/2)
         x = self.tok_emb(idx)  # (B, L, D)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             x = block(
                 x,
@@ -152,11 +160,12 @@ class Transformer(nn.Module):
                 backend=self.backend,
                 cache=cache,
                 layer=i,
-            )
+                # Scoring reads a few positions: the last block's output projection and MLP
+                # (three quarters of its cost) run only there.
+                select=select if i == last else None,
+            )  # (B, L, D); after the last block with select: (N, D)
         if cache is not None:
             cache.length += L
-        if select is not None:
-            x = x[select]  # (N, D)
         logits = self.head(self.norm(x)).float()  # (B, L, V) or (N, V); fp32 for log-softmax
         if self.cfg.objective == "mdm":
             # The mask is an input-only token: x0 never contains it, so the head never predicts it.
