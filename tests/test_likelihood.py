@@ -227,3 +227,15 @@ def test_bad_settings_are_config_errors():
         ScoreConfig(cfg=-1)
     with pytest.raises(ConfigError, match="empty continuation"):
         _score(_model("mdm"), [([1], [])])
+
+
+def test_chunking_requests_changes_nothing(monkeypatch):
+    from mdmctl.evaluation import likelihood as lk
+
+    m = _model("mdm")
+    reqs = _requests(10)
+    whole = _score(m, reqs, mc_samples=8, cfg=0.5, greedy=True)
+    monkeypatch.setattr(lk, "CHUNK_REQUESTS", 3)
+    chunked = _score(m, reqs, mc_samples=8, cfg=0.5, greedy=True)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and a.is_greedy == b.is_greedy
