@@ -9,7 +9,8 @@ the ratio.
 Requests are multiple-choice shaped (4 choices sharing a context). With ``--data`` (a zero-shot
 task file such as ../shared/data/benchmarks/arc_easy.jsonl) they are the task's real texts
 tokenized with a BPE (``--tokenizer``, or one trained on the task's own text); otherwise
-synthetic token ids with ARC-like lengths. The model is a randomly initialised MDM (speed does not depend on the weights).
+synthetic token ids with ARC-like lengths. The model is a randomly initialised MDM (speed does
+not depend on the weights).
 
     python benchmarks/likelihood.py [--size tiny] [--requests 128] [--mc-samples 128] [--cfg 0]
 """

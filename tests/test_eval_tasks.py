@@ -188,6 +188,11 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
     res = json.loads(r.stdout)
     assert [x["split"] for x in res] == ["p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse"]
     assert all(x["candidates"] == 2 and 0 <= x["rank_accuracy"] <= 1 for x in res)
+    r = run("eval", "reverse-curse", "--checkpoint", tmp_path / "m", "--data-dir", rc,
+            "--total-length", "16", "--steps", "4", "--json", "--splits", "p2d_reverse")
+    assert [x["split"] for x in json.loads(r.stdout)] == ["p2d_reverse"]
+    r = run("eval", "reverse-curse", "--data-dir", rc, "--splits", "p2d_backwards", code=2)
+    assert "--splits" in r.stderr
 
 
 def test_rank_accuracy_prefers_the_likely_completion():

@@ -42,12 +42,21 @@ def test_race_formatter_matches_lm_eval():
 
     pre = importlib.import_module("lm_eval.tasks.race.preprocess_race")
     problems = [
-        {"question": "Where did Tom go?", "options": ["home", "school", "park", "shop"],
-         "answer": "B"},
-        {"question": "He went there by  _  .", "options": ["bus", "car", "bike", "foot"],
-         "answer": "A"},
-        {"question": "What did Tom eat?", "options": ["rice", "bread", "soup", "fish"],
-         "answer": "D"},
+        {
+            "question": "Where did Tom go?",
+            "options": ["home", "school", "park", "shop"],
+            "answer": "B",
+        },
+        {
+            "question": "He went there by  _  .",
+            "options": ["bus", "car", "bike", "foot"],
+            "answer": "A",
+        },
+        {
+            "question": "What did Tom eat?",
+            "options": ["rice", "bread", "soup", "fish"],
+            "answer": "D",
+        },
     ]
     doc = {"article": "Tom went to school by bus.", "problems": repr(problems)}
     d = TASKS["race"].format(doc, 0)
@@ -86,8 +95,17 @@ def test_acc_and_acc_norm_follow_lm_eval(monkeypatch):
     # doc 0: -2 vs -3 -> acc picks 0 (wrong); per char -2/1 vs -3/9 -> acc_norm picks 1 (right)
     # doc 1: -1 vs -12 (per char -1 vs -1.33) -> both pick 0 (right)
     monkeypatch.setattr(zero_shot, "loglikelihood", _fake_scores([-2.0, -3.0, -1.0, -12.0]))
-    r = score_task(_fake_model(), _Tok(), _Obj(eos_id=0), TASKS["arc_easy"], docs,
-                   ZeroShotConfig(), "cpu", "ckpt", "mem")
+    r = score_task(
+        _fake_model(),
+        _Tok(),
+        _Obj(eos_id=0),
+        TASKS["arc_easy"],
+        docs,
+        ZeroShotConfig(),
+        "cpu",
+        "ckpt",
+        "mem",
+    )
     assert r.metrics == {"acc": 0.5, "acc_norm": 1.0}
     assert r.stderr["acc"] == pytest.approx(0.5)  # sqrt(p(1-p)/(n-1)), p = 0.5, n = 2
     assert r.estimator == "mc" and r.cfg == 0.6  # arc_easy's paper defaults
@@ -97,8 +115,17 @@ def test_acc_and_acc_norm_follow_lm_eval(monkeypatch):
 def test_lambada_is_greedy_accuracy_and_perplexity(monkeypatch):
     docs = [Doc(0, "a b", [" c"], 0), Doc(1, "d e", [" f"], 0)]
     monkeypatch.setattr(zero_shot, "loglikelihood", _fake_scores([-1.0, -3.0]))
-    r = score_task(_fake_model(), _Tok(), _Obj(eos_id=0), TASKS["lambada"], docs,
-                   ZeroShotConfig(estimator="mc"), "cpu", "ckpt", "mem")
+    r = score_task(
+        _fake_model(),
+        _Tok(),
+        _Obj(eos_id=0),
+        TASKS["lambada"],
+        docs,
+        ZeroShotConfig(estimator="mc"),
+        "cpu",
+        "ckpt",
+        "mem",
+    )
     assert r.metrics["acc"] == 1.0
     assert r.metrics["perplexity"] == pytest.approx(2.718281828**2)
 
@@ -112,8 +139,17 @@ def test_winogrande_scores_the_shared_continuation(monkeypatch):
 
     monkeypatch.setattr(zero_shot, "loglikelihood", fake)
     d = Doc(0, "A so ", ["X", "Y"], 0, contexts=["A so X", "A so Y"], continuation=" went.")
-    r = score_task(_fake_model(), _Tok(), _Obj(eos_id=0), TASKS["winogrande"], [d],
-                   ZeroShotConfig(), "cpu", "ckpt", "mem")
+    r = score_task(
+        _fake_model(),
+        _Tok(),
+        _Obj(eos_id=0),
+        TASKS["winogrande"],
+        [d],
+        ZeroShotConfig(),
+        "cpu",
+        "ckpt",
+        "mem",
+    )
     # "A so X" + " went." -> the continuation's tokens are " went." in both requests
     assert [bytes(x).decode() for _, x in seen] == [" went.", " went."]
     assert [bytes(c).decode() for c, _ in seen] == ["A so X", "A so Y"]
@@ -143,8 +179,10 @@ def test_bad_task_files(tmp_path):
 def _task_files(tmp_path):
     d = tmp_path / "bench"
     d.mkdir()
-    rows = [{"context": f"the cat sat on the {w}", "choices": [" mat.", " dog ran."],
-             "gold": i % 2} for i, w in enumerate(["mat", "rug", "bed", "sofa"])]
+    rows = [
+        {"context": f"the cat sat on the {w}", "choices": [" mat.", " dog ran."], "gold": i % 2}
+        for i, w in enumerate(["mat", "rug", "bed", "sofa"])
+    ]
     (d / "piqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     lam = [{"context": "the dog ran to the", "choices": [" park."], "gold": 0}] * 3
     (d / "lambada_openai.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lam))
@@ -153,14 +191,36 @@ def _task_files(tmp_path):
 
 def test_cli_task_and_all(tmp_path, ckpts):
     d = _task_files(tmp_path)
-    r = run("eval", "piqa", "--checkpoint", ckpts["mdm"], "--data", d, "--estimator", "mc",
-            "--mc-samples", "4", "--json", "--out", tmp_path / "piqa.jsonl")
+    r = run(
+        "eval",
+        "piqa",
+        "--checkpoint",
+        ckpts["mdm"],
+        "--data",
+        d,
+        "--estimator",
+        "mc",
+        "--mc-samples",
+        "4",
+        "--json",
+        "--out",
+        tmp_path / "piqa.jsonl",
+    )
     (res,) = json.loads(r.stdout)
     assert res["task"] == "piqa" and res["n"] == 4 and res["mc_samples"] == 4
     assert 0 <= res["metrics"]["acc"] <= 1 and set(res["metrics"]) == {"acc", "acc_norm"}
     assert len((tmp_path / "piqa.jsonl").read_text().splitlines()) == 4
-    r = run("eval", "all", "--checkpoint", ckpts["arm"], "--data", d, "--out",
-            tmp_path / "all.json", "--json")
+    r = run(
+        "eval",
+        "all",
+        "--checkpoint",
+        ckpts["arm"],
+        "--data",
+        d,
+        "--out",
+        tmp_path / "all.json",
+        "--json",
+    )
     names = [x["task"] for x in json.loads(r.stdout)]
     assert names == ["piqa", "lambada"]  # the tasks with a file in the folder, suite order
     saved = json.loads((tmp_path / "all.json").read_text())
@@ -175,9 +235,16 @@ def test_lm_eval_adapter_runs_real_tasks_offline(tmp_path, ckpts):
     style), loglikelihood_rolling and generate_until through the registered model."""
     pytest.importorskip("lm_eval")
     data = tmp_path / "docs.jsonl"
-    rows = [{"question": f"the cat sat on the {w}", "choices": [" mat.", " dog."], "gold": i % 2,
-             "answer": "mat", "text": f"the dog ran to the park. {w} " * 3}
-            for i, w in enumerate(["mat", "rug", "bed"])]
+    rows = [
+        {
+            "question": f"the cat sat on the {w}",
+            "choices": [" mat.", " dog."],
+            "gold": i % 2,
+            "answer": "mat",
+            "text": f"the dog ran to the park. {w} " * 3,
+        }
+        for i, w in enumerate(["mat", "rug", "bed"])
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     head = f"""
         dataset_path: json
@@ -224,9 +291,23 @@ def test_lm_eval_adapter_runs_real_tasks_offline(tmp_path, ckpts):
     assert all(os.environ.get(k) == v for k, v in env.items())
     for obj in ("mdm", "arm"):
         out = tmp_path / f"{obj}.json"
-        r = run("eval", "lm-eval", "--checkpoint", ckpts[obj], "--tasks",
-                ",".join(specs), "--include-path", tasks, "--model-args",
-                "mc_num=4,steps=3", "--output", out, "--bootstrap-iters", "10", "--json")
+        r = run(
+            "eval",
+            "lm-eval",
+            "--checkpoint",
+            ckpts[obj],
+            "--tasks",
+            ",".join(specs),
+            "--include-path",
+            tasks,
+            "--model-args",
+            "mc_num=4,steps=3",
+            "--output",
+            out,
+            "--bootstrap-iters",
+            "10",
+            "--json",
+        )
         res = json.loads(r.stdout[r.stdout.index("{") :])
         assert set(res) == set(specs), r.stdout[:300]
         assert 0 <= res["t_mc"]["acc,none"] <= 1
@@ -234,6 +315,15 @@ def test_lm_eval_adapter_runs_real_tasks_offline(tmp_path, ckpts):
         assert res["t_roll"]["word_perplexity,none"] > 1
         assert res["t_gen"]["exact_match,none"] in (0.0, 1 / 3, 2 / 3, 1.0)
         assert json.loads(out.read_text())["results"].keys() == res.keys()
-    r = run("eval", "lm-eval", "--checkpoint", ckpts["mdm"], "--tasks", "no_such_task",
-            "--include-path", tasks, code=2)
+    r = run(
+        "eval",
+        "lm-eval",
+        "--checkpoint",
+        ckpts["mdm"],
+        "--tasks",
+        "no_such_task",
+        "--include-path",
+        tasks,
+        code=2,
+    )
     assert "unknown lm-eval task" in r.stderr

@@ -822,6 +822,11 @@ def eval_reverse_curse(
     rank_mc: int = typer.Option(
         16, "--rank-mc", min=1, help="MDM: stratified t samples per candidate for --rank."
     ),
+    splits: str = typer.Option(
+        "p2d_same,p2d_reverse,d2p_same,d2p_reverse",
+        "--splits",
+        help="Comma-separated test files to run (ranking descriptions is the slow part).",
+    ),
     steps: int = typer.Option(32, "--steps", min=1),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
     temperature: float = typer.Option(0.0, "--temperature", min=0),
@@ -862,6 +867,7 @@ def eval_reverse_curse(
             out=str(out) if out else None,
             rank=rank,
             rank_mc=rank_mc,
+            splits=tuple(x.strip() for x in splits.split(",") if x.strip()),
             log=_log,
         )
         if json_out:

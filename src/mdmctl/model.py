@@ -77,7 +77,16 @@ class Block(nn.Module):
         self.w3 = nn.Linear(cfg.d_ff, d, bias=False)
 
     def forward(
-        self, x, cos, sin, *, causal, doc_ids, backend, cache: KVCache | None, layer: int,
+        self,
+        x,
+        cos,
+        sin,
+        *,
+        causal,
+        doc_ids,
+        backend,
+        cache: KVCache | None,
+        layer: int,
         select: torch.Tensor | None = None,
     ):
         """x (B, L, D) -> (B, L, D); with ``select`` (B, L) bool, only those positions (N, D):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mdmctl.errors import DataError
+from mdmctl.errors import ConfigError, DataError
 from mdmctl.evaluation.generation import binomial_stderr, read_jsonl, write_jsonl
 
 SPLITS = {  # name -> (file, direction)
@@ -105,6 +105,11 @@ def evaluate_reverse_curse(
 ) -> list[SplitResult]:
     from mdmctl.sampling import encode_literal, generate, load_model
 
+    bad = [x for x in splits if x not in SPLITS]
+    if bad or not splits:
+        raise ConfigError(
+            f"--splits: expected names from {', '.join(SPLITS)}, got {', '.join(bad) or 'none'}"
+        )
     d = Path(data_dir)
     if not d.is_dir():
         raise DataError(f"{d}: no such folder (the reversal-curse test files)")
