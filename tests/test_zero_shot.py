@@ -228,6 +228,8 @@ def test_cli_task_and_all(tmp_path, ckpts):
     assert saved["results"][1]["estimator"] == "exact" and len(saved["samples"]["lambada"]) == 3
     run("eval", "piqa", "--checkpoint", ckpts["arm"], "--data", d, "--cfg", "1", code=2)
     run("eval", "piqa", "--checkpoint", ckpts["mdm"], "--data", d / "nope.jsonl", code=3)
+    r = run("eval", "all", "--checkpoint", ckpts["mdm"], "--data", d / "piqa.jsonl", code=2)
+    assert "not a folder" in r.stderr
 
 
 def test_lm_eval_adapter_runs_real_tasks_offline(tmp_path, ckpts):

@@ -1040,6 +1040,9 @@ def eval_all(
     """Run the zero-shot suite and write one results file."""
     from mdmctl.evaluation.benchmarks import TASKS
 
+    if data and not Path(data).is_dir():
+        with cli_errors():
+            raise ConfigError(f"--data: {data} is not a folder (eval all reads one file per task)")
     if tasks:
         names = [n.strip() for n in tasks.split(",") if n.strip()]
     elif data and Path(data).is_dir():
