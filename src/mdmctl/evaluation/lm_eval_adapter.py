@@ -23,12 +23,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mdmctl.errors import ConfigError
+
 try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as e:  # the optional extra is missing
-    from mdmctl.errors import ConfigError
-
     raise ConfigError(
         "lm-eval is not installed; install the extra: pip install 'mdmctl[eval]'"
     ) from e
@@ -57,7 +57,7 @@ class MdmctlLM(LM):
         sampler: str = "confidence",
         temperature: float = 0.0,
         max_gen_toks: int = 256,
-        **_ignored: Any,  # lm-eval passes max_batch_size and others every model may ignore
+        max_batch_size: int | None = None,  # lm-eval passes it to every model; batches are fixed
     ) -> None:
         super().__init__()
         from mdmctl.sampling import load_model
@@ -76,6 +76,8 @@ class MdmctlLM(LM):
             checkpoint, device or "auto", attention
         )
         self.mdm = self.model.cfg.objective == "mdm"
+        if not self.mdm and float(cfg):
+            raise ConfigError("cfg applies to objective 'mdm'; checkpoint objective is 'arm'")
         if not self.mdm:
             self.score_cfg = ScoreConfig(batch_size=bs, seed=int(seed))
         self.steps, self.sampler = (int(steps) if steps else None), sampler
