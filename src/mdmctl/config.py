@@ -377,6 +377,12 @@ class FinetuneConfig:
     epochs: float | None = None
     """Run length in passes over the training examples (instead of train.steps); default 1."""
     overlong: Literal["drop", "error"] = "drop"
+    batching: Literal["random", "sorted"] = "random"
+    """random (SMDM): batches drawn at random, so a row sits beside longer ones and learns to
+    fill its canvas with eos after its answer. sorted: length-sorted batches, less padding (ARM)."""
+    pad_to: str = "auto"
+    """Padding with eos: a length, 'context', 'batch' (each micro-batch's longest row) or 'auto'
+    (the context for the GSM8K formats, as SMDM pads GSM8K to 256; 'batch' otherwise)."""
     seq_len: int | None = None
     """Fine-tuning context (at most the checkpoint's)."""
     device: str = "auto"
@@ -398,6 +404,14 @@ class FinetuneConfig:
             raise ConfigError("give --epochs or --steps, not both")
         if self.train.tokens is not None or self.train.flops is not None:
             raise ConfigError("finetune: run length is --epochs or --steps (not tokens / flops)")
+        if self.batching not in ("random", "sorted"):
+            raise ConfigError(f"--batching: expected random or sorted, got {self.batching!r}")
+        if self.pad_to not in ("auto", "batch", "context") and not (
+            self.pad_to.isdigit() and int(self.pad_to) >= 2
+        ):
+            raise ConfigError(
+                f"--pad-to: expected auto, batch, context or a length >= 2, got {self.pad_to!r}"
+            )
         if self.overlong not in ("drop", "error"):
             raise ConfigError(f"--overlong: expected drop or error, got {self.overlong!r}")
 

@@ -515,7 +515,15 @@ def finetune(
     cross-entropy on response tokens. Same optimiser, schedule, checkpoints and resume as pretraining.
     """
     from mdmctl.autoregressive import arm_sft_nll
-    from mdmctl.data.sft import SFTLoader, collate, is_val, read_examples, tokenize_examples
+    from mdmctl.data.sft import (
+        SFTLoader,
+        collate,
+        is_val,
+        read_examples,
+        resolve_format,
+        resolve_pad_to,
+        tokenize_examples,
+    )
     from mdmctl.diffusion import mdm_conditional_elbo, mdm_sft_loss
     from mdmctl.tokenizer import info_from_file
 
@@ -541,7 +549,9 @@ def finetune(
         objective = "arm-full" if objective == "unconditional" else "arm"
     elif objective == "auto":
         objective = "conditional"
-    examples = read_examples(cfg.data, cfg.format, cfg.prompt_field, cfg.response_field)
+    fmt = resolve_format(cfg.data, cfg.format, cfg.prompt_field)
+    examples = read_examples(cfg.data, fmt, cfg.prompt_field, cfg.response_field)
+    pad_to = resolve_pad_to(cfg.pad_to, fmt, model_cfg.seq_len)
     val_ex = [e for e in examples if is_val(e, cfg.val_fraction)]
     train_ex = [e for e in examples if not is_val(e, cfg.val_fraction)]
     if not val_ex:  # tiny files: hold out the last example(s)
@@ -550,26 +560,29 @@ def finetune(
     # ARM: each prompt starts with eos, the document separator it saw in pretraining and the
     # context ``sample_arm`` gives it, so training and generation see the same positions.
     bos = [tinfo.eos_id] if base.objective == "arm" else []
-    train_tok, dropped = tokenize_examples(
-        train_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong, bos=bos
-    )
+    fit = pad_to or model_cfg.seq_len
+    train_tok, dropped = tokenize_examples(train_ex, tok, tinfo.eos_id, fit, cfg.overlong, bos=bos)
     val_tok, _ = tokenize_examples(
         val_ex, tok, tinfo.eos_id, model_cfg.seq_len, cfg.overlong, bos=bos
     )
     if dropped:
-        log(f"dropped {dropped} of {len(train_ex)} examples longer than {model_cfg.seq_len} tokens")
+        log(f"dropped {dropped} of {len(train_ex)} examples longer than {fit} tokens")
     if not val_tok:
         raise DataError(f"{cfg.data}: no validation example fits in {model_cfg.seq_len} tokens")
-    loader = SFTLoader(train_tok, tc.batch_size, tc.seed, tinfo.eos_id)
+    loader = SFTLoader(
+        train_tok, tc.batch_size, tc.seed, tinfo.eos_id, batching=cfg.batching, pad_to=pad_to
+    )
     if cfg.epochs is not None or tc.steps is None:
         total_steps = max(1, math.ceil((cfg.epochs or 1.0) * loader.batches_per_epoch))
     else:
         total_steps = tc.steps
+    micro = tc.micro_batch_size or tc.batch_size
     log(
         f"fine-tuning ({objective}) on {len(train_tok)} examples, {len(val_tok)} held out; "
-        f"{loader.batches_per_epoch} batches per epoch"
+        f"{loader.batches_per_epoch} batches per epoch, {cfg.batching} batches padded with eos to "
+        + (f"{pad_to} tokens" if pad_to else "each micro-batch's longest row")
+        + f" ({loader.mean_pad_eos(micro):.1f} padding eos per row)"
     )
-    micro = tc.micro_batch_size or tc.batch_size
     accum = tc.batch_size // micro
     device = resolve_device(cfg.device)
     mask_id = model_cfg.mask_id
@@ -577,12 +590,10 @@ def finetune(
     def step_losses(
         model: Transformer, batch: Any, step: int
     ) -> Iterator[tuple[torch.Tensor, int]]:
-        x0_all, pm_all, rm_all = (
-            t.to(device) for t in (batch.x0, batch.prompt_mask, batch.response_mask)
-        )
         for m in range(accum):
-            sl = slice(m * micro, (m + 1) * micro)
-            x0, pm, rm = x0_all[sl], pm_all[sl], rm_all[sl]
+            # SMDM cuts each micro-batch to its longest row (unless the length is fixed).
+            mb = batch.rows(slice(m * micro, (m + 1) * micro), trim=pad_to is None)
+            x0, pm, rm = (t.to(device) for t in (mb.x0, mb.prompt_mask, mb.response_mask))
             if objective in ("arm", "arm-full"):
                 scored = rm | pm if objective == "arm-full" else rm
                 loss = arm_sft_nll(model(x0), x0, scored).sum() / scored[:, 1:].sum().clamp(min=1)
@@ -625,7 +636,12 @@ def finetune(
         return total / max(count, 1)
 
     def log_extra(batch: Any) -> dict[str, Any]:
-        return {"padding_frac": round(1 - batch.real_tokens / batch.x0.numel(), 4)}
+        mbs = [batch.rows(slice(m * micro, (m + 1) * micro), pad_to is None) for m in range(accum)]
+        cells = sum(b.x0.numel() for b in mbs)
+        return {
+            "padding_frac": round(1 - batch.real_tokens / cells, 4),
+            "pad_eos_per_row": round(sum(b.pad_eos_per_row * len(b.lengths) for b in mbs) / len(batch.lengths), 2),
+        }
 
     run_cfg = RunConfig(
         model=model_cfg,

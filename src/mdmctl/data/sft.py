@@ -5,12 +5,23 @@ Formats (``--format auto`` picks by the fields of the first line):
   --response-field); the reversal-curse files (``prompt`` / ``completion``) are this format.
 - ``messages``: chat jsonl, ``{"messages": [{"role", "content"}, ...]}``; the prompt is every turn
   before the last assistant turn, rendered ``USER: ...\\nASSISTANT: ``; the response is that turn.
-- ``gsm8k``: jsonl ``question`` / ``answer`` (the answer keeps its ``#### N`` line).
+- ``gsm8k``: jsonl ``question`` / ``answer`` (the answer ends with its ``#### N`` line).
 - ``gsm8k-equations``: text lines ``question||<<eq>> <<eq>> #### N`` (augmented GSM8K).
 
-Each example becomes ``prompt_ids`` and ``response_ids + [eos]``. In a batch, rows are padded to the
-batch's longest row with eos: for the MDM those eos tokens are response positions (noised and
-scored), which is how it learns where to stop (SMDM); for the ARM only the first eos is scored.
+Both GSM8K formats follow SMDM's ``sft/gsm8k_data.py`` exactly: two examples per problem,
+``Question: q`` -> ``Answer: reasoning`` and ``Question: q`` ``Answer: reasoning`` -> ``####answer``
+(the text after ``####`` as the file has it, the line's newline included for the .txt), each piece
+tokenized on its own as SMDM's ``tokenizer(piece)`` does (with the tokenizer's own special tokens: a
+Llama tokenizer adds ``<s>`` to each piece, mdmctl's BPE adds nothing). A problem whose second
+example does not fit is dropped whole, as SMDM drops it.
+
+Each example becomes ``prompt_ids`` and ``response_ids + [eos]``. Batches are drawn at random and
+padded with eos (SMDM): to the longest row of each micro-batch (its reverse-curse and chat SFT), or
+to a fixed length (``pad_to``; its GSM8K SFT pads to 256). For the MDM those eos tokens are response
+positions (noised and scored), which is how it learns where an answer ends and to fill the rest of
+its canvas with eos; for the ARM only the first eos is scored. Length-sorted batches (``batching=
+"sorted"``) cut the padding, and with it that signal: measured on a toy task, an MDM trained on
+sorted batches does not learn to stop (tests/test_sft.py). They are harmless for the ARM.
 """
 
 from __future__ import annotations
@@ -30,11 +41,38 @@ Format = Literal["auto", "prompt-response", "messages", "gsm8k", "gsm8k-equation
 FORMATS = ("auto", "prompt-response", "messages", "gsm8k", "gsm8k-equations")
 
 
+Batching = Literal["random", "sorted"]
+BATCHINGS = ("random", "sorted")
+GSM8K_FORMATS = ("gsm8k", "gsm8k-equations")
+
+
 @dataclass(frozen=True, slots=True)
 class Example:
-    prompt: str
+    prompt_pieces: tuple[str, ...]  # tokenized one by one, then concatenated
     response: str
     source: str  # file:line
+    group: str = ""
+    """Examples of one group (the two of a GSM8K problem) share a split and are dropped together."""
+    standalone: bool = False
+    """Encode each piece as a standalone text, with the tokenizer's own special tokens (SMDM's
+    ``tokenizer(piece)``); otherwise the text is encoded literally with none."""
+
+    @property
+    def prompt(self) -> str:
+        return "".join(self.prompt_pieces)
+
+
+def smdm_gsm8k_examples(question: str, solution: str, where: str) -> list[Example]:
+    """SMDM's two training examples for one problem (``sft/gsm8k_data.py``): ``solution`` is
+    ``reasoning####answer``; pieces are kept byte for byte (no stripping), as SMDM keeps them."""
+    parts = solution.split("####")
+    if len(parts) != 2:
+        raise DataError(f"{where}: expected exactly one '####' in the solution, found {len(parts) - 1}")
+    q, thought, answer = "Question: " + question, "Answer: " + parts[0], "####" + parts[1]
+    return [
+        Example((q,), thought, where, group=question, standalone=True),
+        Example((q, thought), answer, where, group=question, standalone=True),
+    ]
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -97,6 +135,29 @@ def detect_format(path: Path, prompt_field: str) -> str:
     raise DataError(f"{path}: no examples (empty file)")
 
 
+def resolve_format(path: str | Path, fmt: str, prompt_field: str = "prompt") -> str:
+    if fmt not in FORMATS:
+        raise DataError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    return detect_format(p, prompt_field) if fmt == "auto" else fmt
+
+
+def resolve_pad_to(pad_to: str, fmt: str, seq_len: int) -> int | None:
+    """``--pad-to``: a length, ``context`` (the fine-tuning context), ``batch`` (each micro-batch's
+    longest row; None) or ``auto``: the context for the GSM8K formats (SMDM pads GSM8K to its
+    length 256), else ``batch`` (SMDM's other SFT scripts)."""
+    if pad_to == "auto":
+        pad_to = "context" if fmt in GSM8K_FORMATS else "batch"
+    if pad_to == "batch":
+        return None
+    n = seq_len if pad_to == "context" else int(pad_to)
+    if n > seq_len:
+        raise DataError(f"--pad-to {n} exceeds the fine-tuning context of {seq_len} tokens")
+    return n
+
+
 def read_examples(
     path: str | Path,
     fmt: str = "auto",
@@ -105,20 +166,15 @@ def read_examples(
 ) -> list[Example]:
     """All examples of a file, each with its ``file:line``; bad lines are DataErrors."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file")
-    if fmt not in FORMATS:
-        raise DataError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    if fmt == "auto":
-        fmt = detect_format(p, prompt_field)
+    fmt = resolve_format(p, fmt, prompt_field)
     out: list[Example] = []
     for n, line in _lines(p):
         where = f"{p}:{n}"
         if fmt == "gsm8k-equations":
-            if "||" not in line:
+            if line.count("||") != 1:
                 raise DataError(f"{where}: expected 'question||reasoning #### answer'")
-            q, a = line.rstrip("\n").split("||", 1)
-            prompt, response = q.strip() + "\n", a.strip()
+            out += smdm_gsm8k_examples(*line.split("||"), where)
+            continue
         else:
             try:
                 obj = json.loads(line)
@@ -129,24 +185,24 @@ def read_examples(
             if fmt == "messages":
                 prompt, response = _render_chat(obj.get("messages"), where)
             elif fmt == "gsm8k":
-                prompt = _field(obj, "question", where).strip() + "\n"
-                response = _field(obj, "answer", where).strip()
+                q, a = _field(obj, "question", where), _field(obj, "answer", where)
+                out += smdm_gsm8k_examples(q, a, where)
+                continue
             else:
                 rf = response_field or ("completion" if "completion" in obj else "response")
                 prompt, response = _field(obj, prompt_field, where), _field(obj, rf, where)
         if not response.strip():
             raise DataError(f"{where}: empty response")
-        out.append(Example(prompt, response, where))
+        out.append(Example((prompt,), response, where))
     if not out:
         raise DataError(f"{p}: no examples")
     return out
 
 
 def is_val(ex: Example, val_fraction: float) -> bool:
-    """Deterministic held-out split by the example's text."""
-    h = int.from_bytes(
-        hashlib.sha1((ex.prompt + "\x00" + ex.response).encode()).digest()[:8], "big"
-    )
+    """Deterministic held-out split by the example's text (by its group when it has one)."""
+    key = ex.group or ex.prompt + "\x00" + ex.response
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
     return h % 10000 < round(val_fraction * 10000)
 
 
@@ -155,6 +211,21 @@ class Tokenized:
     prompt: list[int]
     response: list[int]  # ends with eos
     source: str
+    group: str = ""
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.response)
+
+
+def encode_pieces(tok, pieces: list[str], standalone: bool) -> list[list[int]]:
+    """Token ids of each piece on its own. ``standalone``: as ``tokenizer(piece)`` encodes a whole
+    text (with the tokenizer's own special tokens, SMDM's GSM8K data); otherwise literally, with
+    none. Either way a special-token string inside user text (e.g. '<|mask|>') stays text."""
+    tok.encode_special_tokens = True
+    try:
+        return [e.ids for e in tok.encode_batch(pieces, add_special_tokens=standalone)]
+    finally:
+        tok.encode_special_tokens = False
 
 
 def tokenize_examples(
@@ -166,71 +237,105 @@ def tokenize_examples(
     bos: list[int] | None = None,
 ) -> tuple[list[Tokenized], int]:
     """Token ids per example. Examples longer than ``seq_len`` (prompt + response + eos) are
-    dropped and counted, or with ``overlong='error'`` reported with their file:line."""
-    out, dropped = [], 0
-    tok.encode_special_tokens = True  # user text is literal: '<|mask|>' in it is just text
-    ps = tok.encode_batch([e.prompt for e in examples], add_special_tokens=False)
-    rs = tok.encode_batch([e.response for e in examples], add_special_tokens=False)
+    dropped with the rest of their group and counted, or with ``overlong='error'`` reported with
+    their file:line."""
     bos = bos or []
-    for ex, p, r in zip(examples, ps, rs, strict=True):
-        p_ids = bos + p.ids
-        n = len(p_ids) + len(r.ids) + 1
-        if n > seq_len:
-            if overlong == "error":
-                what = (
-                    f"prompt is {len(p_ids)} tokens"
-                    if len(p_ids) >= seq_len
-                    else f"example is {n} tokens"
-                )
-                raise DataError(f"{ex.source}: {what}; model context is {seq_len}")
-            dropped += 1
-            continue
-        out.append(Tokenized(p_ids, r.ids + [eos_id], ex.source))
+    toks = []
+    for standalone in (False, True):
+        idx = [i for i, e in enumerate(examples) if e.standalone == standalone]
+        pieces = [p for i in idx for p in (*examples[i].prompt_pieces, examples[i].response)]
+        ids = iter(encode_pieces(tok, pieces, standalone))
+        for i in idx:
+            ex = examples[i]
+            p_ids = bos + [t for _ in ex.prompt_pieces for t in next(ids)]
+            toks.append((i, Tokenized(p_ids, next(ids) + [eos_id], ex.source, ex.group)))
+    toks = [t for _, t in sorted(toks, key=lambda x: x[0])]
+    too_long = {t.group or t.source for t in toks if len(t) > seq_len}
+    if too_long and overlong == "error":
+        t = next(t for t in toks if len(t) > seq_len)
+        what = (
+            f"prompt is {len(t.prompt)} tokens"
+            if len(t.prompt) >= seq_len
+            else f"example is {len(t)} tokens"
+        )
+        raise DataError(f"{t.source}: {what}; model context is {seq_len}")
+    out = [t for t in toks if (t.group or t.source) not in too_long]
     if examples and not out:
         raise DataError(
             f"{examples[0].source.rsplit(':', 1)[0]}: every example is longer than the "
             f"model context of {seq_len} tokens"
         )
-    return out, dropped
+    return out, len(toks) - len(out)
 
 
 @dataclass
 class SFTBatch:
     x0: torch.Tensor  # (B, L) prompt + response + eos padding
     prompt_mask: torch.Tensor  # (B, L) True at prompt positions
-    response_mask: (
-        torch.Tensor
-    )  # (B, L) True at response positions up to and including the first eos
-    real_tokens: int  # prompt + response tokens before padding (for the padding-waste figure)
+    response_mask: torch.Tensor  # (B, L) True at response positions up to and including the first eos
+    lengths: torch.Tensor  # (B,) prompt + response + first eos, i.e. before padding
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def pad_eos_per_row(self) -> float:
+        """Mean number of padding eos after a row's own eos (the MDM's stop signal)."""
+        return float(self.x0.shape[1] - self.lengths.float().mean())
+
+    def rows(self, sl: slice, trim: bool) -> SFTBatch:
+        """Rows ``sl``; with ``trim`` cut to their longest row, as SMDM cuts each micro-batch."""
+        n = int(self.lengths[sl].max()) if trim else self.x0.shape[1]
+        return SFTBatch(
+            self.x0[sl, :n], self.prompt_mask[sl, :n], self.response_mask[sl, :n], self.lengths[sl]
+        )
 
 
-def collate(examples: list[Tokenized], eos_id: int) -> SFTBatch:
-    L = max(len(e.prompt) + len(e.response) for e in examples)
+def collate(examples: list[Tokenized], eos_id: int, pad_to: int | None = None) -> SFTBatch:
+    """Rows padded with eos to ``pad_to`` (default: the longest row)."""
+    longest = max(len(e) for e in examples)
+    L = pad_to or longest
+    if longest > L:
+        raise DataError(f"an example is {longest} tokens, longer than --pad-to {L}")
     B = len(examples)
     x0 = torch.full((B, L), eos_id, dtype=torch.long)
     prompt_mask = torch.zeros(B, L, dtype=torch.bool)
     response_mask = torch.zeros(B, L, dtype=torch.bool)
     for b, e in enumerate(examples):
-        n_p, n = len(e.prompt), len(e.prompt) + len(e.response)
+        n_p, n = len(e.prompt), len(e)
         x0[b, :n] = torch.tensor(e.prompt + e.response)
         prompt_mask[b, :n_p] = True
         response_mask[b, n_p:n] = True
-    real = sum(len(e.prompt) + len(e.response) for e in examples)
-    return SFTBatch(x0, prompt_mask, response_mask, real)
+    lengths = torch.tensor([len(e) for e in examples])
+    return SFTBatch(x0, prompt_mask, response_mask, lengths)
 
 
 class SFTLoader:
-    """Epoch-permuted batches; within a window of 32 batches examples are sorted by length so a
-    batch holds similar lengths (less padding), then the batches are shuffled. Deterministic per
-    (seed, epoch); state is (epoch, consumed), like the pretraining loader."""
+    """Epoch-permuted batches, deterministic per (seed, epoch); state is (epoch, consumed), like
+    the pretraining loader. ``random`` (default, SMDM): consecutive slices of the permutation, the
+    tail dropped (SMDM's ``drop_last``). ``sorted``: within windows of 32 batches, examples sorted
+    by length, then the batches shuffled (less padding; see the module docstring)."""
 
-    def __init__(self, examples: list[Tokenized], batch_size: int, seed: int, eos_id: int) -> None:
+    def __init__(
+        self,
+        examples: list[Tokenized],
+        batch_size: int,
+        seed: int,
+        eos_id: int,
+        *,
+        batching: Batching = "random",
+        pad_to: int | None = None,
+    ) -> None:
         if len(examples) < batch_size:
             raise DataError(
                 f"{len(examples)} training examples, fewer than one batch of {batch_size}; "
                 "use a smaller --batch-size"
             )
+        if batching not in BATCHINGS:
+            raise DataError(f"--batching: expected one of {', '.join(BATCHINGS)}, got {batching!r}")
         self.examples, self.batch_size, self.seed, self.eos_id = examples, batch_size, seed, eos_id
+        self.batching, self.pad_to = batching, pad_to
         self.epoch, self.consumed = 0, 0
         self._batches = self._plan(0)
 
@@ -239,17 +344,14 @@ class SFTLoader:
 
         g = torch.Generator().manual_seed(mix(self.seed, epoch))
         perm = torch.randperm(len(self.examples), generator=g).tolist()
-        n = len(perm) // self.batch_size * self.batch_size
-        window = self.batch_size * 32
+        n, bs = len(perm) // self.batch_size * self.batch_size, self.batch_size
+        if self.batching == "random":
+            return [perm[j : j + bs] for j in range(0, n, bs)]
+        window = bs * 32
         batches = []
         for s in range(0, n, window):
-            chunk = sorted(
-                perm[s : min(n, s + window)],
-                key=lambda i: len(self.examples[i].prompt) + len(self.examples[i].response),
-            )
-            batches += [
-                chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)
-            ]
+            chunk = sorted(perm[s : min(n, s + window)], key=lambda i: len(self.examples[i]))
+            batches += [chunk[j : j + bs] for j in range(0, len(chunk), bs)]
         order = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i] for i in order]
 
@@ -257,13 +359,23 @@ class SFTLoader:
     def batches_per_epoch(self) -> int:
         return len(self._batches)
 
+    def mean_pad_eos(self, micro: int) -> float:
+        """Mean padding eos per row over this epoch's batches, micro-batches of ``micro`` rows
+        (each cut to its longest row unless ``pad_to`` fixes the length)."""
+        total = 0
+        for idx in self._batches:
+            for s in range(0, len(idx), micro):
+                lens = [len(self.examples[i]) for i in idx[s : s + micro]]
+                total += sum((self.pad_to or max(lens)) - n for n in lens)
+        return total / max(1, sum(len(b) for b in self._batches))
+
     def next_batch(self) -> SFTBatch:
         if self.consumed >= len(self._batches):
             self.epoch, self.consumed = self.epoch + 1, 0
             self._batches = self._plan(self.epoch)
         idx = self._batches[self.consumed]
         self.consumed += 1
-        return collate([self.examples[i] for i in idx], self.eos_id)
+        return collate([self.examples[i] for i in idx], self.eos_id, self.pad_to)
 
     def state_dict(self) -> dict[str, Any]:
         return {
