@@ -81,6 +81,7 @@ def main() -> None:
                 checkpoint=str(ft.checkpoint),
                 limit=args.problems,
                 sample_cfg=scfg,
+                length=64,
             )
             rates[bs] = args.problems / (time.perf_counter() - t0)
             print(

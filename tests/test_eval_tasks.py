@@ -6,7 +6,8 @@ import time
 import pytest
 
 from mdmctl.errors import DataError
-from mdmctl.evaluation.gsm8k import extract_answer, load_problems, normalize_number, rescore, score
+from mdmctl.evaluation.gsm8k import load_problems, rescore, score
+from mdmctl.evaluation.gsm8k_grade import extract_answer, normalize_number
 from mdmctl.evaluation.reverse_curse import is_hit, sentence_bleu
 
 from .conftest import SHARED
@@ -23,6 +24,19 @@ from .conftest import SHARED
         ("#### 50%", "50"),
         ("first 5 then #### 8 later 9", "8"),
         ("no number here", None),
+        # issue 8's cases
+        ("#### 12 #### 12 #### 1", "12"),  # the first '####' of stage 2, not the last
+        ("#### 1/2", "0.5"),
+        ("#### 3 1/2 cups", "3.5"),
+        ("#### 1/3", "1/3"),
+        ("#### 10-15 minutes", "10"),  # a range, not a minus
+        ("so it takes 10-15", "15"),
+        ("#### - 12 apples", "12"),  # a bullet, not a minus
+        ("#### 1,2,3", "1"),  # not 123
+        ("#### −7", "-7"),  # Unicode minus
+        ("#### -$5.50", "-5.5"),
+        ("x = 3-4", "4"),
+        ("#### 1" + "0" * 20, "1" + "0" * 20),  # exact, no float rounding
     ],
 )
 def test_extract_answer(text, expected):
@@ -31,7 +45,26 @@ def test_extract_answer(text, expected):
 
 def test_normalize_number():
     assert normalize_number("+4.") == "4" and normalize_number("abc") is None
-    assert normalize_number("0.25") == "0.25"
+    assert normalize_number("0.25") == "0.25" and normalize_number("1200.50") == "1200.5"
+    # large numbers compare exactly (1e20 and 1e200 used to both become '1e+2')
+    assert normalize_number("1e20") == "1" + "0" * 20 != normalize_number("1e200")
+    assert normalize_number("1" + "0" * 200) == normalize_number("1e200")
+    assert normalize_number("10000000000000001") != normalize_number("10000000000000000")
+    assert normalize_number("0.1") == normalize_number(".10") == "0.1"
+
+
+@pytest.mark.skipif(not (SHARED / "gsm8k").is_dir(), reason="../shared/data/gsm8k is absent")
+def test_grader_agrees_with_every_human_written_reference():
+    """All 8,792 GSM8K solutions: the grader reads the number the dataset's README defines
+    (the text after '#### ', commas removed) from the worked solution, reasoning included."""
+    n = 0
+    for name in ("train.jsonl", "test.jsonl"):
+        for line in (SHARED / "gsm8k" / name).read_text().splitlines():
+            ans = json.loads(line)["answer"]
+            ref = ans.split("#### ")[-1].strip().replace(",", "")
+            assert extract_answer(ans) == str(int(ref)) if ref.lstrip("-").isdigit() else ref
+            n += 1
+    assert n == 8792
 
 
 def test_score_and_rescore(tmp_path):
@@ -145,15 +178,22 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
     assert res["n"] == 4 and 0 <= res["accuracy"] <= 1 and res["seconds_per_problem"] > 0
     lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and res["settings"]["two_stage"] is True
-    # two-stage: stage 2 always continues after the answer marker
-    assert all("\n#### " in x["generation"] or " #### " in x["generation"] for x in lines)
+    # format compliance is reported, per problem and overall
+    assert all(isinstance(x["stopped"], bool) and "reasoning" in x for x in lines)
+    c = res["compliance"]
+    assert c["stopped"] == sum(x["stopped"] for x in lines) / 4
+    assert c["answer_stopped"] == sum(x["answer_stopped"] for x in lines) / 4
+    assert c["marker"] == sum("####" in x["generation"] for x in lines) / 4
     r = run("eval", "gsm8k", "--data", data, "--predictions", tmp_path / "o.jsonl", "--json")
     assert json.loads(r.stdout)["accuracy"] == res["accuracy"]
-    # the default length 256 does not fit a context of 48: generation is shortened to fit
+    # SMDM's canvas (--total-length 256) is capped at the context of 48: generations fill it
     r = run("eval", "gsm8k", "--checkpoint", tmp_path / "m", "--data", data, "--steps", "4",
-            "--one-stage", "--json")
+            "--one-stage", "--json", "--out", tmp_path / "o1.jsonl")
     settings = json.loads(r.stdout)["settings"]
-    assert settings["shortened_generations"] == 4 and settings["two_stage"] is False
+    assert settings["total_length"] == 256 and settings["two_stage"] is False
+    assert settings["truncated_prompts"] == 0 and settings["nfe"] <= 4
+    r = run("eval", "gsm8k", "--data", data, "--total-length", "64", "--length", "8", code=2)
+    assert "--total-length" in r.stderr
     assert "--cfg" in run("eval", "gsm8k", "--data", data, "--cfg", "-1", code=2).stderr
     rc = tmp_path / "rc"
     rc.mkdir()
@@ -235,16 +275,38 @@ def test_rank_accuracy_prefers_the_likely_completion():
         assert n == 2 and acc == pytest.approx(2 / 3)
 
 
-def test_answer_marker_follows_the_sft_formats():
-    from mdmctl.evaluation.gsm8k import answer_marker
-
-    assert answer_marker("<<2*3=6>> <<6+1=7>>") == " #### "
-    assert answer_marker("She has 2 * 3 = 6 apples.") == "\n#### "
-
-
 def test_fit_to_context():
     from mdmctl.evaluation.gsm8k import fit_to_context
 
     ids, lengths, shortened, truncated = fit_to_context([[1] * 10, [2] * 200, [3] * 250], 128, 256)
     assert lengths == [128, 56, 32] and (shortened, truncated) == (1, 1)
     assert ids[0] == [1] * 10 and len(ids[2]) == 224  # cut from the left to fit 32 generated
+
+
+def test_gsm8k_stage_contexts_are_prefixes_of_the_training_examples(tmp_path):
+    """Decode as trained: for a training problem, stage 1's context is a token-for-token prefix
+    of its first training example and stage 2's (question + the reasoning) of its second."""
+    from mdmctl.data.sft import read_examples, tokenize_examples
+    from mdmctl.evaluation.gsm8k import stage_contexts
+    from mdmctl.tokenizer import EOS_TOKEN, train_bpe
+
+    src = SHARED / "gsm8k" / "train.jsonl"
+    lines = src.read_text().splitlines()[:20] if src.is_file() else [
+        json.dumps({"question": "Tom has 3 apples and buys 4. How many?",
+                    "answer": "He has 3 + 4 = <<3+4=7>>7 apples.\n#### 7"})
+    ]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    tok = train_bpe(iter(json.loads(x)["question"] + json.loads(x)["answer"] for x in lines), 400)
+    eos = tok.token_to_id(EOS_TOKEN)
+    examples, _ = tokenize_examples(read_examples(tmp_path / "t.jsonl"), tok, eos, 10_000)
+    for i, line in enumerate(lines):
+        row = json.loads(line)
+        first, second = examples[2 * i], examples[2 * i + 1]
+        # what the sampler returns when the model writes its stage-1 training target
+        reasoning = tok.decode(first.response[:-1])
+        assert reasoning == "Answer: " + row["answer"].split("####")[0]
+        ctx1 = stage_contexts(tok, [row["question"]])[0]
+        ctx2 = stage_contexts(tok, [row["question"]], [reasoning])[0]
+        assert ctx1 == first.prompt and (first.prompt + first.response)[: len(ctx1)] == ctx1
+        assert ctx2 == second.prompt and (second.prompt + second.response)[: len(ctx2)] == ctx2
+        assert tok.decode(second.response[:-1]) == "####" + row["answer"].split("####")[1]

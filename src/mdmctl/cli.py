@@ -743,15 +743,26 @@ def eval_gsm8k(
     fewshot_data: str | None = typer.Option(
         None, "--fewshot-data", help="Where the few-shot examples come from (e.g. the train split)."
     ),
-    length: int = typer.Option(256, "--length", min=1, help="Tokens to generate (SMDM: 256)."),
-    steps: int = typer.Option(256, "--steps", min=1, help="Denoising steps (SMDM: 256)."),
+    total_length: int | None = typer.Option(
+        None,
+        "--total-length",
+        min=2,
+        help="Each stage's canvas: prompt + generated tokens, capped at the model context. Default 256 (SMDM --length 256).",
+    ),
+    length: int | None = typer.Option(
+        None,
+        "--length",
+        min=1,
+        help="Generate exactly this many tokens per stage instead of filling --total-length.",
+    ),
+    steps: int = typer.Option(256, "--steps", min=1, help="Denoising steps per stage (SMDM --steps 256)."),
     two_stage: bool = typer.Option(
         True,
         "--two-stage/--one-stage",
-        help="Reasoning first, then '####' and a short answer (the paper's procedure).",
+        help="Stage 1 writes the reasoning, stage 2 '####' and the answer after it (SMDM).",
     ),
-    answer_length: int = typer.Option(
-        16, "--answer-length", min=1, help="Two-stage: tokens generated after '####'."
+    answer_length: int | None = typer.Option(
+        None, "--answer-length", min=1, help="Stage 2 only: generate this many tokens."
     ),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
     temperature: float = typer.Option(0.1, "--temperature", min=0),
@@ -769,9 +780,10 @@ def eval_gsm8k(
         from mdmctl.evaluation.gsm8k import evaluate_gsm8k
         from mdmctl.sampling import SampleConfig
 
+        if length is not None and total_length is not None:
+            raise ConfigError("give --total-length (the canvas) or --length (generated tokens)")
         scfg = SampleConfig(
             checkpoint=str(checkpoint) if checkpoint else None,
-            length=length,
             steps=steps,
             sampler=sampler.value,
             temperature=temperature,
@@ -790,6 +802,8 @@ def eval_gsm8k(
             fewshot=fewshot,
             fewshot_data=fewshot_data,
             sample_cfg=scfg,
+            total_length=total_length or 256,
+            length=length,
             two_stage=two_stage,
             answer_length=answer_length,
             log=_log,
@@ -802,6 +816,7 @@ def eval_gsm8k(
             "correct": r.correct,
             "seconds_per_problem": r.seconds_per_problem,
             "predictions": r.predictions_path,
+            "compliance": r.compliance,
             "settings": r.settings,
         }
         if json_out:
@@ -809,6 +824,10 @@ def eval_gsm8k(
         else:
             per = f", {r.seconds_per_problem:.2f} s/problem" if r.seconds_per_problem else ""
             print(f"gsm8k accuracy {r.accuracy:.4f} ± {r.stderr:.4f} ({r.correct}/{r.n}{per})")
+            shares = ", ".join(
+                f"{k.replace('_', ' ')} {v:.1%}" for k, v in r.compliance.items() if v is not None
+            )
+            print(f"format: {shares}")
 
 
 @eval_app.command("reverse-curse")

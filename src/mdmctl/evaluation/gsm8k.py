@@ -1,54 +1,27 @@
-"""GSM8K: generate answers, extract the final number, score exact match (method.md §6).
+"""GSM8K: generate answers as SMDM does, extract the final number, score exact match (method.md §6).
 
-Extraction: the number after the last ``####``; without one, the last number in the text.
-Normalisation: commas, currency and percent signs, a trailing period and trailing ``.0`` removed,
-so ``$1,200.00`` and ``1200`` agree. Accuracy is reported with its binomial standard error.
-
-Two-stage generation (the paper's procedure, on by default): stage 1 generates the reasoning; the
-text before any ``####`` is kept, the answer marker is appended (`` #### `` after equation-style
-reasoning ``<<...>>``, else a new line and ``#### ``, the two SFT formats), and stage 2 generates a
-short answer after it. Without it, the answer is read from the single generation.
+Prompts and decoding follow SMDM's ``evaluate_gsm8k.py`` and the examples its ``sft/gsm8k_data.py``
+trains on (see ``data/sft.py``): stage 1 generates ``Answer: reasoning`` after ``Question: q``;
+stage 2 gets the question and the stage-1 text tokenized exactly as its training example was (each
+piece on its own) and writes ``####answer`` itself. Lengths are SMDM's: ``total_length`` (its
+``--length 256``) is the whole canvas, prompt plus generation, at each stage. Grading is in
+``gsm8k_grade.py``. Format compliance is reported beside accuracy: the share of generations that
+stopped (eos before the canvas end) and that contain the ``####`` marker.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from mdmctl.errors import ConfigError, DataError
 from mdmctl.evaluation.generation import binomial_stderr, read_jsonl, write_jsonl
+from mdmctl.evaluation.gsm8k_grade import extract_answer
 from mdmctl.evaluation.hub import load_hub_split
 
-_NUMBER = re.compile(r"[-+]?[$€£]?\s?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
 HUB_ID = "openai/gsm8k"
-
-
-def normalize_number(s: str) -> str | None:
-    """Canonical text of a number: '$1,200.00' -> '1200', '-3.50' -> '-3.5', '7.' -> '7'."""
-    s = s.strip().rstrip(".").replace(",", "").replace("$", "").replace("€", "").replace("£", "")
-    s = s.replace("%", "").replace(" ", "")
-    if s.startswith("+"):
-        s = s[1:]
-    try:
-        v = float(s)
-    except ValueError:
-        return None
-    if v == int(v) and abs(v) < 1e15:
-        return str(int(v))
-    return repr(v).rstrip("0").rstrip(".")
-
-
-def extract_answer(text: str) -> str | None:
-    """The number after the last '####', else the last number in the text (normalised)."""
-    if "####" in text:
-        tail = text.rsplit("####", 1)[1]
-        m = _NUMBER.search(tail)
-        if m:
-            return normalize_number(m.group())
-    nums = _NUMBER.findall(text)
-    return normalize_number(nums[-1]) if nums else None
+QUESTION, ANSWER = "Question: ", "Answer: "  # SMDM's prompt and reasoning prefixes
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +50,7 @@ def load_problems(path: str | None, limit: int | None = None) -> list[Problem]:
         ref = extract_answer(r["answer"])
         if ref is None:
             raise DataError(f"{line}: answer has no final number ('#### N')")
-        out.append(Problem(r["question"].strip(), ref, line))
+        out.append(Problem(r["question"], ref, line))  # unstripped: SMDM's prompt is raw
     if not out:
         raise DataError(f"{where}: no problems")
     return out[:limit] if limit else out
@@ -90,7 +63,8 @@ def fit_to_context(
     ids: list[list[int]], length: int, seq_len: int
 ) -> tuple[list[list[int]], list[int], int, int]:
     """Per problem: generation length min(length, room left), and when less than MIN_GEN tokens
-    of room are left, the prompt cut from the left to leave min(length, MIN_GEN)."""
+    of room are left, the prompt cut from the left to leave min(length, MIN_GEN). With
+    ``length == seq_len`` (a canvas) every prompt fills the rest of the canvas."""
     out, lengths, shortened, truncated = [], [], 0, 0
     for p in ids:
         n = min(length, seq_len - len(p))
@@ -114,6 +88,9 @@ class GSM8KResult:
     seconds_per_problem: float | None
     predictions_path: str | None
     settings: dict[str, Any]
+    compliance: dict[str, float | None]
+    """Share of problems whose reasoning stopped (eos before the canvas end), whose answer stage
+    stopped, and whose graded text holds the '####' marker. Low accuracy: look here first."""
 
 
 def score(problems: list[Problem], generations: list[str]) -> list[dict[str, Any]]:
@@ -142,7 +119,7 @@ def rescore(problems: list[Problem], predictions: str) -> list[str]:
         text = r.get("generation", r.get("text"))
         if not isinstance(text, str):
             raise DataError(f"{predictions}:{r['_line']}: missing 'generation' (or 'text')")
-        if "question" in r and r["question"].strip() != p.question:
+        if "question" in r and r["question"].strip() != p.question.strip():
             raise DataError(
                 f"{predictions}:{r['_line']}: question does not match problem {p.source}"
             )
@@ -150,24 +127,57 @@ def rescore(problems: list[Problem], predictions: str) -> list[str]:
     return out
 
 
-def answer_marker(reasoning: str) -> str:
-    """The text between the reasoning and the answer, as the two SFT formats write it."""
-    return " #### " if "<<" in reasoning else "\n#### "
+def stage_contexts(
+    tok, questions: list[str], reasoning: list[str] | None = None, prefix: str = ""
+) -> list[list[int]]:
+    """Token ids of each stage's context, exactly as the training examples tokenize them:
+    stage 1 ``tok(Question: q)``; stage 2 that plus ``tok(reasoning)``, where ``reasoning`` is the
+    stage-1 text (it starts with ``Answer: `` when the model follows its training format)."""
+    from mdmctl.data.sft import encode_pieces
+
+    q_ids = encode_pieces(tok, [prefix + QUESTION + q for q in questions], standalone=True)
+    if reasoning is None:
+        return q_ids
+    r_ids = encode_pieces(tok, reasoning, standalone=True)
+    return [q + r for q, r in zip(q_ids, r_ids, strict=True)]
 
 
-def _answer_stage(model, tok, info, prompts, gens, sample_cfg, device, answer_length):
-    """Stage 2: the reasoning before any '####', the marker, then ``answer_length`` tokens."""
-    import dataclasses
+@dataclass
+class _Stage:
+    texts: list[str]
+    stopped: list[bool]
+    nfe: int
+    truncated: int
 
-    from mdmctl.sampling import encode_literal, generate
 
-    reasoning = [g.split("####")[0].rstrip() for g in gens]
-    heads = [r + answer_marker(r) for r in reasoning]
-    room = model.cfg.seq_len - answer_length
-    ids = [encode_literal(tok, p + h)[-room:] for p, h in zip(prompts, heads, strict=True)]
-    cfg2 = dataclasses.replace(sample_cfg, length=answer_length, steps=answer_length)
-    g = generate(model, tok, info, prompts, cfg2, device, answer_length, prompt_ids=ids)
-    return [h + a for h, a in zip(heads, g.texts, strict=True)], g.nfe
+def _generate_stage(model, tok, info, ids, sample_cfg, device, canvas, length) -> _Stage:
+    """One stage: ``length`` tokens after each context, or (``length`` None) the rest of a
+    ``canvas``-token canvas (SMDM); prompts that leave less than MIN_GEN are cut from the left."""
+    from mdmctl.sampling import generate
+
+    seq_len = model.cfg.seq_len
+    if length is None:
+        ids, lengths, _, truncated = fit_to_context(ids, min(canvas, seq_len), min(canvas, seq_len))
+    else:
+        ids, lengths, _, truncated = fit_to_context(ids, length, seq_len)
+    g = generate(model, tok, info, [""] * len(ids), sample_cfg, device, lengths, prompt_ids=ids)
+    return _Stage(g.texts, g.stopped, g.nfe, truncated)
+
+
+def _fewshot_prefix(fewshot: int, fewshot_data: str | None) -> str:
+    """Worked problems in the training format, before the question."""
+    if not fewshot:
+        return ""
+    if fewshot_data is None:
+        raise ConfigError("--fewshot needs --fewshot-data (e.g. the train split)")
+    rows = read_jsonl(fewshot_data)[:fewshot]
+    out = []
+    for r in rows:
+        if not isinstance(r.get("answer"), str) or r["answer"].count("####") != 1:
+            raise DataError(f"{fewshot_data}:{r['_line']}: answer needs exactly one '####'")
+        thought, answer = r["answer"].split("####")
+        out.append(f"{QUESTION}{r['question']}{ANSWER}{thought}####{answer}\n\n")
+    return "".join(out)
 
 
 def evaluate_gsm8k(
@@ -180,75 +190,84 @@ def evaluate_gsm8k(
     fewshot: int = 0,
     fewshot_data: str | None = None,
     sample_cfg: Any = None,
+    total_length: int = 256,
+    length: int | None = None,
     two_stage: bool = True,
-    answer_length: int = 16,
+    answer_length: int | None = None,
     log=None,
 ) -> GSM8KResult:
+    """Accuracy with format compliance. ``total_length``: each stage's canvas, prompt plus
+    generation (SMDM's ``--length``, capped at the model context); ``length``: a fixed number of
+    generated tokens instead; ``answer_length``: a fixed length for stage 2 only."""
     problems = load_problems(data, limit)
     if predictions is not None:
         gens = rescore(problems, predictions)
-        seconds = None
-        settings: dict[str, Any] = {"predictions": predictions}
-    else:
-        from mdmctl.sampling import generate, load_model
+        rows = score(problems, gens)
+        compliance = {"stopped": None, "answer_stopped": None, "marker": _share(gens)}
+        return _result(rows, None, out, {"predictions": predictions}, compliance)
+    from mdmctl.sampling import load_model
 
-        model, tok, info, step_dir, device = load_model(
-            checkpoint, sample_cfg.device, sample_cfg.attention, log
+    model, tok, info, step_dir, device = load_model(
+        checkpoint, sample_cfg.device, sample_cfg.attention, log
+    )
+    questions = [p.question for p in problems]
+    prefix = _fewshot_prefix(fewshot, fewshot_data)
+    t0 = time.perf_counter()
+    s1 = _generate_stage(
+        model, tok, info, stage_contexts(tok, questions, prefix=prefix), sample_cfg, device,
+        total_length, length,
+    )
+    reasoning, graded, nfe, s2 = s1.texts, s1.texts, s1.nfe, None
+    if two_stage:
+        ids2 = stage_contexts(tok, questions, reasoning, prefix=prefix)
+        s2 = _generate_stage(
+            model, tok, info, ids2, sample_cfg, device, total_length, answer_length or length
         )
-        prefix = ""
-        if fewshot:
-            if fewshot_data is None:
-                raise ConfigError("--fewshot needs --fewshot-data (e.g. the train split)")
-            shots = load_problems(fewshot_data, fewshot)
-            raw = read_jsonl(fewshot_data)[:fewshot]
-            prefix = "".join(
-                f"{s.question}\n{r['answer'].strip()}\n\n" for s, r in zip(shots, raw, strict=True)
-            )
-        from mdmctl.sampling import encode_literal
+        graded, nfe = s2.texts, nfe + s2.nfe
+    seconds = (time.perf_counter() - t0) / len(problems)
+    if log and (s1.truncated or (s2 and s2.truncated)):
+        log(
+            f"context {model.cfg.seq_len}: {s1.truncated} stage-1 and "
+            f"{s2.truncated if s2 else 0} stage-2 prompts were cut from the left to leave "
+            f"{MIN_GEN} generated tokens (lm-eval's convention)"
+        )
+    rows = score(problems, graded)
+    for i, r in enumerate(rows):
+        r["stopped"] = s1.stopped[i]
+        if s2:
+            r["reasoning"], r["answer_stopped"] = reasoning[i], s2.stopped[i]
+    compliance = {
+        "stopped": sum(s1.stopped) / len(rows),
+        "answer_stopped": sum(s2.stopped) / len(rows) if s2 else None,
+        "marker": _share(graded),
+    }
+    settings = {
+        "checkpoint": str(step_dir),
+        "sampler": sample_cfg.sampler,
+        "steps": sample_cfg.steps,
+        "total_length": None if length else total_length,
+        "length": length,
+        "temperature": sample_cfg.temperature,
+        "cfg": sample_cfg.cfg,
+        "batch_size": sample_cfg.batch_size,
+        "fewshot": fewshot,
+        "two_stage": two_stage,
+        "answer_length": answer_length if two_stage else None,
+        "nfe": nfe,
+        "truncated_prompts": s1.truncated + (s2.truncated if s2 else 0),
+    }
+    return _result(rows, seconds, out, settings, compliance)
 
-        prompts = [prefix + p.question + "\n" for p in problems]  # the SFT prompt format
-        ids, lengths, shortened, truncated = fit_to_context(
-            [encode_literal(tok, p) for p in prompts], sample_cfg.length, model.cfg.seq_len
-        )
-        if (shortened or truncated) and log:
-            log(
-                f"context {model.cfg.seq_len}: {shortened} problems get a shorter generation, "
-                f"{truncated} prompts were cut from the left (lm-eval's convention)"
-            )
-        t0 = time.perf_counter()
-        g = generate(model, tok, info, prompts, sample_cfg, device, lengths, prompt_ids=ids)
-        gens, nfe = g.texts, g.nfe
-        if two_stage:
-            gens, n2 = _answer_stage(
-                model, tok, info, prompts, gens, sample_cfg, device, answer_length
-            )
-            nfe += n2
-        seconds = (time.perf_counter() - t0) / len(problems)
-        settings = {
-            "checkpoint": str(step_dir),
-            "sampler": sample_cfg.sampler,
-            "steps": sample_cfg.steps,
-            "length": sample_cfg.length,
-            "temperature": sample_cfg.temperature,
-            "cfg": sample_cfg.cfg,
-            "batch_size": sample_cfg.batch_size,
-            "fewshot": fewshot,
-            "two_stage": two_stage,
-            "answer_length": answer_length if two_stage else None,
-            "nfe": nfe,
-            "shortened_generations": shortened,
-            "truncated_prompts": truncated,
-        }
-    rows = score(problems, gens)
+
+def _share(texts: list[str]) -> float:
+    return sum("####" in t for t in texts) / len(texts)
+
+
+def _result(rows, seconds, out, settings, compliance) -> GSM8KResult:
     correct = sum(r["correct"] for r in rows)
     if out:
         write_jsonl(out, rows)
+    n = len(rows)
     return GSM8KResult(
-        correct / len(rows),
-        binomial_stderr(correct, len(rows)),
-        len(rows),
-        correct,
-        seconds,
-        out,
-        settings,
+        correct / n, binomial_stderr(correct, n), n, correct, seconds, out, settings, compliance
     )

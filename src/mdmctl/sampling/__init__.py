@@ -99,6 +99,7 @@ class Generation:
     nfe: int
     seconds: float
     generated_tokens: int  # output tokens produced (before eos truncation), never prompt tokens
+    stopped: list[bool]  # an eos was generated before the canvas end
 
 
 def encode_literal(tok, text: str) -> list[int]:
@@ -185,10 +186,11 @@ def generate(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     generated = sum(len(o) for o in out_ids)
+    stopped = [info.eos_id in o for o in out_ids]
     if cfg.stop_at_eos:
         out_ids = [o[: o.index(info.eos_id)] if info.eos_id in o else o for o in out_ids]
     texts = [tok.decode(o, skip_special_tokens=True) for o in out_ids]
-    return Generation(out_ids, texts, nfe, seconds, generated)
+    return Generation(out_ids, texts, nfe, seconds, generated, stopped)
 
 
 def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
