@@ -8,7 +8,7 @@ import pytest
 from mdmctl.errors import DataError
 from mdmctl.evaluation.gsm8k import load_problems, rescore, score
 from mdmctl.evaluation.gsm8k_grade import extract_answer, normalize_number
-from mdmctl.evaluation.reverse_curse import is_hit, sentence_bleu
+from mdmctl.evaluation.reverse_curse import is_hit, sentence_bleu, smdm_bleu
 
 from .conftest import SHARED
 
@@ -119,6 +119,30 @@ def test_reverse_curse_scoring():
     assert sentence_bleu("the acclaimed director", "the acclaimed director") == pytest.approx(1.0)
     assert sentence_bleu("zzz", "the acclaimed director") == 0.0
     assert 0 < sentence_bleu("the acclaimed writer of books", "the acclaimed director") < 1
+
+
+@pytest.mark.parametrize(
+    "hyp,ref",
+    [
+        ("the acclaimed director of the film", " the acclaimed director of the film"),
+        (" is understatement D J Journe Th Through Time.", "the acclaimed director of 'A Journey Through Time'"),
+        ("the acclaimed diretortor of the v reality masterpiece", "The acclaimed director of the virtual reality masterpiece"),
+        ("abc", "the acclaimed director"),  # unigram matches, no 4-gram: nltk's 1e-77
+        ("zzz", "the acclaimed director"),  # no unigram match: 0
+        ("Daphne", "Daphne Barrington"),  # short: brevity penalty
+        ("", "Daphne Barrington"),
+    ],
+)
+def test_smdm_bleu_equals_nltk_on_raw_strings(hyp, ref):
+    """SMDM: sentence_bleu([ref], gen) on stripped lower-cased strings, i.e. over characters."""
+    import warnings
+
+    bleu = pytest.importorskip("nltk.translate.bleu_score")
+    g, r = hyp.strip().lower(), ref.strip().lower()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = bleu.sentence_bleu([r], g) if g else 0.0
+    assert smdm_bleu(hyp, ref) == pytest.approx(want, rel=1e-9, abs=1e-300)
 
 
 def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):

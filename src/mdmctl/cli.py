@@ -905,7 +905,7 @@ def eval_reverse_curse(
             print(json.dumps([r.__dict__ for r in res], indent=2))
             return
         t = Table(title="reverse curse")
-        cols = ["split", "direction", "n", "accuracy", "BLEU"] + (
+        cols = ["split", "direction", "n", "accuracy", "BLEU (SMDM, chars)", "BLEU-4 (words)"] + (
             ["rank acc. (chance)"] if rank else []
         )
         for col in cols:
@@ -916,6 +916,7 @@ def eval_reverse_curse(
                 r.direction,
                 str(r.n),
                 f"{r.accuracy:.3f} ± {r.stderr:.3f}",
+                f"{r.bleu_smdm:.1f}",
                 f"{r.bleu:.1f}",
             ]
             if rank:

@@ -3,15 +3,19 @@ only, can the model answer description -> name?
 
 Four test files: p2d (name -> description) and d2p (description -> name), each in the direction
 seen in training ("same") and the other one ("reverse"). Accuracy: the reference completion
-appears in the generation (case-insensitive); BLEU: sentence BLEU-4 (add-one smoothing for
-n > 1), averaged, x100. Defaults follow SMDM: confidence sampler, 32 steps, total length 52
-(prompt + generation, in tokens), temperature 0, CFG 0.8.
+appears in the generation (case-insensitive). Two BLEU scores, averaged, x100:
+- ``bleu_smdm``: as SMDM's ``evaluate_reverse.py`` computes it, ``nltk``'s ``sentence_bleu``
+  (BLEU-4, no smoothing) called on the stripped, lower-cased raw strings, i.e. over characters;
+- ``bleu``: word-level sentence BLEU-4 with add-one smoothing for n > 1 (Lin & Och).
+Defaults follow SMDM: confidence sampler, 32 steps, total length 52 (prompt + generation, in
+tokens), temperature 0, CFG 0.8.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +58,27 @@ def sentence_bleu(hyp: str, ref: str, max_n: int = 4) -> float:
     return bp * math.exp(sum(logs) / max_n)
 
 
+def smdm_bleu(generation: str, reference: str) -> float:
+    """SMDM's BLEU: ``nltk.translate.bleu_score.sentence_bleu([ref], hyp)`` on the stripped,
+    lower-cased strings, so its n-grams are character n-grams. nltk's rules, reproduced without
+    the dependency: clipped n-gram precision for n = 1..4, weights 1/4, brevity penalty
+    exp(1 - r/c) when c <= r; 0 without a unigram match; a zero higher-order precision becomes
+    the smallest float (method0), so the score is ~1e-77, not 0."""
+    hyp, ref = generation.strip().lower(), reference.strip().lower()
+    logs = []
+    for n in range(1, 5):
+        hn = Counter(hyp[i : i + n] for i in range(len(hyp) - n + 1))
+        rn = Counter(ref[i : i + n] for i in range(len(ref) - n + 1))
+        match, total = sum((hn & rn).values()), max(1, sum(hn.values()))
+        if n == 1 and match == 0:
+            return 0.0
+        logs.append(0.25 * math.log(match / total if match else sys.float_info.min))
+    if not hyp:
+        return 0.0
+    bp = 1.0 if len(hyp) > len(ref) else math.exp(1 - len(ref) / len(hyp))
+    return bp * math.exp(math.fsum(logs))
+
+
 def is_hit(generation: str, reference: str) -> bool:
     return reference.strip().lower() in generation.lower()
 
@@ -66,6 +91,9 @@ class SplitResult:
     accuracy: float
     stderr: float
     bleu: float
+    """Word-level BLEU-4, add-one smoothing, x100."""
+    bleu_smdm: float
+    """SMDM's BLEU: nltk's sentence_bleu over characters, x100."""
     rank_accuracy: float | None = None
     """Share of prompts whose reference completion scores highest among the file's distinct
     completions (chance = 1 / candidates); MDM: conditional ELBO, ARM: exact likelihood."""
@@ -135,8 +163,12 @@ def evaluate_reverse_curse(
         g = generate(model, tok, info, prompts, sample_cfg, device, lengths)
         hits = [is_hit(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
         bleu = [sentence_bleu(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
+        cbleu = [smdm_bleu(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
         n, c = len(rows), sum(hits)
-        res = SplitResult(name, direction, n, c / n, binomial_stderr(c, n), 100 * sum(bleu) / n)
+        res = SplitResult(
+            name, direction, n, c / n, binomial_stderr(c, n), 100 * sum(bleu) / n,
+            100 * sum(cbleu) / n,
+        )
         if rank:
             res.rank_accuracy, res.candidates = rank_accuracy(
                 model, tok, info, rows, device, rank_mc, sample_cfg.batch_size * 4, sample_cfg.seed
@@ -150,8 +182,9 @@ def evaluate_reverse_curse(
                 "generation": t,
                 "hit": h,
                 "bleu": b,
+                "bleu_smdm": cb,
             }
-            for r, t, h, b in zip(rows, g.texts, hits, bleu, strict=True)
+            for r, t, h, b, cb in zip(rows, g.texts, hits, bleu, cbleu, strict=True)
         ]
     if out:
         write_jsonl(out, all_rows)
