@@ -4,11 +4,14 @@
 #   bash examples/gsm8k/run.sh [DATA_DIR] [SIZE] [EPOCHS] [LIMIT]
 #
 # Defaults (DATA_DIR=../shared/data/gsm8k, SIZE=mini, EPOCHS=1, LIMIT=50) are a CPU smoke run of
-# the whole path (minutes); a tiny model trained from scratch scores about 0 on GSM8K. The paper's
-# setting is a pretrained 1.1B MDM (SMDM's 1028M size), SFT for 40 epochs on the augmented
-# equation-style data (`equations_train.txt`, or the 385k-problem augmented set), length 256, then
-#   mdmctl eval gsm8k --steps 256 --length 256 --temperature 0.1 --cfg 0.1
-# For that, replace steps 1-2 with your pretrained checkpoint (same tokenizer) and use a GPU.
+# the whole path (about 15 minutes); a tiny model trained from scratch scores about 0 on GSM8K, but
+# it must stop and write the '####' marker (the format compliance line of step 4).
+# Everything follows SMDM: two examples per problem, rows padded with eos to the context (256),
+# two-stage decoding with each stage's canvas 256 tokens (prompt + generation), 256 steps,
+# temperature 0.1, CFG 0.1 (docs/cli.md maps every option to SMDM's). The paper's setting is a
+# pretrained 1.1B MDM (SMDM's 1028M size) fine-tuned for 40 epochs at batch 256, lr 2e-4, on the
+# augmented equation-style data (`equations_train.txt` is the unaugmented one): replace steps 1-2
+# with your pretrained checkpoint (same tokenizer) and use a GPU.
 set -euo pipefail
 DATA=${1:-../shared/data/gsm8k}
 SIZE=${2:-mini}
@@ -29,10 +32,12 @@ mdmctl tokenize "$W/problems.jsonl" --vocab-size 4096 --out "$W/corpus"
 # 2. A base model (here: brief pretraining on the same text; use a real pretrained model instead).
 mdmctl pretrain --size "$SIZE" --seq-len 256 --steps 200 --batch-size 16 --data "$W/corpus" \
   --out "$W/base" --overwrite --show-samples 0
-# 3. Conditional SFT (the prompt is never masked) on question -> answer.
+# 3. Conditional SFT (the prompt is never masked): SMDM's two examples per problem, padded with eos
+#    to the context of 256 (--pad-to auto).
 mdmctl finetune --init "$W/base" --data "$DATA/train.jsonl" --epochs "$EPOCHS" --batch-size 32 \
   --lr 1e-3 --out "$W/sft" --overwrite
-# 4. Evaluate on the test split (generations and verdicts in $W/eval.jsonl), then re-score them.
+# 4. Evaluate on the test split with SMDM's settings (generations and verdicts in $W/eval.jsonl),
+#    then re-score them.
 mdmctl eval gsm8k --checkpoint "$W/sft" --data "$DATA/test.jsonl" --limit "$LIMIT" \
-  --length 128 --steps 64 --out "$W/eval.jsonl"
+  --out "$W/eval.jsonl"
 mdmctl eval gsm8k --data "$DATA/test.jsonl" --limit "$LIMIT" --predictions "$W/eval.jsonl"

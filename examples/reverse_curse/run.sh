@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Reverse curse at small scale on a CPU (method.md §1.6, §6): train a small MDM and a same-size ARM
-# from scratch on the 3,600 reversal-curse training prompts (each fact seen in one direction only),
-# then evaluate both in the trained and the reverse direction.
+# Reverse curse at small scale on a CPU (method.md §1.6, §6): train an MDM and a same-size ARM from
+# scratch on the 3,600 reversal-curse training prompts (each fact seen in one direction only), then
+# evaluate both in the trained and the reverse direction, by generation and by likelihood ranking.
 #
-#   bash examples/reverse_curse/run.sh [DATA_DIR] [EPOCHS]
+#   bash examples/reverse_curse/run.sh [DATA_DIR] [MDM_EPOCHS] [ARM_EPOCHS] [SIZE]
 #
-# DATA_DIR defaults to ../shared/data/reversal_curse (relative to the repository root). Writes
-# work/reverse_curse/ under the current directory. About 20 minutes on 2 CPU cores (measured
-# numbers: docs/results.md).
+# Defaults: ../shared/data/reversal_curse, 60, 20, SMDM's 6M size (6 layers, d 256). Writes
+# work/reverse_curse/ under the current directory and ends with a summary table
+# (work/reverse_curse/summary.md). About 80 minutes on 2 CPU cores (docs/results.md).
+#
+# The recipe follows SMDM's sft/finetune_mdm_reverse.py: prompt + completion as one sequence,
+# the unconditional loss on all of it, global batch 64 in micro-batches of 16 drawn at random, each
+# padded with eos to its longest row (the model learns where a fact ends), loss / (B * L). SMDM
+# fine-tunes a pretrained model at lr 2e-4 for 10 epochs; from scratch this needs more: lr 1e-3.
 set -euo pipefail
 DATA=${1:-../shared/data/reversal_curse}
-EPOCHS=${2:-30}
+MDM_EPOCHS=${2:-60}
+ARM_EPOCHS=${3:-20}
+SIZE=${4:-6M}
 W=work/reverse_curse
 mkdir -p "$W"
 
@@ -25,16 +32,45 @@ PY
 mdmctl tokenize "$W/facts.jsonl" --vocab-size 2048 --val-fraction 0.02 --out "$W/corpus"
 
 for objective in mdm arm; do
+  epochs=$MDM_EPOCHS; [ "$objective" = arm ] && epochs=$ARM_EPOCHS
   # 2. A randomly initialised model with this tokenizer: one pretraining step at warm-up lr.
-  mdmctl pretrain --objective "$objective" --size mini --seq-len 64 --steps 1 --batch-size 8 \
+  mdmctl pretrain --objective "$objective" --size "$SIZE" --seq-len 64 --steps 1 --batch-size 8 \
     --data "$W/corpus" --out "$W/init-$objective" --overwrite --show-samples 0
   # 3. Train on whole sequences (the MDM's unconditional loss; the ARM's next-token loss).
   mdmctl finetune --init "$W/init-$objective" --data "$DATA/all_prompts_train.jsonl" \
-    --sft-objective unconditional --epochs "$EPOCHS" --batch-size 32 --lr 2e-3 \
-    --val-every 1000 --save-every 100000 --out "$W/$objective" --overwrite
+    --sft-objective unconditional --epochs "$epochs" --batch-size 64 --micro-batch-size 16 \
+    --lr 1e-3 --val-every 100000 --save-every 100000 --out "$W/$objective" --overwrite
 done
 
-# 4. Evaluate with SMDM's settings (confidence sampler, 32 steps, total length 52, temperature 0;
-#    CFG 0.8 for the MDM; an ARM has no CFG).
-mdmctl eval reverse-curse --checkpoint "$W/mdm" --data-dir "$DATA" --out "$W/mdm-eval.jsonl"
-mdmctl eval reverse-curse --checkpoint "$W/arm" --data-dir "$DATA" --cfg 0 --out "$W/arm-eval.jsonl"
+# 4. Evaluate every file (300 prompts each) with SMDM's settings: confidence sampler, 32 steps,
+#    total length 52, temperature 0; the MDM with CFG 0.8 and without, the ARM without. Likelihood
+#    ranking of each reference against the file's other completions (MDM: conditional ELBO, 8
+#    stratified t per candidate; ARM: exact).
+mdmctl eval reverse-curse --checkpoint "$W/mdm" --data-dir "$DATA" --cfg 0.8 --rank --rank-mc 8 \
+  --out "$W/mdm-cfg.jsonl" --json > "$W/mdm-cfg.json"
+mdmctl eval reverse-curse --checkpoint "$W/mdm" --data-dir "$DATA" --cfg 0 \
+  --out "$W/mdm-nocfg.jsonl" --json > "$W/mdm-nocfg.json"
+mdmctl eval reverse-curse --checkpoint "$W/arm" --data-dir "$DATA" --cfg 0 --rank \
+  --out "$W/arm.jsonl" --json > "$W/arm.json"
+
+# 5. One table: accuracy ± standard error (binomial, n = 300 per file).
+python - "$W" <<'PY' | tee "$W/summary.md"
+import json, sys
+from pathlib import Path
+w = Path(sys.argv[1])
+res = {k: {r["split"]: r for r in json.loads((w / f"{k}.json").read_text())}
+       for k in ("mdm-cfg", "mdm-nocfg", "arm")}
+f = lambda r, k="accuracy", s="stderr": f"{r[k]:.3f} ± {r[s]:.3f}"
+print("| file | direction | MDM gen. CFG 0.8 | MDM gen. no CFG | ARM gen. "
+      "| MDM rank | ARM rank | chance |")
+print("|---|---|---|---|---|---|---|---|")
+for split, m in res["mdm-cfg"].items():
+    a = res["arm"][split]
+    print(f"| {split} | {m['direction']} | {f(m)} | {f(res['mdm-nocfg'][split])} | {f(a)} "
+          f"| {f(m, 'rank_accuracy', 'rank_stderr')} | {f(a, 'rank_accuracy', 'rank_stderr')} "
+          f"| {1 / m['candidates']:.3f} |")
+print()
+print("SMDM's BLEU (characters) / word BLEU-4: " + "; ".join(
+    f"{k} {s}: {r['bleu_smdm']:.1f} / {r['bleu']:.1f}"
+    for k, rs in res.items() for s, r in rs.items() if s in ("p2d_same", "d2p_reverse")))
+PY

@@ -767,7 +767,10 @@ def eval_gsm8k(
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
     temperature: float = typer.Option(0.1, "--temperature", min=0),
     cfg: float = typer.Option(
-        0.1, "--cfg", min=0, help="Unsupervised CFG scale (SMDM: 0.1; ARM checkpoints: 0)."
+        0.1, "--cfg", min=0, help="Unsupervised CFG scale (SMDM --cfg1 0.1; ARM checkpoints: 0)."
+    ),
+    answer_cfg: float | None = typer.Option(
+        None, "--answer-cfg", min=0, help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg."
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -806,6 +809,7 @@ def eval_gsm8k(
             length=length,
             two_stage=two_stage,
             answer_length=answer_length,
+            answer_cfg=answer_cfg,
             log=_log,
         )
         d = {
@@ -920,7 +924,9 @@ def eval_reverse_curse(
                 f"{r.bleu:.1f}",
             ]
             if rank:
-                row.append(f"{r.rank_accuracy:.3f} ({1 / r.candidates:.3f})")
+                row.append(
+                    f"{r.rank_accuracy:.3f} ± {r.rank_stderr:.3f} ({1 / r.candidates:.3f})"
+                )
             t.add_row(*row)
         console.print(t)
 

@@ -12,7 +12,7 @@ stopped (eos before the canvas end) and that contain the ``####`` marker.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mdmctl.errors import ConfigError, DataError
@@ -194,11 +194,13 @@ def evaluate_gsm8k(
     length: int | None = None,
     two_stage: bool = True,
     answer_length: int | None = None,
+    answer_cfg: float | None = None,
     log=None,
 ) -> GSM8KResult:
     """Accuracy with format compliance. ``total_length``: each stage's canvas, prompt plus
     generation (SMDM's ``--length``, capped at the model context); ``length``: a fixed number of
-    generated tokens instead; ``answer_length``: a fixed length for stage 2 only."""
+    generated tokens instead; ``answer_length``: a fixed length for stage 2 only; ``answer_cfg``:
+    stage 2's CFG scale (SMDM's ``--cfg2``; default: the sampler's, SMDM's ``--cfg1``)."""
     problems = load_problems(data, limit)
     if predictions is not None:
         gens = rescore(problems, predictions)
@@ -220,8 +222,9 @@ def evaluate_gsm8k(
     reasoning, graded, nfe, s2 = s1.texts, s1.texts, s1.nfe, None
     if two_stage:
         ids2 = stage_contexts(tok, questions, reasoning, prefix=prefix)
+        cfg2 = sample_cfg if answer_cfg is None else replace(sample_cfg, cfg=answer_cfg)
         s2 = _generate_stage(
-            model, tok, info, ids2, sample_cfg, device, total_length, answer_length or length
+            model, tok, info, ids2, cfg2, device, total_length, answer_length or length
         )
         graded, nfe = s2.texts, nfe + s2.nfe
     seconds = (time.perf_counter() - t0) / len(problems)
@@ -249,6 +252,7 @@ def evaluate_gsm8k(
         "length": length,
         "temperature": sample_cfg.temperature,
         "cfg": sample_cfg.cfg,
+        "answer_cfg": (sample_cfg.cfg if answer_cfg is None else answer_cfg) if two_stage else None,
         "batch_size": sample_cfg.batch_size,
         "fewshot": fewshot,
         "two_stage": two_stage,

@@ -98,6 +98,7 @@ class SplitResult:
     """Share of prompts whose reference completion scores highest among the file's distinct
     completions (chance = 1 / candidates); MDM: conditional ELBO, ARM: exact likelihood."""
     candidates: int | None = None
+    rank_stderr: float | None = None
 
 
 def rank_accuracy(
@@ -173,6 +174,7 @@ def evaluate_reverse_curse(
             res.rank_accuracy, res.candidates = rank_accuracy(
                 model, tok, info, rows, device, rank_mc, sample_cfg.batch_size * 4, sample_cfg.seed
             )
+            res.rank_stderr = binomial_stderr(round(res.rank_accuracy * n), n)
         results.append(res)
         all_rows += [
             {
