@@ -55,8 +55,15 @@ VARIANTS = [
 
 
 @torch.no_grad()
-def decode(model, prompts: list[list[int]], n_gen: list[int], v: Variant, eos_id: int, pad_id: int,
-           seed: int) -> list[list[int]]:
+def decode(
+    model,
+    prompts: list[list[int]],
+    n_gen: list[int],
+    v: Variant,
+    eos_id: int,
+    pad_id: int,
+    seed: int,
+) -> list[list[int]]:
     """Generate ``n_gen[b]`` tokens after each prompt. Ragged rows are right-padded and the padding
     is its own attention segment, as in ``mdmctl.sampling.mdm``. Returns the generated ids."""
     mask_id = model.cfg.mask_id
@@ -117,8 +124,9 @@ def run_variant(model, tok, info, rows, v: Variant, seed: int, batch: int = 100)
         n_gen = [max(8, v.total - len(p)) for p in p_ids]
     out: list[str] = []
     for s in range(0, len(rows), batch):
-        ids = decode(model, p_ids[s : s + batch], n_gen[s : s + batch], v, info.eos_id,
-                     info.pad_id, seed)
+        ids = decode(
+            model, p_ids[s : s + batch], n_gen[s : s + batch], v, info.eos_id, info.pad_id, seed
+        )
         out += texts(tok, ids, info.eos_id)
     return out
 
@@ -127,8 +135,9 @@ def check_against_mdmctl(model, tok, info, rows, device) -> None:
     """The ``smdm`` variant must equal mdmctl's confidence sampler (eval reverse-curse)."""
     cfg = SampleConfig(steps=32, sampler="confidence", temperature=0.0, cfg=0.8, batch_size=64)
     plen = [len(encode_literal(tok, r["prompt"])) for r in rows]
-    g = generate(model, tok, info, [r["prompt"] for r in rows], cfg, device,
-                 [max(8, 52 - n) for n in plen])
+    g = generate(
+        model, tok, info, [r["prompt"] for r in rows], cfg, device, [max(8, 52 - n) for n in plen]
+    )
     ours = run_variant(model, tok, info, rows, VARIANTS[0], 0)
     same = sum(a == b for a, b in zip(ours, g.texts, strict=True))
     print(f"check: smdm variant equals mdmctl's sampler on {same}/{len(rows)} prompts")
@@ -161,10 +170,14 @@ def main() -> None:
             hits = [is_hit(g, r["completion"]) for g, r in zip(gens, data[s], strict=True)]
             n, p = len(hits), sum(hits) / len(hits)
             cells.append(f"{p:.3f} ± {math.sqrt(p * (1 - p) / max(1, n - 1)):.3f}")
-            dump += [{"variant": v.name, "split": s, "generation": g, **r}
-                     for g, r in zip(gens, data[s], strict=True)]
-        print(f"| {v.name} | " + " | ".join(cells) + f" | {time.perf_counter() - t0:.0f} |",
-              flush=True)
+            dump += [
+                {"variant": v.name, "split": s, "generation": g, **r}
+                for g, r in zip(gens, data[s], strict=True)
+            ]
+        print(
+            f"| {v.name} | " + " | ".join(cells) + f" | {time.perf_counter() - t0:.0f} |",
+            flush=True,
+        )
     if args.out:
         Path(args.out).write_text("".join(json.dumps(d) + "\n" for d in dump))
 

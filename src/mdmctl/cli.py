@@ -755,7 +755,9 @@ def eval_gsm8k(
         min=1,
         help="Generate exactly this many tokens per stage instead of filling --total-length.",
     ),
-    steps: int = typer.Option(256, "--steps", min=1, help="Denoising steps per stage (SMDM --steps 256)."),
+    steps: int = typer.Option(
+        256, "--steps", min=1, help="Denoising steps per stage (SMDM --steps 256)."
+    ),
     two_stage: bool = typer.Option(
         True,
         "--two-stage/--one-stage",
@@ -924,9 +926,7 @@ def eval_reverse_curse(
                 f"{r.bleu:.1f}",
             ]
             if rank:
-                row.append(
-                    f"{r.rank_accuracy:.3f} ± {r.rank_stderr:.3f} ({1 / r.candidates:.3f})"
-                )
+                row.append(f"{r.rank_accuracy:.3f} ± {r.rank_stderr:.3f} ({1 / r.candidates:.3f})")
             t.add_row(*row)
         console.print(t)
 

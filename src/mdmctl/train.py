@@ -640,7 +640,9 @@ def finetune(
         cells = sum(b.x0.numel() for b in mbs)
         return {
             "padding_frac": round(1 - batch.real_tokens / cells, 4),
-            "pad_eos_per_row": round(sum(b.pad_eos_per_row * len(b.lengths) for b in mbs) / len(batch.lengths), 2),
+            "pad_eos_per_row": round(
+                sum(b.pad_eos_per_row * len(b.lengths) for b in mbs) / len(batch.lengths), 2
+            ),
         }
 
     run_cfg = RunConfig(

@@ -67,7 +67,9 @@ def smdm_gsm8k_examples(question: str, solution: str, where: str) -> list[Exampl
     ``reasoning####answer``; pieces are kept byte for byte (no stripping), as SMDM keeps them."""
     parts = solution.split("####")
     if len(parts) != 2:
-        raise DataError(f"{where}: expected exactly one '####' in the solution, found {len(parts) - 1}")
+        raise DataError(
+            f"{where}: expected exactly one '####' in the solution, found {len(parts) - 1}"
+        )
     q, thought, answer = "Question: " + question, "Answer: " + parts[0], "####" + parts[1]
     return [
         Example((q,), thought, where, group=question, standalone=True),
@@ -272,7 +274,9 @@ def tokenize_examples(
 class SFTBatch:
     x0: torch.Tensor  # (B, L) prompt + response + eos padding
     prompt_mask: torch.Tensor  # (B, L) True at prompt positions
-    response_mask: torch.Tensor  # (B, L) True at response positions up to and including the first eos
+    response_mask: (
+        torch.Tensor
+    )  # (B, L) True at response positions up to and including the first eos
     lengths: torch.Tensor  # (B,) prompt + response + first eos, i.e. before padding
 
     @property

@@ -216,8 +216,14 @@ def evaluate_gsm8k(
     prefix = _fewshot_prefix(fewshot, fewshot_data)
     t0 = time.perf_counter()
     s1 = _generate_stage(
-        model, tok, info, stage_contexts(tok, questions, prefix=prefix), sample_cfg, device,
-        total_length, length,
+        model,
+        tok,
+        info,
+        stage_contexts(tok, questions, prefix=prefix),
+        sample_cfg,
+        device,
+        total_length,
+        length,
     )
     reasoning, graded, nfe, s2 = s1.texts, s1.texts, s1.nfe, None
     if two_stage:

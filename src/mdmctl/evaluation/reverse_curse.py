@@ -167,7 +167,12 @@ def evaluate_reverse_curse(
         cbleu = [smdm_bleu(t, r["completion"]) for t, r in zip(g.texts, rows, strict=True)]
         n, c = len(rows), sum(hits)
         res = SplitResult(
-            name, direction, n, c / n, binomial_stderr(c, n), 100 * sum(bleu) / n,
+            name,
+            direction,
+            n,
+            c / n,
+            binomial_stderr(c, n),
+            100 * sum(bleu) / n,
             100 * sum(cbleu) / n,
         )
         if rank:
