@@ -334,3 +334,45 @@ def test_gsm8k_stage_contexts_are_prefixes_of_the_training_examples(tmp_path):
         assert ctx1 == first.prompt and (first.prompt + first.response)[: len(ctx1)] == ctx1
         assert ctx2 == second.prompt and (second.prompt + second.response)[: len(ctx2)] == ctx2
         assert tok.decode(second.response[:-1]) == "####" + row["answer"].split("####")[1]
+
+
+def test_rank_candidates_one_description_per_person():
+    from mdmctl.evaluation.reverse_curse import persons_of, rank_candidates
+
+    rows = [
+        {"prompt": "Ann Lee was", "completion": " a chef."},
+        {"prompt": "Known as Ann Lee,", "completion": " the chef."},
+        {"prompt": "Bo Li was", "completion": " a pilot."},
+        {"prompt": "Bo Li is", "completion": " a pilot."},
+    ]
+    persons = persons_of(rows, [" Ann Lee", " Bo Li"])
+    assert persons == ["Ann Lee", "Ann Lee", "Bo Li", "Bo Li"]
+    assert rank_candidates(rows, persons) == [
+        [" a chef.", " a pilot."],
+        [" the chef.", " a pilot."],  # never its own person's paraphrase
+        [" a pilot.", " a chef."],  # Ann's tie between paraphrases: the first seen
+        [" a pilot.", " a chef."],
+    ]
+    # Without persons: every distinct completion, the reference first.
+    assert rank_candidates(rows[:3], None)[1] == [" the chef.", " a chef.", " a pilot."]
+    assert persons_of(rows, [" Cy Wu"]) is None
+
+
+@pytest.mark.skipif(
+    not (SHARED / "reversal_curse").is_dir(), reason="../shared/data/reversal_curse is absent"
+)
+def test_description_files_rank_against_thirty_persons():
+    """The shipped description files: every prompt names exactly one of the paired file's 30
+    people, so each reference competes with 29 other people's descriptions (chance 1/30)."""
+    from mdmctl.evaluation.generation import read_jsonl
+    from mdmctl.evaluation.reverse_curse import PAIRED, SPLITS, persons_of, rank_candidates
+
+    d = SHARED / "reversal_curse"
+    for split, pair in PAIRED.items():
+        rows = read_jsonl(d / SPLITS[split][0])
+        names = [r["completion"] for r in read_jsonl(d / SPLITS[pair][0])]
+        persons = persons_of(rows, names)
+        assert persons is not None and len(set(persons)) == 30
+        cands = rank_candidates(rows, persons)
+        assert {len(c) for c in cands} == {30}
+        assert all(c[0] == r["completion"] for c, r in zip(cands, rows, strict=True))

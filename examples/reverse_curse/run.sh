@@ -7,8 +7,7 @@
 #
 # Defaults: ../shared/data/reversal_curse, 60, 20, SMDM's 6M size (6 layers, d 256). Writes
 # work/reverse_curse/ under the current directory and ends with a summary table
-# (work/reverse_curse/summary.md). Measured: 148 minutes on 2 CPU cores shared with other jobs
-# (docs/results.md); ranking the two 130-description files dominates the evaluation.
+# (work/reverse_curse/summary.md). Timing on 2 CPU cores: docs/results.md.
 #
 # The recipe follows SMDM's sft/finetune_mdm_reverse.py: prompt + completion as one sequence,
 # the unconditional loss on all of it, global batch 64 in micro-batches of 16 drawn at random, each
@@ -45,8 +44,9 @@ done
 
 # 4. Evaluate every file (300 prompts each) with SMDM's settings: confidence sampler, 32 steps,
 #    total length 52, temperature 0; the MDM with CFG 0.8 and without, the ARM without. Likelihood
-#    ranking of each reference against the file's other completions (MDM: conditional ELBO, 8
-#    stratified t per candidate; ARM: exact).
+#    ranking of each reference against 29 others (MDM: conditional ELBO, 8 stratified t per
+#    candidate; ARM: exact): the other names, or one description of every other person (a
+#    paraphrase of the same person's description is not a wrong answer).
 mdmctl eval reverse-curse --checkpoint "$W/mdm" --data-dir "$DATA" --cfg 0.8 --rank --rank-mc 8 \
   --out "$W/mdm-cfg.jsonl" --json > "$W/mdm-cfg.json"
 mdmctl eval reverse-curse --checkpoint "$W/mdm" --data-dir "$DATA" --cfg 0 \

@@ -854,7 +854,7 @@ def eval_reverse_curse(
     rank: bool = typer.Option(
         False,
         "--rank",
-        help="Also rank each reference against the file's other completions by likelihood (MDM: conditional ELBO; ARM: exact).",
+        help="Also rank each reference by likelihood against the other names (description -> name files) or one description of every other person (name -> description files); MDM: conditional ELBO, ARM: exact.",
     ),
     rank_mc: int = typer.Option(
         16, "--rank-mc", min=1, help="MDM: stratified t samples per candidate for --rank."

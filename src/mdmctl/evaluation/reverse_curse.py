@@ -98,25 +98,83 @@ class SplitResult:
     """Share of prompts whose reference completion scores highest among the file's distinct
     completions (chance = 1 / candidates); MDM: conditional ELBO, ARM: exact likelihood."""
     candidates: int | None = None
+    rank_pool: str | None = None
+    """What the reference is ranked against: the file's distinct completions (name files), or
+    one description per other person (description files; see :func:`rank_candidates`)."""
     rank_stderr: float | None = None
 
 
+# Name -> description files rank against one description per person: the file's distinct
+# completions include 4-5 paraphrases of each person's description, and ranking a reference
+# against paraphrases of the same fact measures wording, not knowledge. The paired file (the
+# same facts the other way) lists the names that identify each prompt's person.
+PAIRED = {"p2d_same": "p2d_reverse", "d2p_reverse": "d2p_same"}
+
+
+def persons_of(rows: list[dict[str, Any]], names: list[str]) -> list[str] | None:
+    """The name each prompt mentions (the longest, if one contains another), or None if some
+    prompt mentions none."""
+    names = sorted({n.strip() for n in names}, key=len, reverse=True)
+    out = []
+    for r in rows:
+        hit = next((n for n in names if n and n in r["prompt"]), None)
+        if hit is None:
+            return None
+        out.append(hit)
+    return out
+
+
+def rank_candidates(rows: list[dict[str, Any]], persons: list[str] | None) -> list[list[str]]:
+    """Each row's candidate completions, its reference first. Without ``persons``: every distinct
+    completion of the file. With them: the reference and, for every other person, that person's
+    most frequent completion in the file (ties: the first seen)."""
+    if persons is None:
+        cands = sorted({r["completion"] for r in rows})
+        return [[r["completion"]] + [c for c in cands if c != r["completion"]] for r in rows]
+    counts: dict[str, Counter] = {}
+    for r, p in zip(rows, persons, strict=True):
+        counts.setdefault(p, Counter())[r["completion"]] += 1
+    rep = {p: c.most_common(1)[0][0] for p, c in counts.items()}  # most_common keeps first-seen
+    return [
+        [r["completion"]] + [rep[q] for q in counts if q != p]
+        for r, p in zip(rows, persons, strict=True)
+    ]
+
+
 def rank_accuracy(
-    model, tok, info, rows: list[dict[str, Any]], device, n_mc: int, batch_size: int, seed: int
+    model,
+    tok,
+    info,
+    rows: list[dict[str, Any]],
+    device,
+    n_mc: int,
+    batch_size: int,
+    seed: int,
+    persons: list[str] | None = None,
 ) -> tuple[float, int]:
-    """Likelihood ranking: does the reference beat every other completion in the file?
-    One call to the likelihood engine (MDM: MC ELBO with ``n_mc`` stratified t; ARM: exact)."""
+    """Likelihood ranking: does the reference beat every other candidate (see
+    :func:`rank_candidates`)? One call to the likelihood engine (MDM: MC ELBO with ``n_mc``
+    stratified t, common random numbers across a prompt's candidates; ARM: exact). Returns the
+    accuracy and the number of candidates per prompt (chance = 1 / that)."""
     from mdmctl.evaluation.likelihood import ScoreConfig, loglikelihood
     from mdmctl.sampling import encode_literal
 
-    cands = sorted({r["completion"] for r in rows})
-    cand_ids = [encode_literal(tok, c) for c in cands]
-    pairs = [(encode_literal(tok, r["prompt"]), c) for r in rows for c in cand_ids]
+    cands = rank_candidates(rows, persons)
+    n_cand = len(cands[0])
+    if any(len(c) != n_cand for c in cands):
+        raise DataError("reverse-curse ranking: persons have different numbers of candidates")
+    ids = {c: encode_literal(tok, c) for c in {c for cs in cands for c in cs}}
+    pairs = [
+        (encode_literal(tok, r["prompt"]), ids[c])
+        for r, cs in zip(rows, cands, strict=True)
+        for c in cs
+    ]
     cfg = ScoreConfig(estimator="mc", mc_samples=n_mc, batch_size=batch_size, seed=seed)
     scores = loglikelihood(model, pairs, cfg, eos_id=info.eos_id, device=device)
-    ll = torch.tensor([s.logprob for s in scores]).view(len(rows), len(cands))
-    ref = torch.tensor([cands.index(r["completion"]) for r in rows])
-    return float((ll.argmax(1) == ref).float().mean()), len(cands)
+    ll = torch.tensor([s.logprob for s in scores]).view(len(rows), n_cand)  # (R, C), ref at 0
+    # The reference must beat every other candidate strictly (a tie is a miss).
+    wins = (ll[:, :1] > ll[:, 1:]).all(1) if n_cand > 1 else torch.ones(len(rows), dtype=torch.bool)
+    return float(wins.float().mean()), n_cand
 
 
 def evaluate_reverse_curse(
@@ -176,9 +234,22 @@ def evaluate_reverse_curse(
             100 * sum(cbleu) / n,
         )
         if rank:
+            persons = None
+            if name in PAIRED and (d / SPLITS[PAIRED[name]][0]).is_file():
+                names = [r["completion"] for r in read_jsonl(d / SPLITS[PAIRED[name]][0])]
+                persons = persons_of(rows, names)
             res.rank_accuracy, res.candidates = rank_accuracy(
-                model, tok, info, rows, device, rank_mc, sample_cfg.batch_size * 4, sample_cfg.seed
+                model,
+                tok,
+                info,
+                rows,
+                device,
+                rank_mc,
+                sample_cfg.batch_size * 4,
+                sample_cfg.seed,
+                persons,
             )
+            res.rank_pool = "one description per person" if persons else "distinct completions"
             res.rank_stderr = binomial_stderr(round(res.rank_accuracy * n), n)
         results.append(res)
         all_rows += [
