@@ -149,3 +149,51 @@ def test_no_pickle_in_source():
     for f in src.rglob("*.py"):
         code = "\n".join(line.split("#")[0] for line in f.read_text().splitlines())
         assert not pattern.search(code), f"{f} uses pickle-based I/O"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        # what safetensors really raises on a full disk: not an OSError
+        "SafetensorError",
+    ],
+)
+def test_full_disk_while_writing_weights(tmp_path, tiny_cfg, tok_path, monkeypatch, error):
+    from safetensors import SafetensorError
+
+    if error == "SafetensorError":
+        error = SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+            'space left on device" })'
+        )
+    m = Transformer(tiny_cfg)
+    d10 = _save(tmp_path, 10, m, tiny_cfg, tok_path)
+
+    def full(*a, **k):
+        raise error
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(CheckpointError, match="no space left.*step-00000010 is intact") as e:
+        _save(tmp_path, 20, m, tiny_cfg, tok_path)
+    assert e.value.exit_code == 4
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000010"]
+    ckpt.verify(d10)
+
+
+def test_find_latest_skips_unreadable_weights_with_matching_manifest(tmp_path, tiny_cfg, tok_path):
+    import json
+
+    m = Transformer(tiny_cfg)
+    d10 = _save(tmp_path, 10, m, tiny_cfg, tok_path)
+    d20 = _save(tmp_path, 20, m, tiny_cfg, tok_path)
+    w = d20 / "model.safetensors"
+    w.write_bytes(b"\x00" * 100)  # garbage, hashed into the manifest as if it were good
+    manifest = json.loads((d20 / "MANIFEST.json").read_text())
+    manifest["files"]["model.safetensors"] = {"size": 100, "sha256": ckpt.sha256_file(w)}
+    (d20 / "MANIFEST.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="unreadable weights"):
+        ckpt.verify(d20)
+    logs: list[str] = []
+    assert ckpt.find_latest(tmp_path, log=logs.append) == d10
+    assert "step-00000020" in logs[0] and "unreadable weights" in logs[0]

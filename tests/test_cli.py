@@ -277,3 +277,125 @@ def test_signal_saves_and_resume_matches_uninterrupted(tmp_path, corpus_dir, sig
     a = load_file(str(tmp_path / "a" / "checkpoints" / "step-00000120" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoints" / "step-00000120" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("pretrain", "--lr", "inf"),
+        ("pretrain", "--flops", "nan"),
+        ("pretrain", "--eps", "-inf"),
+        ("sample", "--cfg", "inf"),
+        ("sample", "--temperature", "inf"),
+        ("finetune", "--init", "x", "--data", "y", "--cfg-dropout", "nan"),
+        ("finetune", "--init", "x", "--data", "y", "--lr", "inf"),
+        ("tokenize", "--val-fraction", "inf"),
+        ("eval", "gsm8k", "--answer-cfg", "inf"),
+        ("eval", "arc_easy", "--cfg", "nan"),
+        ("eval", "lm-eval", "--tasks", "x", "--limit", "inf"),
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_non_finite_float_options(args):
+    r = run(*args, code=2)
+    assert "must be a finite number" in r.stderr
+
+
+def test_config_folder_and_out_file(tmp_path, corpus_dir):
+    r = run("pretrain", "--config", tmp_path, "--data", corpus_dir, code=2)
+    assert "is a folder; expected a TOML run file" in r.stderr
+    f = tmp_path / "afile"
+    f.write_text("x")
+    args = ("--steps", "1", "--batch-size", "4", "--seq-len", "32", "--device", "cpu")
+    r = run("pretrain", "--data", corpus_dir, "--out", f, *args, code=2)
+    assert f"--out {f}: exists and is not a folder" in r.stderr.replace("\n", "")
+    r = run("tokenize", "--out", f, code=2)
+    assert "exists and is not a folder" in r.stderr
+    assert f.read_text() == "x"
+
+
+def test_run_dir_in_use_exits_2(tmp_path, corpus_dir):
+    import socket
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / ".mdmctl.lock").write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    )
+    r = run("pretrain", "--data", corpus_dir, "--out", out, "--steps", "1", code=2)
+    assert "is in use by another run" in r.stderr and ".mdmctl.lock" in r.stderr
+
+
+def test_verify_data_catches_out_of_vocabulary_ids(tmp_path, corpus_dir):
+    from .test_data import _copy_corpus, _rewrite_shard
+
+    data = _copy_corpus(corpus_dir, tmp_path)
+    _rewrite_shard(data / "train-00000.safetensors", lambda t: t.__setitem__(2, 65000))
+    args = ("--steps", "1", "--batch-size", "4", "--seq-len", "32", "--device", "cpu")
+    r = run("pretrain", "--data", data, "--out", tmp_path / "r", "--verify-data", *args, code=4)
+    assert "train-00000.safetensors: token id 65000" in r.stderr.replace("\n", "")
+
+
+def test_tokenize_on_a_full_disk(tmp_path, corpus_file, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real = safetensors.torch.save_file
+    calls = []
+
+    def fills_up(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the first shard lands, the second finds the disk full
+            raise SafetensorError("Error while serializing: IoError(No space left on device)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fills_up)
+    out = tmp_path / "o"
+    r = run("tokenize", corpus_file, "--vocab-size", "300", "--out", out, code=4)
+    assert "no space left" in r.stderr and len(calls) == 2
+    assert list(out.iterdir()) == []  # no corpus.json, no orphan shard, no temp file
+
+
+def test_arm_sample_warns_about_mdm_only_options(ckpts):
+    r = run("sample", "--checkpoint", ckpts["arm"], "--length", "4", "--steps", "8")
+    r2 = run("sample", "--checkpoint", ckpts["arm"], "--length", "4", "--sampler", "ancestral")
+    warned = [ln for ln in (r.stderr + r2.stderr).splitlines() if ln.startswith("warning:")]
+    assert warned == [
+        "warning: --steps applies only to MDM checkpoints; ignored for this ARM checkpoint",
+        "warning: --sampler applies only to MDM checkpoints; ignored for this ARM checkpoint",
+    ]
+    r = run("sample", "--checkpoint", ckpts["arm"], "--length", "4")
+    assert "warning:" not in r.stderr
+    r = run("sample", "--checkpoint", ckpts["mdm"], "--length", "4", "--steps", "4")
+    assert "warning:" not in r.stderr
+
+
+def test_summary_reports_skipped_non_finite_steps(capsys, tmp_path):
+    from types import SimpleNamespace
+
+    from mdmctl.cli import _render_train_summary
+
+    r = SimpleNamespace(
+        run_dir=tmp_path,
+        checkpoint=None,
+        steps=8,
+        tokens=1024,
+        val_loss=3.0,
+        val_loss_kind="MDM ELBO bound",
+        unigram_entropy=None,
+        train_loss=3.1,
+        tokens_per_s=100.0,
+        seconds=1.0,
+        peak_rss_mb=10.0,
+        n_params_non_embedding=1,
+        device="cpu",
+        attention="sdpa",
+        resumed_from=None,
+        nonfinite_skips=2,
+    )
+    _render_train_summary(r, [], json_out=True)
+    assert json.loads(capsys.readouterr().out)["nonfinite_skips"] == 2
+    _render_train_summary(r, [], json_out=False)
+    assert "non-finite steps skipped" in capsys.readouterr().err
+    _render_train_summary(SimpleNamespace(**{**vars(r), "nonfinite_skips": 0}), [], False)
+    assert "non-finite" not in capsys.readouterr().err

@@ -84,3 +84,65 @@ def test_config_imports_without_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize(
+    "make,field",
+    [
+        (lambda v: TrainConfig(lr=v), "train.lr"),
+        (lambda v: TrainConfig(flops=v), "train.flops"),
+        (lambda v: TrainConfig(eps=v), "train.eps"),
+        (lambda v: TrainConfig(min_lr_ratio=v), "train.min_lr_ratio"),
+        (lambda v: TrainConfig(weight_decay=v), "train.weight_decay"),
+        (lambda v: TrainConfig(beta2=v), "train.beta2"),
+        (lambda v: TrainConfig(grad_clip=v), "train.grad_clip"),
+        (lambda v: TrainConfig(var_len_prob=v), "train.var_len_prob"),
+        (lambda v: ModelConfig.from_name("tiny", rope_base=v), "model.rope_base"),
+        (lambda v: ModelConfig.from_name("tiny", norm_eps=v), "model.norm_eps"),
+    ],
+)
+def test_non_finite_config_fields_are_refused(make, field, value):
+    with pytest.raises(ConfigError, match=f"{field}: must be a finite number"):
+        make(value)
+
+
+@pytest.mark.parametrize(
+    "make,field",
+    [
+        (lambda v: _sample_cfg(cfg=v), "--cfg"),
+        (lambda v: _sample_cfg(temperature=v), "--temperature"),
+        (lambda v: _finetune_cfg(cfg_dropout=v), "--cfg-dropout"),
+        (lambda v: _finetune_cfg(val_fraction=v), "--val-fraction"),
+        (lambda v: _finetune_cfg(epochs=v), "--epochs"),
+    ],
+)
+def test_non_finite_options_are_refused(make, field):
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match=f"{field}: must be a finite number"):
+            make(value)
+
+
+def _sample_cfg(**kw):
+    from mdmctl.sampling import SampleConfig
+
+    return SampleConfig(**kw)
+
+
+def _finetune_cfg(**kw):
+    from mdmctl.config import FinetuneConfig
+
+    return FinetuneConfig(init="x", data="y", **kw)
+
+
+@pytest.mark.parametrize("literal", ["inf", "-inf", "nan"])
+def test_toml_non_finite_literal_is_refused(tmp_path, literal):
+    p = tmp_path / "run.toml"
+    p.write_text(f"[train]\nlr = {literal}\n")
+    with pytest.raises(ConfigError, match="run.toml: train.lr: must be a finite number"):
+        load_toml(p)
+
+
+def test_config_path_that_is_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; expected a TOML run file"):
+        load_toml(tmp_path)

@@ -180,3 +180,107 @@ def test_loader_refuses_state_of_another_corpus(corpus_dir):
     state["windows"] += 1
     with pytest.raises(CompatibilityError, match="training windows"):
         TrainLoader(w, 4, seed=1).load_state_dict(state)
+
+
+def _copy_corpus(corpus_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "c"
+    shutil.copytree(corpus_dir, out)
+    return out
+
+
+def _rewrite_shard(path, edit):
+    """Rewrite a shard's tokens with ``edit`` and record the new sha256, as a foreign tool might."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mdmctl.fileio import sha256_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    edit(tensors["tokens"])
+    save_file(tensors, str(path), metadata=meta)
+    cj = path.parent / "corpus.json"
+    m = json.loads(cj.read_text())
+    for s in m["splits"]["train"]["shards"]:
+        if s["file"] == path.name:
+            s["sha256"] = sha256_file(path)
+    cj.write_text(json.dumps(m))
+
+
+def test_flipped_byte_in_a_shard_fails_the_hash(tmp_path, corpus_dir):
+    from mdmctl.data.shards import verify_corpus
+    from mdmctl.errors import CorpusIntegrityError
+
+    out = _copy_corpus(corpus_dir, tmp_path)
+    shard = out / "train-00000.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-7] + bytes([data[-7] ^ 1]) + data[-6:])
+    m = read_manifest(out)  # cheap checks pass: header and sizes are intact
+    with pytest.raises(
+        CorpusIntegrityError, match=r"train-00000\.safetensors: sha256 mismatch"
+    ) as e:
+        verify_corpus(m)
+    assert e.value.exit_code == 4 and isinstance(e.value, DataError)
+
+
+def test_out_of_vocabulary_id_is_caught(tmp_path, corpus_dir):
+    from mdmctl.data.shards import verify_corpus
+    from mdmctl.errors import CorpusIntegrityError
+
+    out = _copy_corpus(corpus_dir, tmp_path)
+    vocab = json.loads((out / "corpus.json").read_text())["tokenizer"]["vocab_size"]
+    _rewrite_shard(out / "train-00000.safetensors", lambda t: t.__setitem__(5, vocab + 3))
+    m = read_manifest(out)
+    verify_corpus(m)  # the hash matches the rewritten shard
+    with pytest.raises(CorpusIntegrityError, match=f"token id {vocab + 3} at position 5"):
+        verify_corpus(m, full=True)
+    # without --verify-data the batch that holds it fails typed, not with an IndexError
+    with pytest.raises(CorpusIntegrityError, match="outside the vocabulary"):
+        TokenWindows(m, "train", 32).window(0)
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: d[: len(d) // 2], "unreadable or truncated shard"),
+        (lambda d: b"\xff" * 8 + d[8:], "unreadable or truncated shard"),
+    ],
+    ids=["truncated", "bad-header"],
+)
+def test_truncated_or_bad_header_shard(tmp_path, corpus_dir, damage, message):
+    from mdmctl.errors import CorpusIntegrityError
+
+    out = _copy_corpus(corpus_dir, tmp_path)
+    shard = out / "val-00000.safetensors"
+    shard.write_bytes(damage(shard.read_bytes()))
+    with pytest.raises(CorpusIntegrityError, match=rf"val-00000\.safetensors: {message}") as e:
+        read_manifest(out)
+    assert e.value.exit_code == 4
+
+
+def test_shard_of_another_length_or_dtype(tmp_path, corpus_dir):
+    from mdmctl.errors import CorpusIntegrityError
+
+    out = _copy_corpus(corpus_dir, tmp_path)
+    m = json.loads((out / "corpus.json").read_text())
+    m["splits"]["train"]["shards"][0]["tokens"] += 1
+    m["splits"]["train"]["tokens"] += 1
+    (out / "corpus.json").write_text(json.dumps(m))
+    with pytest.raises(CorpusIntegrityError, match="header does not match corpus.json"):
+        read_manifest(out)
+
+
+@pytest.mark.parametrize("field", ["splits", "tokenizer", "dtype"])
+def test_corpus_json_missing_a_field(tmp_path, corpus_dir, field):
+    from mdmctl.errors import CorpusIntegrityError
+
+    out = _copy_corpus(corpus_dir, tmp_path)
+    m = json.loads((out / "corpus.json").read_text())
+    del m[field]
+    (out / "corpus.json").write_text(json.dumps(m))
+    with pytest.raises(CorpusIntegrityError, match=f"missing or invalid field '{field}'") as e:
+        read_manifest(out)
+    assert e.value.exit_code == 4 and "corpus.json" in str(e.value)

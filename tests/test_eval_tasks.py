@@ -125,8 +125,14 @@ def test_reverse_curse_scoring():
     "hyp,ref",
     [
         ("the acclaimed director of the film", " the acclaimed director of the film"),
-        (" is understatement D J Journe Th Through Time.", "the acclaimed director of 'A Journey Through Time'"),
-        ("the acclaimed diretortor of the v reality masterpiece", "The acclaimed director of the virtual reality masterpiece"),
+        (
+            " is understatement D J Journe Th Through Time.",
+            "the acclaimed director of 'A Journey Through Time'",
+        ),
+        (
+            "the acclaimed diretortor of the v reality masterpiece",
+            "The acclaimed director of the virtual reality masterpiece",
+        ),
         ("abc", "the acclaimed director"),  # unigram matches, no 4-gram: nltk's 1e-77
         ("zzz", "the acclaimed director"),  # no unigram match: 0
         ("Daphne", "Daphne Barrington"),  # short: brevity penalty
@@ -211,8 +217,20 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
     r = run("eval", "gsm8k", "--data", data, "--predictions", tmp_path / "o.jsonl", "--json")
     assert json.loads(r.stdout)["accuracy"] == res["accuracy"]
     # SMDM's canvas (--total-length 256) is capped at the context of 48: generations fill it
-    r = run("eval", "gsm8k", "--checkpoint", tmp_path / "m", "--data", data, "--steps", "4",
-            "--one-stage", "--json", "--out", tmp_path / "o1.jsonl")
+    r = run(
+        "eval",
+        "gsm8k",
+        "--checkpoint",
+        tmp_path / "m",
+        "--data",
+        data,
+        "--steps",
+        "4",
+        "--one-stage",
+        "--json",
+        "--out",
+        tmp_path / "o1.jsonl",
+    )
     settings = json.loads(r.stdout)["settings"]
     assert settings["total_length"] == 256 and settings["two_stage"] is False
     assert settings["truncated_prompts"] == 0 and settings["nfe"] <= 4
@@ -252,8 +270,21 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
     res = json.loads(r.stdout)
     assert [x["split"] for x in res] == ["p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse"]
     assert all(x["candidates"] == 2 and 0 <= x["rank_accuracy"] <= 1 for x in res)
-    r = run("eval", "reverse-curse", "--checkpoint", tmp_path / "m", "--data-dir", rc,
-            "--total-length", "16", "--steps", "4", "--json", "--splits", "p2d_reverse")
+    r = run(
+        "eval",
+        "reverse-curse",
+        "--checkpoint",
+        tmp_path / "m",
+        "--data-dir",
+        rc,
+        "--total-length",
+        "16",
+        "--steps",
+        "4",
+        "--json",
+        "--splits",
+        "p2d_reverse",
+    )
     assert [x["split"] for x in json.loads(r.stdout)] == ["p2d_reverse"]
     r = run("eval", "reverse-curse", "--data-dir", rc, "--splits", "p2d_backwards", code=2)
     assert "--splits" in r.stderr
@@ -315,10 +346,18 @@ def test_gsm8k_stage_contexts_are_prefixes_of_the_training_examples(tmp_path):
     from mdmctl.tokenizer import EOS_TOKEN, train_bpe
 
     src = SHARED / "gsm8k" / "train.jsonl"
-    lines = src.read_text().splitlines()[:20] if src.is_file() else [
-        json.dumps({"question": "Tom has 3 apples and buys 4. How many?",
-                    "answer": "He has 3 + 4 = <<3+4=7>>7 apples.\n#### 7"})
-    ]
+    lines = (
+        src.read_text().splitlines()[:20]
+        if src.is_file()
+        else [
+            json.dumps(
+                {
+                    "question": "Tom has 3 apples and buys 4. How many?",
+                    "answer": "He has 3 + 4 = <<3+4=7>>7 apples.\n#### 7",
+                }
+            )
+        ]
+    )
     (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
     tok = train_bpe(iter(json.loads(x)["question"] + json.loads(x)["answer"] for x in lines), 400)
     eos = tok.token_to_id(EOS_TOKEN)

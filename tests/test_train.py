@@ -63,9 +63,10 @@ def test_resume_is_bit_exact(tmp_path, corpus_dir, objective):
     def records(run):
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
         out = {}
-        for line in lines:  # the crashed run logged step 4 once before the crash; keep the last
+        for line in lines:
             r = json.loads(line)
             r.pop("tokens_per_s")
+            assert r["step"] not in out  # the crashed run's step-4 record was dropped on resume
             out[r["step"]] = r
         return out
 
@@ -101,11 +102,12 @@ def test_nan_loss_stops_before_update(tmp_path, corpus_dir, monkeypatch):
     from mdmctl import checkpoint as ckpt
 
     assert [p.name for p in ckpt.list_steps(tmp_path / "n")] == ["step-00000003"]
+    assert not (tmp_path / "n" / ".mdmctl.lock").exists()  # released on error too
     calls["n"] = 0
     r = pretrain(
         _run(corpus_dir, tmp_path / "s", steps=8, max_nonfinite_skips=1), log=lambda m: None
     )
-    assert r.steps == 8
+    assert r.steps == 8 and r.nonfinite_skips == 1
 
 
 def test_training_reduces_loss_below_unigram(tmp_path, corpus_dir):
@@ -133,3 +135,122 @@ def test_resume_from_older_step_with_newer_ones_is_refused(tmp_path, corpus_dir)
 def test_seed_bounds():
     with pytest.raises(ConfigError, match="seed"):
         TrainConfig(seed=-1)
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid  # reaped: no process has this pid now (reuse this soon is vanishingly rare)
+
+
+def test_run_dir_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path, corpus_dir):
+    import os
+    import socket
+
+    from mdmctl.errors import RunLockedError
+    from mdmctl.runlock import LOCK_NAME
+
+    out = tmp_path / "r"
+    out.mkdir()
+    lock = out / LOCK_NAME
+    held = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": "t"})
+    lock.write_text(held)
+    with pytest.raises(RunLockedError) as e:
+        pretrain(_run(corpus_dir, out, steps=1), log=lambda m: None)
+    msg = str(e.value)
+    assert str(lock) in msg and f"pid {os.getpid()}" in msg and socket.gethostname() in msg
+    assert e.value.exit_code == 2
+    assert lock.read_text() == held  # the refused run left the owner's lock alone
+    assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
+
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+    logs: list[str] = []
+    r = pretrain(_run(corpus_dir, out, steps=1), log=logs.append)
+    assert r.steps == 1
+    assert any("recovered stale lock" in m for m in logs)
+    assert not lock.exists()  # released on normal exit
+
+
+def test_step_set_aside_twice_gets_a_fresh_name(tmp_path, corpus_dir):
+    out = tmp_path / "r"
+    pretrain(_run(corpus_dir, out, steps=6, keep_last=3), log=lambda m: None)
+    root = out / "checkpoints"
+    (root / "invalid-step-00000006").mkdir()  # set aside by an earlier resume
+    (root / "invalid-step-00000006" / "model.safetensors").write_bytes(b"old")
+    w = root / "step-00000006" / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    logs: list[str] = []
+    r = pretrain(_run(corpus_dir, out, steps=6, keep_last=3), log=logs.append)
+    assert r.resumed_from == 3 and r.steps == 6
+    assert (root / "invalid-step-00000006" / "model.safetensors").read_bytes() == b"old"
+    assert (root / "invalid-step-00000006.1" / "model.safetensors").read_bytes() != data
+    assert any("moved unverifiable step-00000006 to invalid-step-00000006.1" in m for m in logs)
+
+
+def test_resume_auto_skips_unreadable_weights_with_a_matching_manifest(tmp_path, corpus_dir):
+    from mdmctl.fileio import sha256_file
+
+    out = tmp_path / "r"
+    pretrain(_run(corpus_dir, out, steps=6), log=lambda m: None)
+    step = out / "checkpoints" / "step-00000006"
+    w = step / "model.safetensors"
+    w.write_bytes(b"\xff" * 64)  # garbage that was hashed into the manifest as if it were good
+    manifest = json.loads((step / "MANIFEST.json").read_text())
+    manifest["files"]["model.safetensors"] = {"size": 64, "sha256": sha256_file(w)}
+    (step / "MANIFEST.json").write_text(json.dumps(manifest))
+    logs: list[str] = []
+    r = pretrain(_run(corpus_dir, out, steps=6), log=logs.append)
+    assert r.resumed_from == 3 and r.steps == 6
+    assert any("skipping step-00000006" in m and "unreadable weights" in m for m in logs)
+
+
+def test_metrics_truncated_to_the_resumed_step(tmp_path):
+    from mdmctl.log import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 7)))
+    path.write_text(path.read_text() + '{"step": 7, "lo')  # torn by a kill mid-write
+    assert truncate_metrics(path, 4, log=lambda m: None) == 3
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3, 4]
+    assert truncate_metrics(path, 4, log=lambda m: None) == 0
+    assert truncate_metrics(path, 0, log=lambda m: None) == 4 and path.read_text() == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temp file left
+
+
+def test_full_disk_at_start_leaves_no_half_written_config(tmp_path, corpus_dir, monkeypatch):
+    import errno
+
+    import mdmctl.fileio as fio
+    from mdmctl.errors import OutputError
+
+    def half_then_full(path, text):
+        path.write_text(text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fio, "_write_text", half_then_full)
+    out = tmp_path / "r"
+    with pytest.raises(OutputError, match="no space left") as e:
+        pretrain(_run(corpus_dir, out, steps=1), log=lambda m: None)
+    assert e.value.exit_code == 4
+    assert sorted(p.name for p in out.iterdir()) == []  # no config.json, no temp file, no lock
+
+
+def test_sigterm_saves_and_releases_the_lock(tmp_path, corpus_dir):
+    import os
+    import signal
+
+    from mdmctl.train import Interrupted
+
+    def term(step, total, record):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag
+
+    out = tmp_path / "r"
+    with pytest.raises(Interrupted) as e:
+        pretrain(_run(corpus_dir, out, steps=6), on_step=term, log=lambda m: None)
+    assert e.value.exit_code == 143
+    assert (out / "checkpoints" / "step-00000002" / "MANIFEST.json").is_file()
+    assert not (out / ".mdmctl.lock").exists()

@@ -329,9 +329,31 @@ def test_lm_eval_adapter_runs_real_tasks_offline(tmp_path, ckpts):
         code=2,
     )
     assert "unknown lm-eval task" in r.stderr
-    r = run("eval", "lm-eval", "--checkpoint", ckpts["mdm"], "--tasks", "t_mc",
-            "--include-path", tasks, "--model-args", "mc_nmu=4", code=2)
+    r = run(
+        "eval",
+        "lm-eval",
+        "--checkpoint",
+        ckpts["mdm"],
+        "--tasks",
+        "t_mc",
+        "--include-path",
+        tasks,
+        "--model-args",
+        "mc_nmu=4",
+        code=2,
+    )
     assert "--model-args" in r.stderr and "mc_nmu" in r.stderr
-    r = run("eval", "lm-eval", "--checkpoint", ckpts["arm"], "--tasks", "t_mc",
-            "--include-path", tasks, "--model-args", "cfg=1", code=2)
+    r = run(
+        "eval",
+        "lm-eval",
+        "--checkpoint",
+        ckpts["arm"],
+        "--tasks",
+        "t_mc",
+        "--include-path",
+        tasks,
+        "--model-args",
+        "cfg=1",
+        code=2,
+    )
     assert "cfg applies to objective 'mdm'" in r.stderr

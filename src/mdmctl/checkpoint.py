@@ -8,7 +8,6 @@ directory without a manifest is incomplete. Only safetensors and JSON are ever r
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -24,8 +23,8 @@ from safetensors.torch import save_file
 
 from mdmctl import __version__
 from mdmctl.config import ModelConfig
-from mdmctl.errors import CheckpointError, CompatibilityError
-from mdmctl.fileio import sha256_file
+from mdmctl.errors import CheckpointError, CompatibilityError, ConfigError
+from mdmctl.fileio import fsync_dir, fsync_file, is_no_space, is_write_failure, sha256_file
 
 FORMAT_VERSION = 1
 STEP_PREFIX = "step-"
@@ -45,22 +44,6 @@ _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 
 def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:08d}"
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def optimizer_tensors(
@@ -147,7 +130,7 @@ def save_checkpoint(
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         files = {}
         for f in sorted(tmp.iterdir()):
-            _fsync_file(f)
+            fsync_file(f)
             files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -161,21 +144,22 @@ def save_checkpoint(
             "save_seconds": round(time.perf_counter() - t0, 3),
         }
         (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
-        _fsync_file(tmp / "MANIFEST.json")
-        _fsync_dir(tmp)
+        fsync_file(tmp / "MANIFEST.json")
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)  # re-saving the same step (e.g. a signal right after a save)
         os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
+        fsync_dir(ckpt_root)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        # safetensors reports a full disk as SafetensorError, not OSError: classify by meaning.
+        if is_no_space(e):
             last = find_latest(run_dir, quiet=True)
             raise CheckpointError(
                 f"no space left on device while writing {final.name}; last good checkpoint "
                 f"{last.name if last else '(none)'} is intact"
             ) from None
-        if isinstance(e, OSError):
+        if is_write_failure(e):
             raise CheckpointError(f"could not write {final.name}: {e}") from None
         raise
     _retain(ckpt_root, keep_last)
@@ -233,7 +217,47 @@ def verify(step_dir: Path, *, check_hash: bool = True) -> dict[str, Any]:
                     f"{path}: sha256 mismatch (expected {entry['sha256'][:16]}…, "
                     f"actual {actual[:16]}…): the file is corrupt"
                 )
+    for name in files:
+        _check_readable(step_dir / name)
     return manifest
+
+
+def _check_readable(path: Path) -> None:
+    """Parse a file's structure (cheap: headers and small JSON only).
+
+    A manifest can match bytes that were already garbage when hashed (a bad write, a bug), so a
+    matching hash is not enough: ``--resume auto`` must skip such a step exactly like a hash
+    mismatch instead of picking it and failing at load.
+    """
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                list(f.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: unreadable weights ({e})") from None
+        if path.name == "model.safetensors":
+            _model_info(meta, path)
+    elif path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+        except (ValueError, OSError) as e:
+            raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"non-finite value {name}")
+
+
+def _model_info(meta: dict[str, str], path: Path) -> tuple[ModelConfig, str]:
+    """(model config, tokenizer sha256) from model.safetensors' ``mdmctl`` metadata."""
+    try:
+        info = json.loads(meta["mdmctl"])
+        return ModelConfig.from_dict(info["model_config"]), info.get("tokenizer_sha256", "")
+    except (KeyError, json.JSONDecodeError, TypeError, AttributeError, ConfigError) as e:
+        raise CheckpointError(
+            f"{path}: no mdmctl model config in safetensors metadata ({e})"
+        ) from None
 
 
 def list_steps(run_dir: Path) -> list[Path]:
@@ -298,16 +322,10 @@ def load_checkpoint(step_dir: Path, *, check_hash: bool = True) -> LoadedCheckpo
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable weights ({e})") from None
-    try:
-        info = json.loads(meta["mdmctl"])
-        cfg = ModelConfig.from_dict(info["model_config"])
-    except (KeyError, json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(
-            f"{path}: no mdmctl model config in safetensors metadata ({e})"
-        ) from None
-    return LoadedCheckpoint(step_dir, cfg, state, manifest, info.get("tokenizer_sha256", ""))
+    cfg, tokenizer_sha256 = _model_info(meta, path)
+    return LoadedCheckpoint(step_dir, cfg, state, manifest, tokenizer_sha256)
 
 
 def read_train_state(step_dir: Path) -> dict[str, Any]:
@@ -326,8 +344,11 @@ def read_train_state(step_dir: Path) -> dict[str, Any]:
 
 def read_optimizer(step_dir: Path) -> dict[str, torch.Tensor]:
     path = step_dir / "optimizer.safetensors"
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable optimizer state ({e})") from None
 
 
 def check_compatible(ckpt: ModelConfig, requested: ModelConfig, fields=ARCH_FIELDS) -> None:

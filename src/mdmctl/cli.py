@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Iterator
 from enum import Enum
@@ -77,6 +78,14 @@ def _root(
     setup_logging(verbose)
 
 
+def _finite(value: float | None) -> float | None:
+    """Typer callback for float options: ``inf`` and ``nan`` parse as floats and pass Typer's
+    ``min=`` checks (``nan < 0`` is false), then fail far from the option (``--lr inf``)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
 def _log(msg: str) -> None:
     from mdmctl.log import info
 
@@ -111,7 +120,7 @@ def tokenize(
         None, "--eos-token", help="Name of the end-of-text token in --tokenizer."
     ),
     val_fraction: float = typer.Option(
-        0.01, "--val-fraction", help="Share of documents held out for validation."
+        0.01, "--val-fraction", help="Share of documents held out for validation.", callback=_finite
     ),
     shard_tokens: int = typer.Option(
         50_000_000, "--shard-tokens", min=1024, help="Tokens per shard file."
@@ -207,7 +216,7 @@ def pretrain(
         None, "--tokens", min=1, help="Training tokens (instead of --steps)."
     ),
     flops: float | None = typer.Option(
-        None, "--flops", help="Compute budget C = 6·N·D (instead of --steps)."
+        None, "--flops", help="Compute budget C = 6·N·D (instead of --steps).", callback=_finite
     ),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Global batch in sequences."
@@ -220,12 +229,19 @@ def pretrain(
     d_model: int | None = typer.Option(None, "--d-model", min=1),
     n_heads: int | None = typer.Option(None, "--n-heads", min=1),
     d_ff: int | None = typer.Option(None, "--d-ff", min=1),
-    lr: float | None = typer.Option(None, "--lr"),
+    lr: float | None = typer.Option(None, "--lr", callback=_finite),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0),
     var_len_prob: float | None = typer.Option(
-        None, "--var-len-prob", min=0, max=1, help="MDM: probability of a variable-length batch."
+        None,
+        "--var-len-prob",
+        min=0,
+        max=1,
+        help="MDM: probability of a variable-length batch.",
+        callback=_finite,
     ),
-    eps: float | None = typer.Option(None, "--eps", help="MDM: minimum masking probability."),
+    eps: float | None = typer.Option(
+        None, "--eps", help="MDM: minimum masking probability.", callback=_finite
+    ),
     doc_mask: bool | None = typer.Option(
         None, "--doc-mask/--no-doc-mask", help="Block-diagonal attention over packed documents."
     ),
@@ -246,6 +262,12 @@ def pretrain(
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Delete an existing run in --out first."
+    ),
+    verify_data: bool = typer.Option(
+        False,
+        "--verify-data",
+        help="Also read every token and check it against the vocabulary (shards are always "
+        "checked against corpus.json's sha256 once per run).",
     ),
     show_samples: int = typer.Option(
         3, "--show-samples", min=0, help="Samples printed in the summary."
@@ -308,17 +330,22 @@ def pretrain(
             attention=attention.value,
             dtype=dtype,
         )
-        result = _run_pretrain(run, resume, overwrite)
+        result = _run_pretrain(run, resume, overwrite, verify_data)
         samples = _summary_samples(result, show_samples) if show_samples else []
         _render_train_summary(result, samples, json_out)
 
 
-def _run_pretrain(run: Any, resume: str, overwrite: bool) -> Any:
+def _run_pretrain(run: Any, resume: str, overwrite: bool, verify_data: bool = False) -> Any:
     from mdmctl.train import pretrain as lib_pretrain
 
     return _with_progress(
         lambda on_step: lib_pretrain(
-            run, resume=resume, overwrite=overwrite, on_step=on_step, log=_log
+            run,
+            resume=resume,
+            overwrite=overwrite,
+            verify_data=verify_data,
+            on_step=on_step,
+            log=_log,
         )
     )
 
@@ -401,6 +428,7 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
         "device": r.device,
         "attention": r.attention,
         "resumed_from": r.resumed_from,
+        "nonfinite_skips": r.nonfinite_skips,
         "samples": samples,
     }
     if json_out:
@@ -410,6 +438,9 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
     t.add_row("run", str(r.run_dir))
     t.add_row("checkpoint", str(r.checkpoint))
     t.add_row("steps / tokens", f"{r.steps:,} / {r.tokens:,}")
+    if r.nonfinite_skips:
+        # Skipped updates are silent in the loss curve: the summary must say the run had them.
+        t.add_row("non-finite steps skipped", f"{r.nonfinite_skips:,} (no update applied)")
     t.add_row(f"val loss ({r.val_loss_kind})", f"{r.val_loss:.4f} nats/token")
     if r.unigram_entropy is not None:
         t.add_row("unigram entropy of the corpus", f"{r.unigram_entropy:.4f} nats/token")
@@ -459,6 +490,7 @@ def finetune(
         0.0,
         "--cfg-dropout",
         help="Standard-CFG baseline: mask the whole prompt with this probability (MDM).",
+        callback=_finite,
     ),
     fmt: SFTFormat = typer.Option(
         SFTFormat.auto, "--format", help="Data format; auto detects by fields."
@@ -471,14 +503,18 @@ def finetune(
         0.05,
         "--val-fraction",
         help="Share of examples held out for the conditional validation loss.",
+        callback=_finite,
     ),
     epochs: float | None = typer.Option(
-        None, "--epochs", help="Passes over the examples (default 1 unless --steps)."
+        None,
+        "--epochs",
+        help="Passes over the examples (default 1 unless --steps).",
+        callback=_finite,
     ),
     steps: int | None = typer.Option(None, "--steps", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Examples per optimizer step."),
     micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", min=1),
-    lr: float | None = typer.Option(None, "--lr"),
+    lr: float | None = typer.Option(None, "--lr", callback=_finite),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0),
     seq_len: int | None = typer.Option(
         None, "--seq-len", min=8, help="Context for fine-tuning (at most the checkpoint's)."
@@ -578,9 +614,15 @@ def sample(
     length: int = typer.Option(64, "--length", min=1, help="Tokens to generate."),
     steps: int = typer.Option(64, "--steps", min=1, help="Denoising steps (MDM)."),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
-    temperature: float = typer.Option(1.0, "--temperature", min=0, help="0 = argmax."),
+    temperature: float = typer.Option(
+        1.0, "--temperature", min=0, help="0 = argmax.", callback=_finite
+    ),
     cfg: float = typer.Option(
-        0.0, "--cfg", min=0, help="Unsupervised classifier-free guidance scale (MDM)."
+        0.0,
+        "--cfg",
+        min=0,
+        help="Unsupervised classifier-free guidance scale (MDM).",
+        callback=_finite,
     ),
     seed: int = typer.Option(0, "--seed"),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="Samples per prompt."),
@@ -623,6 +665,7 @@ def sample(
             stop_at_eos=stop_at_eos,
         )
         res = sample_from_checkpoint(scfg, log=_log)
+        _warn_ignored_mdm_options(res.objective, steps=steps, sampler=sampler.value)
         for s in res.samples:
             if json_out:
                 print(json.dumps({"prompt": s.prompt, "text": s.text, "token_ids": s.token_ids}))
@@ -634,6 +677,29 @@ def sample(
             f"generated tokens in {res.seconds:.2f}s ({res.tokens_per_s:,.1f} tokens/s), "
             f"{res.nfe} forward passes",
             highlight=False,
+        )
+
+
+def _warn_ignored_mdm_options(objective: str, *, steps: int, sampler: str) -> None:
+    """One stderr line when an ARM checkpoint is given MDM-only options it cannot use (its
+    decoding is left to right: no denoising steps, no reveal order). ``--cfg`` is an error
+    instead (B26): it would change the result, these only look as if they did."""
+    from mdmctl.log import console
+
+    if objective != "arm":
+        return
+    given = [
+        name
+        for name, value, default in (("--steps", steps, 64), ("--sampler", sampler, "confidence"))
+        if value != default
+    ]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        console.print(
+            f"warning: {', '.join(given)} {verb} only to MDM checkpoints; ignored for this ARM "
+            "checkpoint",
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -767,12 +833,20 @@ def eval_gsm8k(
         None, "--answer-length", min=1, help="Stage 2 only: generate this many tokens."
     ),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
-    temperature: float = typer.Option(0.1, "--temperature", min=0),
+    temperature: float = typer.Option(0.1, "--temperature", min=0, callback=_finite),
     cfg: float = typer.Option(
-        0.1, "--cfg", min=0, help="Unsupervised CFG scale (SMDM --cfg1 0.1; ARM checkpoints: 0)."
+        0.1,
+        "--cfg",
+        min=0,
+        help="Unsupervised CFG scale (SMDM --cfg1 0.1; ARM checkpoints: 0).",
+        callback=_finite,
     ),
     answer_cfg: float | None = typer.Option(
-        None, "--answer-cfg", min=0, help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg."
+        None,
+        "--answer-cfg",
+        min=0,
+        help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg.",
+        callback=_finite,
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -866,9 +940,13 @@ def eval_reverse_curse(
     ),
     steps: int = typer.Option(32, "--steps", min=1),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
-    temperature: float = typer.Option(0.0, "--temperature", min=0),
+    temperature: float = typer.Option(0.0, "--temperature", min=0, callback=_finite),
     cfg: float = typer.Option(
-        0.8, "--cfg", min=0, help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0)."
+        0.8,
+        "--cfg",
+        min=0,
+        help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0).",
+        callback=_finite,
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -1012,7 +1090,10 @@ def _zero_shot_command(name: str, help_text: str) -> None:
             128, "--mc-samples", "--mc-num", min=1, help="MDM mc: stratified t samples."
         ),
         cfg: float | None = typer.Option(
-            None, "--cfg", help="MDM unsupervised CFG scale. Default: the paper's per task."
+            None,
+            "--cfg",
+            help="MDM unsupervised CFG scale. Default: the paper's per task.",
+            callback=_finite,
         ),
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward."),
         seed: int = typer.Option(0, "--seed"),
@@ -1063,7 +1144,9 @@ def eval_all(
         None, "--estimator", help="MDM: mc or chain-rule for every task. Default: per task."
     ),
     mc_samples: int = typer.Option(128, "--mc-samples", "--mc-num", min=1),
-    cfg: float | None = typer.Option(None, "--cfg", help="MDM CFG for every task."),
+    cfg: float | None = typer.Option(
+        None, "--cfg", help="MDM CFG for every task.", callback=_finite
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device"),
@@ -1104,7 +1187,9 @@ def eval_lm_eval(
         "sampler, temperature, max_gen_toks, seed, attention.",
     ),
     num_fewshot: int | None = typer.Option(None, "--num-fewshot", min=0),
-    limit: float | None = typer.Option(None, "--limit", help="Documents per task (or a fraction)."),
+    limit: float | None = typer.Option(
+        None, "--limit", help="Documents per task (or a fraction).", callback=_finite
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device"),
     include_path: Path | None = typer.Option(

@@ -64,6 +64,20 @@ TINY_SIZES: dict[str, tuple[int, int, int, int, int]] = {
 MODEL_SIZES: tuple[str, ...] = tuple(TINY_SIZES) + tuple(SMDM_SIZES)
 
 
+def check_finite(obj: Any, prefix: str) -> None:
+    """Reject inf and nan in every float field of a config dataclass, naming the field.
+
+    Range checks written as ``x > 0`` let ``inf`` through (and ``nan`` through ``x < 0``); an
+    infinite lr then fails only at the first save, and writes ``Infinity`` into metrics.jsonl.
+    ``prefix`` is ``"train."``-style for config sections, ``"--"`` for command-line options.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            name = f.name.replace("_", "-") if prefix == "--" else f.name
+            raise ConfigError(f"{prefix}{name}: must be a finite number, got {value}")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
     """LLaMA-style transformer shared by the MDM and the ARM (method.md §2)."""
@@ -83,6 +97,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        check_finite(self, "model.")
         if self.objective not in ("mdm", "arm"):
             raise ConfigError(f"model.objective: expected 'mdm' or 'arm', got {self.objective!r}")
         for name in ("n_layers", "d_model", "n_heads", "d_ff", "seq_len"):
@@ -192,6 +207,7 @@ class TrainConfig:
     max_nonfinite_skips: int = 0
 
     def __post_init__(self) -> None:
+        check_finite(self, "train.")
         given = [n for n in ("steps", "tokens", "flops") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ConfigError(f"train: give only one of steps / tokens / flops (got {given})")
@@ -326,6 +342,8 @@ def _checked(cls: type, d: dict[str, Any], section: str) -> dict[str, Any]:
         )
         if not ok:
             raise ConfigError(f"{section}.{key}: expected {base}, got {type(value).__name__}")
+        if base == "float" and not math.isfinite(value):  # TOML has inf and nan literals
+            raise ConfigError(f"{section}.{key}: must be a finite number, got {value}")
         out[key] = float(value) if base == "float" else value
     return out
 
@@ -333,10 +351,14 @@ def _checked(cls: type, d: dict[str, Any], section: str) -> dict[str, Any]:
 def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a run file with sections [model] and [train]; unknown sections are errors."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--config {p}: is a folder; expected a TOML run file")
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"{p}: config file not found") from e
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {p}: cannot read ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: {e}") from e
     sections = ("model", "train")
@@ -390,6 +412,7 @@ class FinetuneConfig:
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __post_init__(self) -> None:
+        check_finite(self, "--")
         if self.objective not in SFT_OBJECTIVES:
             raise ConfigError(
                 f"--sft-objective: expected one of {', '.join(SFT_OBJECTIVES)}, got {self.objective!r}"

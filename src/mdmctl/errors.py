@@ -30,6 +30,14 @@ class TokenizerError(DataError):
     """Tokenizer lacks what mdmctl needs (mask / eos / pad)."""
 
 
+class CorpusIntegrityError(DataError):
+    """A tokenized corpus is corrupt: shard hash, header, size or token range disagrees with
+    ``corpus.json``, or ``corpus.json`` lacks a field. Still a ``DataError`` for callers, but
+    exit 4: the input is a damaged artifact (like a corrupt checkpoint), not a bad source text."""
+
+    exit_code = 4
+
+
 class CheckpointError(MdmctlError):
     """Missing, truncated, corrupt or unreadable checkpoint."""
 
@@ -38,6 +46,15 @@ class CheckpointError(MdmctlError):
 
 class CompatibilityError(CheckpointError):
     """Checkpoint does not match the requested architecture, tokenizer or data."""
+
+
+class OutputError(CheckpointError):
+    """An output file (run config, corpus shard, tokenizer, manifest) could not be written: no space
+    left, quota or I/O error. Nothing half-written is left behind."""
+
+
+class RunLockedError(ConfigError):
+    """Another live process holds the run directory's lock (two runs on one ``--out``)."""
 
 
 class DivergenceError(MdmctlError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,39 @@ class MetricsWriter:
                     "cannot write %s (%s); continuing", self.path, e
                 )
                 self._warned = True
+
+
+def truncate_metrics(path: Path, last_step: int, log: Callable[[str], None] = info) -> int:
+    """Keep only the records of ``path`` with ``step <= last_step``; returns how many were dropped.
+
+    Called when a run starts from ``last_step`` (0: fresh): the records after it belong to steps
+    that a kill threw away and that will be trained, and logged, again. A torn last line (killed
+    mid-write) is dropped too. The file is replaced atomically, so a crash here loses nothing; a
+    failure to rewrite it only warns, like any metrics write.
+    """
+    from mdmctl.errors import OutputError
+    from mdmctl.fileio import atomic_write_text
+
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    steps = [_record_step(ln) for ln in lines]
+    kept = [ln for ln, st in zip(lines, steps, strict=True) if st is not None and st <= last_step]
+    dropped = len(lines) - len(kept)
+    if dropped == 0:
+        return 0
+    try:
+        atomic_write_text(path, "".join(ln if ln.endswith("\n") else ln + "\n" for ln in kept))
+    except OutputError as e:
+        logging.getLogger("mdmctl").warning("cannot truncate %s (%s); continuing", path, e)
+        return 0
+    log(f"{path.name}: dropped {dropped} records after step {last_step} (they will be redone)")
+    return dropped
+
+
+def _record_step(line: str) -> int | None:
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None

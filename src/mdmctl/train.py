@@ -21,11 +21,12 @@ from typing import Any
 import torch
 
 from mdmctl import checkpoint as ckpt
+from mdmctl import runlock
 from mdmctl.attention import resolve_backend
 from mdmctl.autoregressive import arm_loss, arm_nll
 from mdmctl.config import FinetuneConfig, ModelConfig, RunConfig, TrainConfig
 from mdmctl.data.batches import TokenWindows, TrainLoader, mix
-from mdmctl.data.shards import read_manifest, tokenizer_info
+from mdmctl.data.shards import read_manifest, tokenizer_info, verify_corpus
 from mdmctl.diffusion import mdm_elbo, mdm_loss
 from mdmctl.errors import (
     CheckpointError,
@@ -35,7 +36,8 @@ from mdmctl.errors import (
     DivergenceError,
     MdmctlError,
 )
-from mdmctl.log import MetricsWriter, info
+from mdmctl.fileio import atomic_write_text
+from mdmctl.log import MetricsWriter, info, truncate_metrics
 from mdmctl.model import Transformer
 from mdmctl.runtime import autocast, peak_flops, peak_rss_mb, resolve_device, resolve_dtype
 
@@ -86,6 +88,8 @@ class TrainResult:
     attention: str
     resumed_from: int | None
     seq_len: int
+    nonfinite_skips: int = 0
+    """Steps whose update was skipped for a non-finite loss or gradient (``max_nonfinite_skips``)."""
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_ratio: float) -> float:
@@ -189,21 +193,48 @@ class _Job:
     log_extra: Callable[[Any], dict[str, Any]] | None = None
 
 
+def _make_run_dir(run_dir: Path) -> None:
+    """Create ``--out`` (typed errors for a path that is a file or cannot be created)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir}: exists and is not a folder; pass a run directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {run_dir}: cannot create the folder ({e.strerror})") from None
+
+
 def _prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> bool:
-    """Create ``run_dir``; returns whether it already holds checkpoint steps."""
-    if resume == "never" and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+    """Check or clear the (locked) ``run_dir``; returns whether it holds checkpoint steps."""
+    # The lock file is ours: it neither makes the folder "non-empty" nor goes with --overwrite.
+    contents = [p for p in run_dir.iterdir() if p.name != runlock.LOCK_NAME]
+    if resume == "never" and contents and not overwrite:
         raise ConfigError(
             f"refusing to write into non-empty run dir {run_dir}: pass --resume auto to continue, "
             "--overwrite to start over, or another --out"
         )
-    if overwrite and run_dir.exists():
+    if overwrite:
         import shutil
 
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        for p in contents:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     if (run_dir / "checkpoints").is_dir():
         ckpt.clean_stale_tmp(run_dir)
     return bool(ckpt.list_steps(run_dir))
+
+
+def _set_aside(ckpt_root: Path, name: str) -> Path:
+    """Rename an unverifiable step to a fresh ``invalid-<name>[.k]`` (never deleted, never
+    clobbered: a step set aside before keeps its name, and a rename onto it would fail)."""
+    aside = ckpt_root / f"invalid-{name}"
+    k = 0
+    while aside.exists():
+        k += 1
+        aside = ckpt_root / f"invalid-{name}.{k}"
+    (ckpt_root / name).rename(aside)
+    return aside
 
 
 def _check_resume(saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -234,6 +265,24 @@ def _train(
     on_step: Callable[[int, int, dict[str, Any]], None] | None,
     log: Callable[[str], None],
 ) -> TrainResult:
+    """Run ``job`` holding ``--out``'s lock, so a second run on the same folder is refused."""
+    run_dir = Path(job.cfg.out)
+    _make_run_dir(run_dir)
+    with runlock.hold(run_dir, log):
+        return _train_locked(
+            job, run_dir, resume=resume, overwrite=overwrite, on_step=on_step, log=log
+        )
+
+
+def _train_locked(
+    job: _Job,
+    run_dir: Path,
+    *,
+    resume: str,
+    overwrite: bool,
+    on_step: Callable[[int, int, dict[str, Any]], None] | None,
+    log: Callable[[str], None],
+) -> TrainResult:
     t_start = time.perf_counter()
     cfg, tc, model_cfg = job.cfg, job.cfg.train, job.cfg.model
     device = resolve_device(cfg.device)
@@ -242,7 +291,6 @@ def _train(
     total_steps = job.total_steps
     warmup = tc.resolve_warmup(total_steps)
     peak_lr = tc.resolve_lr(model_cfg)
-    run_dir = Path(cfg.out)
     has_steps = _prepare_run_dir(run_dir, resume, overwrite)
 
     torch.manual_seed(tc.seed)
@@ -275,8 +323,7 @@ def _train(
             # Newer steps that failed verification: set them aside (never deleted) so retention,
             # which keeps the highest step numbers, cannot drop the new trajectory instead.
             for name in newer:
-                aside = run_dir / "checkpoints" / f"invalid-{name}"
-                (run_dir / "checkpoints" / name).rename(aside)
+                aside = _set_aside(run_dir / "checkpoints", name)
                 log(f"moved unverifiable {name} to {aside.name}")
         elif newer:
             # Retention keeps the highest step numbers: continuing from an older step here would
@@ -304,7 +351,10 @@ def _train(
         skips = state["loop"].get("nonfinite_skips", 0)
         resumed_from = start_step
         log(f"resuming from {resume_dir} (step {start_step})")
-    (run_dir / "config.json").write_text(json.dumps(job.config_dict, indent=2) + "\n")
+    atomic_write_text(run_dir / "config.json", json.dumps(job.config_dict, indent=2) + "\n")
+    # Steps after the resumed one (or all, on a fresh start) were lost with the kill and are
+    # trained again: drop their old records so every step appears once.
+    truncate_metrics(run_dir / "metrics.jsonl", start_step, log)
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     log(
         f"{model_cfg.objective.upper()} {model_cfg.name}: {model_cfg.n_params_non_embedding / 1e6:.2f}M "
@@ -427,6 +477,7 @@ def _train(
         attention=backend,
         resumed_from=resumed_from,
         seq_len=model_cfg.seq_len,
+        nonfinite_skips=skips,
     )
 
 
@@ -435,12 +486,18 @@ def pretrain(
     *,
     resume: str = "auto",
     overwrite: bool = False,
+    verify_data: bool = False,
     on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
     log: Callable[[str], None] = info,
 ) -> TrainResult:
-    """Train ``cfg.model`` on the corpus at ``cfg.data``; write ``cfg.out``. See module docstring."""
+    """Train ``cfg.model`` on the corpus at ``cfg.data``; write ``cfg.out``. See module docstring.
+
+    The corpus's shards are hashed against ``corpus.json`` once per run; ``verify_data`` also
+    checks every token id against the vocabulary (reads the whole corpus).
+    """
     tc = cfg.train
     manifest = read_manifest(cfg.data)
+    verify_corpus(manifest, full=verify_data, log=log)
     tok = tokenizer_info(manifest)
     model_cfg = replace(
         cfg.model,

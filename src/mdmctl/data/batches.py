@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from mdmctl.data.shards import CorpusManifest
-from mdmctl.errors import DataError
+from mdmctl.errors import CorpusIntegrityError, DataError
 
 
 def mix(*ints: int) -> int:
@@ -38,6 +38,8 @@ class TokenWindows:
 
     def __init__(self, manifest: CorpusManifest, split: str, seq_len: int) -> None:
         self.seq_len = seq_len
+        self.vocab_size = int(manifest.meta["tokenizer"]["vocab_size"])
+        self._names = [manifest.path / s["file"] for s in manifest.meta["splits"][split]["shards"]]
         self._files = []
         self._index: list[tuple[int, int]] = []  # window -> (shard, start)
         self._offsets: list[torch.Tensor] = []
@@ -55,6 +57,13 @@ class TokenWindows:
         """(tokens (L,), doc_ids (L,)) of window i."""
         si, start = self._index[i]
         x = self._files[si][start : start + self.seq_len].to(torch.int64)
+        if int(x.max()) >= self.vocab_size:
+            # An embedding lookup would fail with a bare IndexError (or a CUDA assert) instead.
+            raise CorpusIntegrityError(
+                f"{self._names[si]}: token id {int(x.max())} near position {start} is outside the "
+                f"vocabulary (size {self.vocab_size}); 'mdmctl pretrain --verify-data' checks "
+                "every shard up front"
+            )
         pos = torch.arange(start, start + self.seq_len)
         doc = torch.searchsorted(self._offsets[si], pos, right=True)
         return x, doc - doc[0]

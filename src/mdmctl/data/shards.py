@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from mdmctl import __version__
+from mdmctl.config import check_finite
 from mdmctl.data.readers import CorpusSpec, iter_documents
-from mdmctl.errors import ConfigError, DataError
-from mdmctl.fileio import sha256_file
+from mdmctl.errors import ConfigError, CorpusIntegrityError, DataError, OutputError
+from mdmctl.fileio import atomic_write, atomic_write_text, sha256_file
 from mdmctl.tokenizer import TokenizerInfo, load_tokenizer, prepare, train_bpe
 
 FORMAT_VERSION = 1
@@ -47,6 +48,7 @@ class TokenizeConfig:
     max_docs: int | None = None
 
     def __post_init__(self) -> None:
+        check_finite(self, "--")
         if not 0 < self.val_fraction < 0.5:
             raise ConfigError(f"--val-fraction: must be in (0, 0.5), got {self.val_fraction}")
         if self.shard_tokens < 1024:
@@ -97,17 +99,11 @@ class _ShardWriter:
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         tokens = np.concatenate(self.buf).astype(self.dtype)
         name = f"{self.split}-{len(self.shards):05d}.safetensors"
-        tmp = self.out / f".tmp-{name}"
-        save_file(
-            {"tokens": torch.from_numpy(tokens), "doc_offsets": torch.from_numpy(offsets)},
-            str(tmp),
-            # One metadata key: safetensors orders a multi-key header arbitrarily, and shard bytes
-            # (and their sha256) must be reproducible.
-            metadata={
-                "mdmctl": json.dumps({"format": "mdmctl-tokens", "format_version": FORMAT_VERSION})
-            },
-        )
-        os.replace(tmp, self.out / name)
+        tensors = {"tokens": torch.from_numpy(tokens), "doc_offsets": torch.from_numpy(offsets)}
+        # One metadata key: safetensors orders a multi-key header arbitrarily, and shard bytes
+        # (and their sha256) must be reproducible.
+        meta = {"mdmctl": json.dumps({"format": "mdmctl-tokens", "format_version": FORMAT_VERSION})}
+        atomic_write(self.out / name, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         self.shards.append(
             {
                 "file": name,
@@ -164,11 +160,42 @@ def tokenize_corpus(
         log(f"trained byte-level BPE: {info.vocab_size} tokens on {n_seen} documents")
 
     dtype = np.dtype(np.uint16) if info.vocab_size <= 2**16 else np.dtype(np.uint32)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(out)
     (out / "corpus.json").unlink(missing_ok=True)  # invalid until the new one is written last
     for old in [*out.glob("train-*.safetensors"), *out.glob("val-*.safetensors")]:
         old.unlink()  # only our own shard names: --out may be a folder that holds other files
     writers = {s: _ShardWriter(out, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
+    try:
+        return _write_corpus(cfg, tok, info, dtype, writers, progress, t0)
+    except OutputError:
+        # A full disk mid-way: no corpus.json was written, so the shards of this run are orphans
+        # that only hold the space the user needs back.
+        for w in writers.values():
+            for shard in w.shards:
+                (out / shard["file"]).unlink(missing_ok=True)
+        raise
+
+
+def _make_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+
+
+def _write_corpus(
+    cfg: TokenizeConfig,
+    tok: Tokenizer,
+    info: TokenizerInfo,
+    dtype: np.dtype,
+    writers: dict[str, _ShardWriter],
+    progress: Callable[[int, int], None] | None,
+    t0: float,
+) -> CorpusManifest:
+    """Encode, write the shards, the tokenizer and (last) corpus.json; see ``tokenize_corpus``."""
+    out = Path(cfg.out)
     text_hash = hashlib.sha256()
     n_docs = 0
 
@@ -202,7 +229,7 @@ def tokenize_corpus(
     if writers["train"].tokens == 0:
         raise DataError(f"{cfg.corpus.description}: every document landed in validation")
 
-    tok.save(str(out / "tokenizer.json"))
+    atomic_write(out / "tokenizer.json", lambda tmp: tok.save(str(tmp)))
     meta: dict[str, Any] = {
         "format": "mdmctl-corpus",
         "format_version": FORMAT_VERSION,
@@ -226,9 +253,7 @@ def tokenize_corpus(
         },
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    tmp = out / ".tmp-corpus.json"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / "corpus.json")
+    atomic_write_text(out / "corpus.json", json.dumps(meta, indent=2) + "\n")
     return CorpusManifest(out, meta)
 
 
@@ -248,7 +273,13 @@ def _carve_val(writers: dict[str, _ShardWriter], val_fraction: float) -> None:
 
 
 def read_manifest(path: str | Path) -> CorpusManifest:
-    """Read and check ``corpus.json`` (exists, known version, shards present)."""
+    """Read and check ``corpus.json`` and its shards' headers (cheap: no token is read).
+
+    Checks: the file exists and is a known version (else ``DataError``, exit 3); every field mdmctl
+    reads is present, every shard exists, opens, and holds ``tokens`` of the recorded dtype and
+    length and ``doc_offsets`` of the recorded count (else ``CorpusIntegrityError``, exit 4). The
+    contents are checked by ``verify_corpus``.
+    """
     p = Path(path)
     mpath = p / "corpus.json" if p.is_dir() or not p.name.endswith(".json") else p
     if not mpath.is_file():
@@ -256,23 +287,149 @@ def read_manifest(path: str | Path) -> CorpusManifest:
     try:
         meta = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
-        raise DataError(f"{mpath}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if meta.get("format") != "mdmctl-corpus":
+        raise CorpusIntegrityError(f"{mpath}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{mpath}: cannot read ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "mdmctl-corpus":
         raise DataError(f"{mpath}: not an mdmctl corpus manifest")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(
             f"{mpath}: corpus format_version {meta.get('format_version')} "
             f"(made by mdmctl {meta.get('mdmctl_version')}); this is mdmctl {__version__}"
         )
+    _check_fields(meta, mpath)
     for split in ("train", "val"):
         for shard in meta["splits"][split]["shards"]:
-            if not (mpath.parent / shard["file"]).is_file():
-                raise DataError(
-                    f"{mpath.parent / shard['file']}: shard listed in corpus.json is missing"
-                )
+            _check_shard_header(mpath.parent / shard["file"], shard, meta["dtype"])
     return CorpusManifest(mpath.parent, meta)
 
 
+# Fields read by training and evaluation, with their JSON types: (path, type).
+_REQUIRED_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("dtype", str),
+    ("tokenizer", dict),
+    ("tokenizer.sha256", str),
+    ("tokenizer.vocab_size", int),
+    ("tokenizer.mask_id", int),
+    ("tokenizer.eos_id", int),
+    ("tokenizer.pad_id", int),
+    ("splits", dict),
+    ("splits.train", dict),
+    ("splits.val", dict),
+    ("splits.train.tokens", int),
+    ("splits.val.tokens", int),
+    ("splits.train.shards", list),
+    ("splits.val.shards", list),
+)
+_SHARD_FIELDS: tuple[tuple[str, type], ...] = (
+    ("file", str),
+    ("tokens", int),
+    ("docs", int),
+    ("sha256", str),
+)
+_DTYPES = {"uint16": "U16", "uint32": "U32"}  # corpus.json name -> safetensors header name
+
+
+def _check_fields(meta: dict[str, Any], mpath: Path) -> None:
+    """Every field mdmctl reads is present with its type: a typed error, not a later KeyError."""
+    for dotted, kind in _REQUIRED_FIELDS:
+        node: Any = meta
+        for key in dotted.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, kind) or isinstance(node, bool):
+            raise CorpusIntegrityError(
+                f"{mpath}: missing or invalid field '{dotted}'; re-run 'mdmctl tokenize'"
+            )
+    if meta["dtype"] not in _DTYPES:
+        raise CorpusIntegrityError(f"{mpath}: unknown token dtype {meta['dtype']!r}")
+    for split in ("train", "val"):
+        shards = meta["splits"][split]["shards"]
+        for i, shard in enumerate(shards):
+            for key, kind in _SHARD_FIELDS:
+                if not isinstance(shard, dict) or not isinstance(shard.get(key), kind):
+                    raise CorpusIntegrityError(
+                        f"{mpath}: missing or invalid field 'splits.{split}.shards[{i}].{key}'"
+                    )
+        recorded = meta["splits"][split]["tokens"]
+        if sum(s["tokens"] for s in shards) != recorded:
+            raise CorpusIntegrityError(
+                f"{mpath}: splits.{split}.tokens is {recorded} but its shards hold "
+                f"{sum(s['tokens'] for s in shards)}"
+            )
+
+
+def _check_shard_header(path: Path, entry: dict[str, Any], dtype: str) -> None:
+    """The shard opens (safetensors checks that its header covers the file exactly, so truncation
+    is caught here) and its tensors have the dtype and sizes corpus.json records."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise CorpusIntegrityError(f"{path}: shard listed in corpus.json is missing")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            keys = set(f.keys())
+            if not {"tokens", "doc_offsets"} <= keys:
+                raise CorpusIntegrityError(
+                    f"{path}: shard lacks 'tokens' or 'doc_offsets' (has {sorted(keys)})"
+                )
+            tokens, offsets = f.get_slice("tokens"), f.get_slice("doc_offsets")
+            got = (tokens.get_dtype(), tokens.get_shape(), offsets.get_dtype(), offsets.get_shape())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorpusIntegrityError(
+            f"{path}: unreadable or truncated shard ({e}); re-run 'mdmctl tokenize'"
+        ) from None
+    want = (_DTYPES[dtype], [entry["tokens"]], "I64", [entry["docs"]])
+    if got != want:
+        raise CorpusIntegrityError(
+            f"{path}: shard header does not match corpus.json (tokens {got[0]}{got[1]}, "
+            f"doc_offsets {got[2]}{got[3]}; expected tokens {want[0]}{want[1]}, "
+            f"doc_offsets {want[2]}{want[3]})"
+        )
+
+
+def verify_corpus(
+    manifest: CorpusManifest, *, full: bool = False, log: Callable[[str], None] = lambda m: None
+) -> None:
+    """Hash every shard against corpus.json (a flipped token trains silently otherwise); with
+    ``full`` also read every token and check it is below the vocabulary size and that document
+    offsets are ordered. Raises ``CorpusIntegrityError`` (exit 4) naming the shard."""
+    t0 = time.perf_counter()
+    vocab = manifest.meta["tokenizer"]["vocab_size"]
+    n = 0
+    for split in ("train", "val"):
+        for shard in manifest.meta["splits"][split]["shards"]:
+            path = manifest.path / shard["file"]
+            actual = sha256_file(path)
+            if actual != shard["sha256"]:
+                raise CorpusIntegrityError(
+                    f"{path}: sha256 mismatch (corpus.json has {shard['sha256'][:16]}…, file is "
+                    f"{actual[:16]}…): the shard is corrupt; re-run 'mdmctl tokenize'"
+                )
+            if full:
+                _check_shard_contents(path, vocab)
+            n += 1
+    what = "sha256, token ids < vocab size, document offsets" if full else "sha256"
+    log(f"verified {n} corpus shards ({what}) in {time.perf_counter() - t0:.1f}s")
+
+
+def _check_shard_contents(path: Path, vocab_size: int) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        tokens, offsets = f.get_tensor("tokens"), f.get_tensor("doc_offsets")
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        bad = int(np.argmax(tokens >= vocab_size))
+        raise CorpusIntegrityError(
+            f"{path}: token id {int(tokens[bad])} at position {bad} is outside the vocabulary "
+            f"(size {vocab_size})"
+        )
+    if offsets.size and (
+        offsets[0] != 0 or offsets[-1] >= max(tokens.size, 1) or (np.diff(offsets) <= 0).any()
+    ):
+        raise CorpusIntegrityError(f"{path}: document offsets are not increasing from 0")
+
+
 def tokenizer_info(manifest: CorpusManifest) -> TokenizerInfo:
+    """The corpus's tokenizer ids (fields checked by ``read_manifest``)."""
     t = manifest.meta["tokenizer"]
     return TokenizerInfo(t["vocab_size"], t["mask_id"], t["eos_id"], t["pad_id"], t["sha256"])

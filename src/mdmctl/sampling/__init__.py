@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 
+from mdmctl.config import check_finite
 from mdmctl.errors import ConfigError
 
 
@@ -33,6 +34,7 @@ class SampleConfig:
     stop_at_eos: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self, "--")
         for name in ("length", "steps", "num_samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(
