@@ -113,3 +113,33 @@ def test_plot_writes_a_png(tmp_path):
     res = fit(read_runs([tmp_path / "runs"]), n_boot=0)
     plot(res, tmp_path / "fit.png")
     assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_plan_and_fit(tmp_path):
+    from .conftest import run
+
+    script = tmp_path / "sweep.sh"
+    r = run("scaling", "plan", "--flops", "1e11,1e12", "--sizes", "tiny,2x96,mini",
+            "--batch-size", "16", "--seq-len", "64", "--min-steps", "20", "--out", script,
+            "--runs-dir", tmp_path / "runs", "--json")  # fmt: skip
+    planned = json.loads(r.stdout)
+    assert len(planned["runs"]) == script.read_text().count("mdmctl pretrain") == 10
+    assert planned["skipped"] == ["mdm C=1e+11 mini: 15 steps < 20 (too big)",
+                                  "arm C=1e+11 mini: 15 steps < 20 (too big)"]  # fmt: skip
+    write_runs(tmp_path / "synthetic")
+    out, png = tmp_path / "fit.json", tmp_path / "fit.png"
+    r = run("scaling", "fit", tmp_path / "synthetic", "--out", out, "--bootstrap", "20")
+    assert "needs 16.00x the compute" in r.stdout and "N*_MDM / N*_ARM = 0.50" in r.stdout
+    assert json.loads(out.read_text())["comparison"][0]["compute_gap"] == pytest.approx(16)
+    if pytest.importorskip("matplotlib"):
+        run("scaling", "fit", tmp_path / "synthetic", "--plot", png, "--bootstrap", "0")
+        assert png.is_file()
+    r = run("scaling", "fit", tmp_path / "runs", code=3)  # planned, nothing run yet
+    assert "no such run folder" in r.stderr
+    (tmp_path / "runs").mkdir()
+    r = run("scaling", "fit", tmp_path / "runs", code=2)
+    assert "no finished pretraining runs" in r.stderr
+    r = run("scaling", "plan", "--flops", "1e5", "--sizes", "tiny", code=2)
+    assert "--min-steps" in r.stderr
+    r = run("scaling", "plan", "--flops", "inf", code=2)
+    assert "finite" in r.stderr

@@ -1,0 +1,139 @@
+"""``mdmctl eval gsm8k``: a thin layer over ``mdmctl.evaluation.gsm8k.evaluate_gsm8k``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mdmctl.cli.common import Attention, SamplerName, _finite, _log, cli_errors, eval_app
+from mdmctl.errors import ConfigError
+
+
+@eval_app.command("gsm8k")
+def eval_gsm8k(
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="GSM8K jsonl (question / answer). Default: the hub's openai/gsm8k test split (online only).",
+    ),
+    predictions: Path | None = typer.Option(
+        None,
+        "--predictions",
+        help="Re-score generations from a jsonl (one line per problem) without loading a model.",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Per-problem jsonl: generation, prediction, verdict. Default: eval-gsm8k.jsonl beside the checkpoint run.",
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N problems only."),
+    fewshot: int = typer.Option(
+        0, "--fewshot", min=0, help="Worked examples before each question."
+    ),
+    fewshot_data: str | None = typer.Option(
+        None, "--fewshot-data", help="Where the few-shot examples come from (e.g. the train split)."
+    ),
+    total_length: int | None = typer.Option(
+        None,
+        "--total-length",
+        min=2,
+        help="Each stage's canvas: prompt + generated tokens, capped at the model context. Default 256 (SMDM --length 256).",
+    ),
+    length: int | None = typer.Option(
+        None,
+        "--length",
+        min=1,
+        help="Generate exactly this many tokens per stage instead of filling --total-length.",
+    ),
+    steps: int = typer.Option(
+        256, "--steps", min=1, help="Denoising steps per stage (SMDM --steps 256)."
+    ),
+    two_stage: bool = typer.Option(
+        True,
+        "--two-stage/--one-stage",
+        help="Stage 1 writes the reasoning, stage 2 '####' and the answer after it (SMDM).",
+    ),
+    answer_length: int | None = typer.Option(
+        None, "--answer-length", min=1, help="Stage 2 only: generate this many tokens."
+    ),
+    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
+    temperature: float = typer.Option(0.1, "--temperature", min=0, callback=_finite),
+    cfg: float = typer.Option(
+        0.1,
+        "--cfg",
+        min=0,
+        help="Unsupervised CFG scale (SMDM --cfg1 0.1; ARM checkpoints: 0).",
+        callback=_finite,
+    ),
+    answer_cfg: float | None = typer.Option(
+        None,
+        "--answer-cfg",
+        min=0,
+        help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg.",
+        callback=_finite,
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    attention: Attention = typer.Option(Attention.auto, "--attention"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """GSM8K accuracy: generate, extract the final number, exact match."""
+    with cli_errors():
+        from mdmctl.evaluation.gsm8k import evaluate_gsm8k
+        from mdmctl.sampling import SampleConfig
+
+        if length is not None and total_length is not None:
+            raise ConfigError("give --total-length (the canvas) or --length (generated tokens)")
+        scfg = SampleConfig(
+            checkpoint=str(checkpoint) if checkpoint else None,
+            steps=steps,
+            sampler=sampler.value,
+            temperature=temperature,
+            cfg=cfg,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            attention=attention.value,
+        )
+        r = evaluate_gsm8k(
+            data=data,
+            checkpoint=scfg.checkpoint,
+            predictions=str(predictions) if predictions else None,
+            out=str(out) if out else None,
+            limit=limit,
+            fewshot=fewshot,
+            fewshot_data=fewshot_data,
+            sample_cfg=scfg,
+            total_length=total_length or 256,
+            length=length,
+            two_stage=two_stage,
+            answer_length=answer_length,
+            answer_cfg=answer_cfg,
+            log=_log,
+        )
+        d = {
+            "task": "gsm8k",
+            "accuracy": r.accuracy,
+            "stderr": r.stderr,
+            "n": r.n,
+            "correct": r.correct,
+            "seconds_per_problem": r.seconds_per_problem,
+            "predictions": r.predictions_path,
+            "compliance": r.compliance,
+            "settings": r.settings,
+        }
+        if json_out:
+            print(json.dumps(d, indent=2))
+        else:
+            per = f", {r.seconds_per_problem:.2f} s/problem" if r.seconds_per_problem else ""
+            print(f"gsm8k accuracy {r.accuracy:.4f} ± {r.stderr:.4f} ({r.correct}/{r.n}{per})")
+            shares = ", ".join(
+                f"{k.replace('_', ' ')} {v:.1%}" for k, v in r.compliance.items() if v is not None
+            )
+            print(f"format: {shares}")

@@ -1,0 +1,110 @@
+"""``mdmctl eval reverse-curse``: a thin layer over
+``mdmctl.evaluation.reverse_curse.evaluate_reverse_curse``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mdmctl.cli.common import Attention, SamplerName, _finite, _log, cli_errors, eval_app
+
+
+@eval_app.command("reverse-curse")
+def eval_reverse_curse(
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
+    ),
+    data_dir: Path = typer.Option(
+        ...,
+        "--data-dir",
+        help="Folder with the reversal-curse test files (e.g. ../shared/data/reversal_curse).",
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Per-example jsonl."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N prompts of each file."),
+    total_length: int = typer.Option(
+        52, "--total-length", min=2, help="Prompt + generation tokens (SMDM: 52)."
+    ),
+    rank: bool = typer.Option(
+        False,
+        "--rank",
+        help="Also rank each reference by likelihood against the other names (description -> name files) or one description of every other person (name -> description files); MDM: conditional ELBO, ARM: exact.",
+    ),
+    rank_mc: int = typer.Option(
+        16, "--rank-mc", min=1, help="MDM: stratified t samples per candidate for --rank."
+    ),
+    splits: str = typer.Option(
+        "p2d_same,p2d_reverse,d2p_same,d2p_reverse",
+        "--splits",
+        help="Comma-separated test files to run (ranking descriptions is the slow part).",
+    ),
+    steps: int = typer.Option(32, "--steps", min=1),
+    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
+    temperature: float = typer.Option(0.0, "--temperature", min=0, callback=_finite),
+    cfg: float = typer.Option(
+        0.8,
+        "--cfg",
+        min=0,
+        help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0).",
+        callback=_finite,
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    attention: Attention = typer.Option(Attention.auto, "--attention"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Reverse-curse accuracy and BLEU in the trained and the reverse direction."""
+    with cli_errors():
+        from rich.table import Table
+
+        from mdmctl.evaluation.reverse_curse import evaluate_reverse_curse
+        from mdmctl.log import console
+        from mdmctl.sampling import SampleConfig
+
+        scfg = SampleConfig(
+            checkpoint=str(checkpoint) if checkpoint else None,
+            steps=steps,
+            sampler=sampler.value,
+            temperature=temperature,
+            cfg=cfg,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            attention=attention.value,
+        )
+        res = evaluate_reverse_curse(
+            data_dir=str(data_dir),
+            checkpoint=scfg.checkpoint,
+            sample_cfg=scfg,
+            total_length=total_length,
+            limit=limit,
+            out=str(out) if out else None,
+            rank=rank,
+            rank_mc=rank_mc,
+            splits=tuple(x.strip() for x in splits.split(",") if x.strip()),
+            log=_log,
+        )
+        if json_out:
+            print(json.dumps([r.__dict__ for r in res], indent=2))
+            return
+        t = Table(title="reverse curse")
+        cols = ["split", "direction", "n", "accuracy", "BLEU (SMDM, chars)", "BLEU-4 (words)"] + (
+            ["rank acc. (chance)"] if rank else []
+        )
+        for col in cols:
+            t.add_column(col)
+        for r in res:
+            row = [
+                r.split,
+                r.direction,
+                str(r.n),
+                f"{r.accuracy:.3f} ± {r.stderr:.3f}",
+                f"{r.bleu_smdm:.1f}",
+                f"{r.bleu:.1f}",
+            ]
+            if rank:
+                row.append(f"{r.rank_accuracy:.3f} ± {r.rank_stderr:.3f} ({1 / r.candidates:.3f})")
+            t.add_row(*row)
+        console.print(t)

@@ -1,0 +1,156 @@
+"""``mdmctl finetune``: a thin layer over ``mdmctl.train.finetune``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from mdmctl.cli.common import Attention, _finite, _log, app, cli_errors
+from mdmctl.cli.train_common import _render_train_summary, _with_progress
+
+
+class SFTObjective(str, Enum):
+    auto = "auto"
+    conditional = "conditional"
+    unconditional = "unconditional"
+
+
+class SFTFormat(str, Enum):
+    auto = "auto"
+    prompt_response = "prompt-response"
+    messages = "messages"
+    gsm8k = "gsm8k"
+    gsm8k_equations = "gsm8k-equations"
+
+
+@app.command()
+def finetune(
+    init: Path = typer.Option(
+        ..., "--init", help="Checkpoint to start from (step dir or run dir)."
+    ),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Examples: jsonl (prompt/response, prompt/completion, messages, question/answer) or GSM8K equations .txt.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run directory. Default: runs/<init run>-sft."
+    ),
+    sft_objective: SFTObjective = typer.Option(
+        SFTObjective.auto,
+        "--sft-objective",
+        help="MDM: conditional (prompt never masked; default) or unconditional (whole sequence). ARM checkpoints: response cross-entropy.",
+    ),
+    cfg_dropout: float = typer.Option(
+        0.0,
+        "--cfg-dropout",
+        help="Standard-CFG baseline: mask the whole prompt with this probability (MDM).",
+        callback=_finite,
+    ),
+    fmt: SFTFormat = typer.Option(
+        SFTFormat.auto, "--format", help="Data format; auto detects by fields."
+    ),
+    prompt_field: str = typer.Option("prompt", "--prompt-field"),
+    response_field: str | None = typer.Option(
+        None, "--response-field", help="Default: 'completion' if present, else 'response'."
+    ),
+    val_fraction: float = typer.Option(
+        0.05,
+        "--val-fraction",
+        help="Share of examples held out for the conditional validation loss.",
+        callback=_finite,
+    ),
+    epochs: float | None = typer.Option(
+        None,
+        "--epochs",
+        help="Passes over the examples (default 1 unless --steps).",
+        callback=_finite,
+    ),
+    steps: int | None = typer.Option(None, "--steps", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Examples per optimizer step."),
+    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", min=1),
+    lr: float | None = typer.Option(None, "--lr", callback=_finite),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0),
+    seq_len: int | None = typer.Option(
+        None, "--seq-len", min=8, help="Context for fine-tuning (at most the checkpoint's)."
+    ),
+    overlong: str = typer.Option(
+        "drop",
+        "--overlong",
+        help="Examples longer than the context: drop (counted and reported) or error.",
+    ),
+    batching: str = typer.Option(
+        "random",
+        "--batching",
+        help="random (SMDM; the MDM learns to stop from the eos padding) or sorted (less padding; ARM).",
+    ),
+    pad_to: str = typer.Option(
+        "auto",
+        "--pad-to",
+        help="Pad rows with eos to N tokens, 'context', or 'batch' (each micro-batch's longest row). auto: context for GSM8K formats (SMDM: 256), else batch.",
+    ),
+    val_every: int = typer.Option(200, "--val-every", min=1),
+    save_every: int = typer.Option(500, "--save-every", min=1),
+    keep_last: int = typer.Option(2, "--keep-last", min=2),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+    attention: Attention = typer.Option(Attention.auto, "--attention"),
+    resume: str = typer.Option("auto", "--resume"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fine-tune a checkpoint on prompt/response data (SFT)."""
+    with cli_errors():
+        from mdmctl.config import FinetuneConfig, TrainConfig
+
+        train = TrainConfig.from_dict(
+            {
+                k: v
+                for k, v in dict(
+                    steps=steps,
+                    batch_size=batch_size,
+                    micro_batch_size=micro_batch_size,
+                    lr=lr,
+                    warmup_steps=warmup_steps,
+                    val_every=val_every,
+                    save_every=save_every,
+                    keep_last=keep_last,
+                    seed=seed,
+                ).items()
+                if v is not None
+            }
+        )
+        run_name = (
+            init.parent.parent.name if init.name.startswith("step-") else init.name
+        ) or "run"
+        fcfg = FinetuneConfig(
+            init=str(init),
+            data=str(data),
+            out=str(out or Path("runs") / f"{run_name}-sft"),
+            train=train,
+            objective=sft_objective.value,
+            cfg_dropout=cfg_dropout,
+            format=fmt.value,
+            prompt_field=prompt_field,
+            response_field=response_field,
+            val_fraction=val_fraction,
+            epochs=epochs,
+            overlong=overlong,
+            batching=batching,
+            pad_to=pad_to,
+            seq_len=seq_len,
+            device=device,
+            attention=attention.value,
+            dtype=dtype,
+        )
+        from mdmctl.train import finetune as lib_finetune
+
+        result = _with_progress(
+            lambda on_step: lib_finetune(
+                fcfg, resume=resume, overwrite=overwrite, on_step=on_step, log=_log
+            )
+        )
+        _render_train_summary(result, [], json_out)

@@ -1,0 +1,89 @@
+"""Progress bar and summary shared by ``mdmctl pretrain`` and ``mdmctl finetune``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _with_progress(fn: Any) -> Any:
+    """Run a training call with a rich progress bar (ETA, loss, lr, tokens/s, val, MFU)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from mdmctl.log import console
+
+    with Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("train", total=None, status="")
+        last_val: dict[str, float] = {}
+
+        def on_step(step: int, total: int, rec: dict[str, Any]) -> None:
+            if "val_loss" in rec:
+                last_val["v"] = rec["val_loss"]
+            status = f"loss {rec['loss']:.3f}  lr {rec['lr']:.2e}  {rec['tokens_per_s']:.0f} tok/s"
+            if "v" in last_val:
+                status += f"  val {last_val['v']:.3f}"
+            if "mfu" in rec:
+                status += f"  MFU {rec['mfu']:.1%}"
+            bar.update(task, total=total, completed=step, status=status)
+
+        return fn(on_step)
+
+
+def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
+    from rich.table import Table
+
+    from mdmctl.log import console
+
+    summary = {
+        "run_dir": str(r.run_dir),
+        "checkpoint": str(r.checkpoint),
+        "steps": r.steps,
+        "tokens": r.tokens,
+        "val_loss": r.val_loss,
+        "val_loss_kind": r.val_loss_kind,
+        "unigram_entropy": r.unigram_entropy,
+        "train_loss": r.train_loss,
+        "tokens_per_s": r.tokens_per_s,
+        "seconds": r.seconds,
+        "peak_rss_mb": r.peak_rss_mb,
+        "n_params_non_embedding": r.n_params_non_embedding,
+        "device": r.device,
+        "attention": r.attention,
+        "resumed_from": r.resumed_from,
+        "nonfinite_skips": r.nonfinite_skips,
+        "samples": samples,
+    }
+    if json_out:
+        print(json.dumps(summary, indent=2))
+        return
+    t = Table(title="training summary", show_header=False)
+    t.add_row("run", str(r.run_dir))
+    t.add_row("checkpoint", str(r.checkpoint))
+    t.add_row("steps / tokens", f"{r.steps:,} / {r.tokens:,}")
+    if r.nonfinite_skips:
+        # Skipped updates are silent in the loss curve: the summary must say the run had them.
+        t.add_row("non-finite steps skipped", f"{r.nonfinite_skips:,} (no update applied)")
+    t.add_row(f"val loss ({r.val_loss_kind})", f"{r.val_loss:.4f} nats/token")
+    if r.unigram_entropy is not None:
+        t.add_row("unigram entropy of the corpus", f"{r.unigram_entropy:.4f} nats/token")
+        t.add_row("better than unigram by", f"{r.unigram_entropy - r.val_loss:+.4f} nats/token")
+    t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s on {r.device} ({r.attention})")
+    t.add_row("wall time", f"{r.seconds:.0f} s")
+    t.add_row("peak RSS", f"{r.peak_rss_mb:,.0f} MB")
+    console.print(t)
+    for i, s in enumerate(samples):
+        console.print(f"[bold]sample {i + 1}:[/] {s!r}", highlight=False)
