@@ -86,13 +86,20 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
     optimizer: dict[str, torch.Tensor] | None = None,
     keep_last: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step-NNNNNNNN`` atomically; returns its path."""
+    """Write ``run_dir/checkpoints/step-NNNNNNNN`` atomically; returns its path.
+
+    ``weights``: the full state dict to write instead of ``model.state_dict()`` (FSDP2 gathers
+    it from the shards). ``manifest_extra``: more MANIFEST.json fields (world size, parallelism).
+    """
     t0 = time.perf_counter()
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    source = model.state_dict() if weights is None else weights
+    weights = {k: v.detach().cpu().contiguous() for k, v in source.items()}
     need = sum(t.numel() * t.element_size() for t in weights.values())
     need += sum(t.numel() * t.element_size() for t in (optimizer or {}).values())
     free = shutil.disk_usage(ckpt_root).free
@@ -142,6 +149,7 @@ def save_checkpoint(
             "torch_version": torch.__version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "save_seconds": round(time.perf_counter() - t0, 3),
+            **(manifest_extra or {}),
         }
         (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
         fsync_file(tmp / "MANIFEST.json")

@@ -17,6 +17,8 @@ from mdmctl.errors import ConfigError, suggest
 
 Objective = Literal["mdm", "arm"]
 AttentionBackend = Literal["auto", "xformers", "sdpa"]
+Parallel = Literal["auto", "none", "ddp", "fsdp"]
+PARALLEL_CHOICES: tuple[str, ...] = ("auto", "none", "ddp", "fsdp")
 
 # SMDM's model family (lit_gpt/config.py, "Diff_LLaMA_<N>M"), named by non-embedding parameters:
 # name -> (n_layers, d_model, n_heads, d_ff). Context 2048 in SMDM; Llama-2 tokenizer there.
@@ -205,9 +207,21 @@ class TrainConfig:
     doc_mask: bool = False
     """Block-diagonal attention so packed documents do not attend to each other."""
     max_nonfinite_skips: int = 0
+    parallel: Parallel = "auto"
+    """Multi-process training under torchrun (docs/distributed.md): ``ddp``
+    (DistributedDataParallel), ``fsdp`` (FSDP2 ``fully_shard`` per block, then the root) or
+    ``none``; ``auto`` is none for one process and ddp for more."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward (``torch.utils.checkpoint``, non-reentrant):
+    less memory for one more forward; same results."""
 
     def __post_init__(self) -> None:
         check_finite(self, "train.")
+        if self.parallel not in PARALLEL_CHOICES:
+            raise ConfigError(
+                f"train.parallel: expected one of {', '.join(PARALLEL_CHOICES)}, "
+                f"got {self.parallel!r}"
+            )
         given = [n for n in ("steps", "tokens", "flops") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ConfigError(f"train: give only one of steps / tokens / flops (got {given})")
@@ -333,7 +347,7 @@ def _checked(cls: type, d: dict[str, Any], section: str) -> dict[str, Any]:
             continue
         ftype = str(fields[key].type)
         base = ftype.split("|")[0].strip()
-        if base.startswith("Literal") or base in ("Objective", "AttentionBackend"):
+        if base.startswith("Literal") or base in ("Objective", "AttentionBackend", "Parallel"):
             out[key] = value
             continue
         allowed = _TYPES.get(base)

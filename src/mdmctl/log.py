@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ def setup_logging(verbose: bool = False) -> None:
     if not logger.handlers:
         h = RichHandler(console=console, show_path=False, show_time=False, markup=False)
         logger.addHandler(h)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else logging.INFO
+    if int(os.environ.get("RANK", "0")) != 0:
+        level = logging.WARNING  # under torchrun, rank 0 alone logs progress
+    logger.setLevel(level)
     logger.propagate = False
 
 

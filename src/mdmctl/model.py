@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from mdmctl.attention import Backend, attention
 from mdmctl.config import ModelConfig
@@ -115,6 +116,8 @@ class Transformer(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer)")
         self.cfg, self.backend = cfg, backend
         self.causal = cfg.objective == "arm"
+        self.activation_checkpointing = False
+        """Training only: recompute each block in backward instead of keeping its activations."""
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -159,11 +162,9 @@ class Transformer(nn.Module):
         )  # (L, H, Dh/2)
         x = self.tok_emb(idx)  # (B, L, D)
         last = len(self.blocks) - 1
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(
-                x,
-                cos,
-                sin,
+            kwargs = dict(
                 causal=self.causal,
                 doc_ids=doc_ids,
                 backend=self.backend,
@@ -172,7 +173,16 @@ class Transformer(nn.Module):
                 # Scoring reads a few positions: the last block's output projection and MLP
                 # (three quarters of its cost) run only there.
                 select=select if i == last else None,
-            )  # (B, L, D); after the last block with select: (N, D)
+            )
+            if recompute:
+                # Non-reentrant: works with DDP and FSDP2 (whose hooks see the recomputation)
+                # and keeps parameter names unchanged (no checkpoint-wrapper module).
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, cos, sin, use_reentrant=False, **kwargs
+                )
+            else:
+                x = block(x, cos, sin, **kwargs)
+            # x: (B, L, D); after the last block with select: (N, D)
         if cache is not None:
             cache.length += L
         logits = self.head(self.norm(x)).float()  # (B, L, V) or (N, V); fp32 for log-softmax

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import sys
 
@@ -24,12 +25,18 @@ _PEAK_BF16 = {
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda if available, else cpu. Under torchrun (``LOCAL_RANK`` set) ``auto`` and
+    ``cuda`` mean this process's own device, ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name == "cpu":
+            return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda: CUDA requested but torch.cuda.is_available() is False")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise ConfigError(f"--device: expected auto, cpu or cuda[:N], got {name!r}")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
 
 

@@ -5,10 +5,15 @@ gradient accumulation, grad clipping, bf16 autocast on CUDA. Randomness: the dat
 the loader's (epoch, consumed) state, and every step's masking / time / length draws come from a
 generator seeded by ``mix(seed, step, micro)``, so resume is exact without replaying anything.
 Checkpoints follow ``checkpoint.py``; SIGINT/SIGTERM save at the next step boundary and exit.
+
+Under torchrun (``distributed.py``, docs/distributed.md) every rank reads the same global batch and
+computes its own block of micro-batches; rank 0 alone holds the run lock, logs, writes metrics and
+checkpoints; stop and skip decisions are all-reduced so every rank takes them at the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -21,7 +26,7 @@ from typing import Any
 import torch
 
 from mdmctl import checkpoint as ckpt
-from mdmctl import runlock
+from mdmctl import distributed, runlock
 from mdmctl.attention import resolve_backend
 from mdmctl.autoregressive import arm_loss, arm_nll
 from mdmctl.config import FinetuneConfig, ModelConfig, RunConfig, TrainConfig
@@ -57,6 +62,9 @@ RESUMABLE_CHANGES = {
     "log_every",
     "max_nonfinite_skips",
     "micro_batch_size",
+    # How the same maths is spread over processes: a run may resume at another world size.
+    "parallel",
+    "activation_checkpointing",
 }
 
 
@@ -90,6 +98,10 @@ class TrainResult:
     seq_len: int
     nonfinite_skips: int = 0
     """Steps whose update was skipped for a non-finite loss or gradient (``max_nonfinite_skips``)."""
+    rank: int = 0
+    """This process's rank; only rank 0's result carries validation and unigram numbers."""
+    world_size: int = 1
+    parallel: str = "none"
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_ratio: float) -> float:
@@ -180,8 +192,10 @@ class _Job:
     cfg: RunConfig  # resolved: vocab size and mask id from the tokenizer
     config_dict: dict[str, Any]  # saved in train_state.json, compared on resume
     loader: Any  # next_batch(), state_dict(), load_state_dict()
-    step_losses: Callable[[Transformer, Any, int], Iterator[tuple[torch.Tensor, int]]]
-    """(model, batch, step) -> per micro-batch (loss / accum, tokens processed)."""
+    step_losses: Callable[[torch.nn.Module, Any, int, range], Iterator[tuple[torch.Tensor, int]]]
+    """(model, batch, step, micro-batch indices) -> per micro-batch (loss / len(indices), tokens
+    processed). Indices are global: one process passes range(accum), a rank its block of it."""
+    accum: int  # micro-batches per global batch
     validate: Callable[[Transformer], float]
     val_kind: str
     tokenizer_path: Path
@@ -265,18 +279,76 @@ def _train(
     on_step: Callable[[int, int, dict[str, Any]], None] | None,
     log: Callable[[str], None],
 ) -> TrainResult:
-    """Run ``job`` holding ``--out``'s lock, so a second run on the same folder is refused."""
+    """Run ``job`` holding ``--out``'s lock, so a second run on the same folder is refused.
+
+    Under torchrun, rank 0 alone takes the lock, logs and reports progress (``on_step``)."""
     run_dir = Path(job.cfg.out)
-    _make_run_dir(run_dir)
-    with runlock.hold(run_dir, log):
-        return _train_locked(
-            job, run_dir, resume=resume, overwrite=overwrite, on_step=on_step, log=log
+    device = resolve_device(job.cfg.device)
+    with distributed.session(job.cfg.train.parallel, device) as d:
+        if not d.is_main:
+            log, on_step = _quiet, None
+        with contextlib.ExitStack() as held:
+
+            def lock() -> str:
+                _make_run_dir(run_dir)
+                held.enter_context(runlock.hold(run_dir, log))
+                return ""
+
+            d.main_decides(lock)
+            return _train_locked(
+                job, run_dir, d, resume=resume, overwrite=overwrite, on_step=on_step, log=log
+            )
+
+
+def _quiet(msg: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _select_resume(run_dir: Path, resume: str, overwrite: bool, log: Callable[[str], None]) -> str:
+    """Check or clear ``run_dir`` and pick the checkpoint to resume from ("" for none)."""
+    has_steps = _prepare_run_dir(run_dir, resume, overwrite)
+    resume_dir: Path | None = None
+    if resume not in ("auto", "never"):
+        resume_dir = ckpt.resolve_checkpoint(resume, log=log)
+    elif resume == "auto" and has_steps:
+        resume_dir = ckpt.find_latest(run_dir, log=log)
+    if resume_dir is None:
+        return ""
+    newer = [
+        p.name
+        for p in ckpt.list_steps(run_dir)
+        if p.resolve().parent == resume_dir.resolve().parent and p.name > resume_dir.name
+    ]
+    if newer and resume == "auto":
+        # Newer steps that failed verification: set them aside (never deleted) so retention,
+        # which keeps the highest step numbers, cannot drop the new trajectory instead.
+        for name in newer:
+            aside = _set_aside(run_dir / "checkpoints", name)
+            log(f"moved unverifiable {name} to {aside.name}")
+    elif newer:
+        # Retention keeps the highest step numbers: continuing from an older step here would
+        # delete the new trajectory's checkpoints and keep the abandoned ones.
+        raise ConfigError(
+            f"{run_dir} has checkpoints newer than {resume_dir.name} ({', '.join(newer)}); "
+            "resume into another --out, or delete them first"
         )
+    return str(resume_dir)
+
+
+def _start_files(
+    run_dir: Path, config_dict: dict[str, Any], start_step: int, log: Callable[[str], None]
+) -> str:
+    atomic_write_text(run_dir / "config.json", json.dumps(config_dict, indent=2) + "\n")
+    # Steps after the resumed one (or all, on a fresh start) were lost with the kill and are
+    # trained again: drop their old records so every step appears once.
+    truncate_metrics(run_dir / "metrics.jsonl", start_step, log)
+    return ""
 
 
 def _train_locked(
     job: _Job,
     run_dir: Path,
+    d: distributed.Dist,
     *,
     resume: str,
     overwrite: bool,
@@ -291,14 +363,40 @@ def _train_locked(
     total_steps = job.total_steps
     warmup = tc.resolve_warmup(total_steps)
     peak_lr = tc.resolve_lr(model_cfg)
-    has_steps = _prepare_run_dir(run_dir, resume, overwrite)
+    # Rank 0 checks the folder and picks the step; the others read the same files after it.
+    chosen = d.main_decides(lambda: _select_resume(run_dir, resume, overwrite, log))
+    resume_dir = Path(chosen) if chosen else None
 
     torch.manual_seed(tc.seed)
     model = Transformer(model_cfg, backend=backend)
+    model.activation_checkpointing = tc.activation_checkpointing
     if job.init is not None:
         loaded = ckpt.load_checkpoint(job.init)
         ckpt.load_weights(model, loaded.state_dict, loaded.path)
     model.to(device)
+    start_step, tokens_seen, skips, resumed_from = 0, 0, 0, None
+    if resume_dir is not None:
+        state = ckpt.read_train_state(resume_dir)
+        try:
+            _ = state["config"], state["data"], state["loop"]["step"], state["loop"]["tokens_seen"]
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{resume_dir}/train_state.json: missing {e}") from None
+        _check_resume(state["config"], job.config_dict)
+        # Rank 0 verified the hashes when it chose the step; the others only check sizes.
+        loaded = ckpt.load_checkpoint(resume_dir, check_hash=d.is_main)
+        if loaded.tokenizer_sha256 != job.tokenizer_sha256:
+            raise CompatibilityError(
+                f"tokenizer mismatch: checkpoint {resume_dir} has {loaded.tokenizer_sha256[:12]}, "
+                f"the data has {job.tokenizer_sha256[:12]}"
+            )
+        # Full weights on every rank before wrapping: DDP starts from them, FSDP2 shards them.
+        ckpt.load_weights(model, loaded.state_dict, loaded.path)
+        job.loader.load_state_dict(state["data"])
+        start_step, tokens_seen = state["loop"]["step"], state["loop"]["tokens_seen"]
+        skips = state["loop"].get("nonfinite_skips", 0)
+        resumed_from = start_step
+    train_model = distributed.wrap(model, d, device)
+    # After wrapping: FSDP2 replaces the parameters by sharded ones (same names).
     names = {p: n for n, p in model.named_parameters()}
     params = {n: p for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(
@@ -307,87 +405,61 @@ def _train_locked(
         betas=(tc.beta1, tc.beta2),
         fused=device.type == "cuda",
     )
-    start_step, tokens_seen, skips, resumed_from = 0, 0, 0, None
-    resume_dir: Path | None = None
-    if resume not in ("auto", "never"):
-        resume_dir = ckpt.resolve_checkpoint(resume, log=log)
-    elif resume == "auto" and has_steps:
-        resume_dir = ckpt.find_latest(run_dir, log=log)
     if resume_dir is not None:
-        newer = [
-            p.name
-            for p in ckpt.list_steps(run_dir)
-            if p.resolve().parent == resume_dir.resolve().parent and p.name > resume_dir.name
-        ]
-        if newer and resume == "auto":
-            # Newer steps that failed verification: set them aside (never deleted) so retention,
-            # which keeps the highest step numbers, cannot drop the new trajectory instead.
-            for name in newer:
-                aside = _set_aside(run_dir / "checkpoints", name)
-                log(f"moved unverifiable {name} to {aside.name}")
-        elif newer:
-            # Retention keeps the highest step numbers: continuing from an older step here would
-            # delete the new trajectory's checkpoints and keep the abandoned ones.
-            raise ConfigError(
-                f"{run_dir} has checkpoints newer than {resume_dir.name} ({', '.join(newer)}); "
-                "resume into another --out, or delete them first"
-            )
-        state = ckpt.read_train_state(resume_dir)
-        try:
-            _ = state["config"], state["data"], state["loop"]["step"], state["loop"]["tokens_seen"]
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"{resume_dir}/train_state.json: missing {e}") from None
-        _check_resume(state["config"], job.config_dict)
-        loaded = ckpt.load_checkpoint(resume_dir)
-        if loaded.tokenizer_sha256 != job.tokenizer_sha256:
-            raise CompatibilityError(
-                f"tokenizer mismatch: checkpoint {resume_dir} has {loaded.tokenizer_sha256[:12]}, "
-                f"the data has {job.tokenizer_sha256[:12]}"
-            )
-        ckpt.load_weights(model, loaded.state_dict, loaded.path)
-        ckpt.load_optimizer_tensors(opt, ckpt.read_optimizer(resume_dir), params)
-        job.loader.load_state_dict(state["data"])
-        start_step, tokens_seen = state["loop"]["step"], state["loop"]["tokens_seen"]
-        skips = state["loop"].get("nonfinite_skips", 0)
-        resumed_from = start_step
+        distributed.load_optimizer(model, opt, d, ckpt.read_optimizer(resume_dir), params)
         log(f"resuming from {resume_dir} (step {start_step})")
-    atomic_write_text(run_dir / "config.json", json.dumps(job.config_dict, indent=2) + "\n")
-    # Steps after the resumed one (or all, on a fresh start) were lost with the kill and are
-    # trained again: drop their old records so every step appears once.
-    truncate_metrics(run_dir / "metrics.jsonl", start_step, log)
+    d.main_decides(lambda: _start_files(run_dir, job.config_dict, start_step, log))
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     log(
         f"{model_cfg.objective.upper()} {model_cfg.name}: {model_cfg.n_params_non_embedding / 1e6:.2f}M "
         f"non-embedding params, {total_steps} steps x batch {tc.batch_size} (seq_len "
         f"{model_cfg.seq_len}) on {device.type} ({str(dtype).removeprefix('torch.')}, "
         f"attention {backend})"
+        + (f", {d.world} processes ({d.parallel})" if d.active else "")
+        + (", activation checkpointing" if tc.activation_checkpointing else "")
     )
 
     def save(step: int) -> Path:
-        train_state = {
-            "config": job.config_dict,
-            "data": job.loader.state_dict(),
-            "loop": {
-                "step": step,
-                "tokens_seen": tokens_seen,
-                "nonfinite_skips": skips,
-                "elapsed_s": time.perf_counter() - t_start,
-            },
-            "corpus": job.data_state,
-        }
-        return ckpt.save_checkpoint(
-            run_dir,
-            step,
-            model=model,
-            model_cfg=model_cfg,
-            tokenizer_path=job.tokenizer_path,
-            tokenizer_sha256=job.tokenizer_sha256,
-            train_state=train_state,
-            optimizer=ckpt.optimizer_tensors(opt, names),
-            keep_last=tc.keep_last,
-        )
+        # Every rank: FSDP2 gathers the full state to rank 0 here (a collective).
+        weights, opt_tensors = distributed.full_state(model, opt, d, names)
+
+        def write() -> str:
+            train_state = {
+                "config": job.config_dict,
+                "data": job.loader.state_dict(),
+                "loop": {
+                    "step": step,
+                    "tokens_seen": tokens_seen,
+                    "nonfinite_skips": skips,
+                    "elapsed_s": time.perf_counter() - t_start,
+                },
+                "corpus": job.data_state,
+            }
+            return str(
+                ckpt.save_checkpoint(
+                    run_dir,
+                    step,
+                    model=model,
+                    weights=weights,
+                    model_cfg=model_cfg,
+                    tokenizer_path=job.tokenizer_path,
+                    tokenizer_sha256=job.tokenizer_sha256,
+                    train_state=train_state,
+                    optimizer=opt_tensors,
+                    keep_last=tc.keep_last,
+                    manifest_extra={"world_size": d.world, "parallel": d.parallel},
+                )
+            )
+
+        # Rank 0 writes; the others wait for the commit (or get its error) at the broadcast.
+        return Path(d.main_decides(write))
 
     peak = peak_flops(device)
+    if peak:
+        peak *= d.world  # tokens below are global: MFU over all devices
+    mine = distributed.rank_micro_batches(job.accum, d.world, d.rank)
+    # Validation runs on rank 0 only, except under FSDP2, whose forward is a collective.
+    validates = d.is_main or d.parallel == "fsdp"
     flops_per_token = model_cfg.flops_per_token()
     last_ckpt: Path | None = resume_dir
     train_loss: float | None = None
@@ -404,12 +476,26 @@ def _train_locked(
             batch = job.loader.next_batch()
             loss_sum, n_tok = 0.0, 0
             with autocast(device, dtype):
-                for loss, n in job.step_losses(model, batch, step):
-                    loss.backward()
+                micro = job.step_losses(train_model, batch, step, mine)
+                for i in range(len(mine)):
+                    # Gradients are reduced across ranks after the last micro-batch only; the
+                    # context must hold the forward too, which runs inside next().
+                    with distributed.grad_sync(train_model, d, enabled=i == len(mine) - 1):
+                        loss, n = next(micro)
+                        loss.backward()
                     loss_sum += float(loss.detach())
                     n_tok += n
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-            if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+            grad_norm = distributed.clip_grad_norm(model, d, tc.grad_clip)
+            finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
+            if d.active:
+                # Each rank's loss is its share divided by its micro-batch count: the mean over
+                # ranks is the global loss. A non-finite value anywhere stops or skips everywhere.
+                (loss_total, tok_total), (bad,) = (
+                    d.all_sum(loss_sum, n_tok),
+                    d.all_max(int(not finite)),
+                )
+                loss_sum, n_tok, finite = loss_total / d.world, int(tok_total), not bad
+            if not finite:
                 opt.zero_grad(set_to_none=True)
                 if skips >= tc.max_nonfinite_skips:
                     raise DivergenceError(
@@ -443,21 +529,27 @@ def _train_locked(
                 record.update(job.log_extra(batch))
             if peak:
                 record["mfu"] = round(flops_per_token * n_tok / dt / peak, 4)
-            if step % tc.val_every == 0 or step == total_steps:
+            if (step % tc.val_every == 0 or step == total_steps) and validates:
                 with autocast(device, dtype):
                     val_loss = job.validate(model)
                 model.train()
                 record["val_loss"] = round(val_loss, 5)
-            if step % tc.log_every == 0 or "val_loss" in record or step == total_steps:
+            if d.is_main and (
+                step % tc.log_every == 0 or "val_loss" in record or step == total_steps
+            ):
                 metrics.write(record)
             if on_step:
                 on_step(step, total_steps, record)
-            if step % tc.save_every == 0 or step == total_steps or sig.signum is not None:
+            # Under torchrun the flag is agreed (MAX over ranks): all save and stop together.
+            signum = (d.all_max(sig.signum or 0)[0] or None) if d.active else sig.signum
+            if step % tc.save_every == 0 or step == total_steps or signum is not None:
                 last_ckpt = save(step)
-            if sig.signum is not None:
-                raise Interrupted(sig.signum, last_ckpt)
+                if not d.active:
+                    signum = sig.signum  # one process: a signal during that save is honoured now
+            if signum is not None:
+                raise Interrupted(signum, last_ckpt)
 
-    if val_loss is None:  # resumed a finished run: nothing trained, still report
+    if val_loss is None and validates:  # resumed a finished run: nothing trained, still report
         with autocast(device, dtype):
             val_loss = job.validate(model)
     return TrainResult(
@@ -467,7 +559,7 @@ def _train_locked(
         tokens=tokens_seen,
         val_loss=val_loss,
         val_loss_kind=job.val_kind,
-        unigram_entropy=job.unigram() if job.unigram else None,
+        unigram_entropy=job.unigram() if job.unigram and d.is_main else None,
         train_loss=train_loss,
         tokens_per_s=timed_tokens / timed_s if timed_s else 0.0,
         seconds=time.perf_counter() - t_start,
@@ -478,6 +570,9 @@ def _train_locked(
         resumed_from=resumed_from,
         seq_len=model_cfg.seq_len,
         nonfinite_skips=skips,
+        rank=d.rank,
+        world_size=d.world,
+        parallel=d.parallel,
     )
 
 
@@ -504,7 +599,8 @@ def pretrain(
         vocab_size=tok.vocab_size,
         mask_id=tok.mask_id if cfg.model.objective == "mdm" else -1,
     )
-    cfg = replace(cfg, model=model_cfg)
+    tc = _train_config_for_world(tc, log)
+    cfg = replace(cfg, model=model_cfg, train=tc)
     micro = tc.micro_batch_size or tc.batch_size
     accum = tc.batch_size // micro
     train_windows = TokenWindows(manifest, "train", model_cfg.seq_len)
@@ -518,7 +614,7 @@ def pretrain(
     device = resolve_device(cfg.device)
 
     def step_losses(
-        model: Transformer, batch: Any, step: int
+        model: torch.nn.Module, batch: Any, step: int, micro_ids: range
     ) -> Iterator[tuple[torch.Tensor, int]]:
         gen = torch.Generator().manual_seed(mix(tc.seed, step))
         L = model_cfg.seq_len
@@ -526,7 +622,7 @@ def pretrain(
             # Variable length (SMDM): fixes the train/test length mismatch of a bidirectional model.
             L = int(torch.randint(1, model_cfg.seq_len + 1, (1,), generator=gen).item())
         x0_all, doc_all = batch.x0[:, :L].to(device), batch.doc_ids[:, :L].to(device)
-        for m in range(accum):
+        for m in micro_ids:
             x0 = x0_all[m * micro : (m + 1) * micro]
             doc = doc_all[m * micro : (m + 1) * micro] if tc.doc_mask else None
             if model_cfg.objective == "mdm":
@@ -536,13 +632,16 @@ def pretrain(
                 )
             else:
                 loss = arm_loss(model(x0, doc_ids=doc), x0)
-            yield loss / accum, x0.numel()
+            # Each micro-batch keeps its own normalisation; dividing by this process's count
+            # (not the global accumulation) is undone by the gradient averaging over ranks.
+            yield loss / len(micro_ids), x0.numel()
 
     job = _Job(
         cfg=cfg,
         config_dict=cfg.to_dict(),
         loader=loader,
         step_losses=step_losses,
+        accum=accum,
         validate=lambda model: validate(model, val_windows, tc, device),
         val_kind="MDM ELBO bound" if model_cfg.objective == "mdm" else "ARM cross-entropy",
         tokenizer_path=manifest.path / "tokenizer.json",
@@ -552,6 +651,21 @@ def pretrain(
         unigram=lambda: unigram_entropy(train_windows, model_cfg.vocab_size),
     )
     return _train(job, resume=resume, overwrite=overwrite, on_step=on_step, log=log)
+
+
+def _train_config_for_world(tc: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """Under torchrun without --micro-batch-size: one micro-batch per rank, recorded in the run's
+    config so the split (and with it every noise draw) is explicit. One process: unchanged."""
+    world = distributed.env_world_size()
+    micro = distributed.micro_batch_for_world(tc.batch_size, tc.micro_batch_size, world)
+    if micro == tc.micro_batch_size:
+        return tc
+    if distributed.env_rank() == 0:
+        log(
+            f"{world} processes: micro-batch size {micro} (batch {tc.batch_size} / world); a "
+            f"single process reproduces this run with --micro-batch-size {micro}"
+        )
+    return replace(tc, micro_batch_size=micro)
 
 
 def build_model_config(size: str, objective: str, overrides: dict[str, Any]) -> ModelConfig:
@@ -584,7 +698,8 @@ def finetune(
     from mdmctl.diffusion import mdm_conditional_elbo, mdm_sft_loss
     from mdmctl.tokenizer import info_from_file
 
-    tc = cfg.train
+    tc = _train_config_for_world(cfg.train, log)
+    cfg = replace(cfg, train=tc)
     init = ckpt.resolve_checkpoint(cfg.init, log=log)
     loaded = ckpt.load_checkpoint(init)
     tok, tinfo = info_from_file(init / "tokenizer.json")
@@ -645,9 +760,9 @@ def finetune(
     mask_id = model_cfg.mask_id
 
     def step_losses(
-        model: Transformer, batch: Any, step: int
+        model: torch.nn.Module, batch: Any, step: int, micro_ids: range
     ) -> Iterator[tuple[torch.Tensor, int]]:
-        for m in range(accum):
+        for m in micro_ids:
             # SMDM cuts each micro-batch to its longest row (unless the length is fixed).
             mb = batch.rows(slice(m * micro, (m + 1) * micro), trim=pad_to is None)
             x0, pm, rm = (t.to(device) for t in (mb.x0, mb.prompt_mask, mb.response_mask))
@@ -666,7 +781,7 @@ def finetune(
                     conditional=objective == "conditional",
                     cfg_dropout=cfg.cfg_dropout,
                 )
-            yield loss / accum, x0.numel()
+            yield loss / len(micro_ids), x0.numel()
 
     @torch.no_grad()
     def validate_sft(model: Transformer) -> float:
@@ -718,6 +833,7 @@ def finetune(
         config_dict=config_dict,
         loader=loader,
         step_losses=step_losses,
+        accum=accum,
         validate=validate_sft,
         val_kind=(
             "ARM response CE" if objective.startswith("arm") else "MDM conditional ELBO bound"

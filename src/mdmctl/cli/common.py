@@ -43,6 +43,27 @@ class Attention(str, Enum):
     sdpa = "sdpa"
 
 
+class Parallel(str, Enum):
+    auto = "auto"
+    none = "none"
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+PARALLEL_HELP = (
+    "Multi-process training under torchrun: ddp, fsdp (FSDP2) or none; auto is none for one "
+    "process, ddp for more (docs/distributed.md)."
+)
+AC_HELP = "Recompute each block's activations in backward: less memory, one more forward."
+
+
+def launch_rank() -> int:
+    """This process's rank under torchrun (0 otherwise); read from the environment, no torch."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 class SamplerName(str, Enum):
     ancestral = "ancestral"
     confidence = "confidence"

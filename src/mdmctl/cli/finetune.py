@@ -7,7 +7,16 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import Attention, _finite, _log, app, cli_errors
+from mdmctl.cli.common import (
+    AC_HELP,
+    PARALLEL_HELP,
+    Attention,
+    Parallel,
+    _finite,
+    _log,
+    app,
+    cli_errors,
+)
 from mdmctl.cli.train_common import _render_train_summary, _with_progress
 
 
@@ -98,6 +107,10 @@ def finetune(
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
     attention: Attention = typer.Option(Attention.auto, "--attention"),
+    parallel: Parallel = typer.Option(Parallel.auto, "--parallel", help=PARALLEL_HELP),
+    activation_checkpointing: bool = typer.Option(
+        False, "--activation-checkpointing", help=AC_HELP
+    ),
     resume: str = typer.Option("auto", "--resume"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     json_out: bool = typer.Option(False, "--json"),
@@ -119,6 +132,8 @@ def finetune(
                     save_every=save_every,
                     keep_last=keep_last,
                     seed=seed,
+                    parallel=parallel.value,
+                    activation_checkpointing=activation_checkpointing,
                 ).items()
                 if v is not None
             }

@@ -8,14 +8,18 @@ from typing import Any
 import typer
 
 from mdmctl.cli.common import (
+    AC_HELP,
     DEFAULT_DATA,
+    PARALLEL_HELP,
     Attention,
     Objective,
+    Parallel,
     _finite,
     _log,
     _tokenize_with_progress,
     app,
     cli_errors,
+    launch_rank,
 )
 from mdmctl.cli.train_common import _render_train_summary, _with_progress
 
@@ -87,6 +91,10 @@ def pretrain(
         "auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."
     ),
     attention: Attention = typer.Option(Attention.auto, "--attention", help="Attention kernel."),
+    parallel: Parallel | None = typer.Option(None, "--parallel", help=PARALLEL_HELP),
+    activation_checkpointing: bool | None = typer.Option(
+        None, "--activation-checkpointing/--no-activation-checkpointing", help=AC_HELP
+    ),
     resume: str = typer.Option(
         "auto",
         "--resume",
@@ -141,6 +149,8 @@ def pretrain(
             keep_last=keep_last,
             max_nonfinite_skips=max_nonfinite_skips,
             seed=seed,
+            parallel=parallel.value if parallel else None,
+            activation_checkpointing=activation_checkpointing,
         )
         if any(v is not None for v in (steps, tokens, flops)):
             for k in ("steps", "tokens", "flops"):
@@ -149,7 +159,17 @@ def pretrain(
         train_cfg = TrainConfig.from_dict(train_over)
         data_dir = data or DEFAULT_DATA
         if data is None and not (DEFAULT_DATA / "corpus.json").is_file():
+            import os
+
             from mdmctl.data.shards import TokenizeConfig
+            from mdmctl.errors import ConfigError
+
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                # Every rank would tokenize into the same folder at once.
+                raise ConfigError(
+                    f"no --data and no {DEFAULT_DATA}/corpus.json: under torchrun, run "
+                    "'mdmctl tokenize' (or one 'mdmctl pretrain') first, or pass --data"
+                )
 
             _log(f"no --data: tokenizing the built-in corpus into {DEFAULT_DATA} (once)")
             _tokenize_with_progress(TokenizeConfig(out=str(DEFAULT_DATA)))
@@ -163,7 +183,9 @@ def pretrain(
             dtype=dtype,
         )
         result = _run_pretrain(run, resume, overwrite, verify_data)
-        samples = _summary_samples(result, show_samples) if show_samples else []
+        samples = (
+            _summary_samples(result, show_samples) if show_samples and launch_rank() == 0 else []
+        )
         _render_train_summary(result, samples, json_out)
 
 

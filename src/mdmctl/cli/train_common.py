@@ -7,7 +7,13 @@ from typing import Any
 
 
 def _with_progress(fn: Any) -> Any:
-    """Run a training call with a rich progress bar (ETA, loss, lr, tokens/s, val, MFU)."""
+    """Run a training call with a rich progress bar (ETA, loss, lr, tokens/s, val, MFU).
+
+    Under torchrun only rank 0 shows it (the library calls ``on_step`` on rank 0 only)."""
+    from mdmctl.cli.common import launch_rank
+
+    if launch_rank() != 0:
+        return fn(None)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -44,6 +50,9 @@ def _with_progress(fn: Any) -> Any:
 
 
 def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
+    if getattr(r, "rank", 0) != 0:
+        return  # under torchrun, rank 0 reports for the run
+    world, parallel = getattr(r, "world_size", 1), getattr(r, "parallel", "none")
     from rich.table import Table
 
     from mdmctl.log import console
@@ -65,6 +74,8 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
         "attention": r.attention,
         "resumed_from": r.resumed_from,
         "nonfinite_skips": r.nonfinite_skips,
+        "world_size": world,
+        "parallel": parallel,
         "samples": samples,
     }
     if json_out:
@@ -81,7 +92,10 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
     if r.unigram_entropy is not None:
         t.add_row("unigram entropy of the corpus", f"{r.unigram_entropy:.4f} nats/token")
         t.add_row("better than unigram by", f"{r.unigram_entropy - r.val_loss:+.4f} nats/token")
-    t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s on {r.device} ({r.attention})")
+    where = f"{r.device} ({r.attention})"
+    if world > 1:
+        where = f"{world} x {where}, {parallel}"
+    t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s on {where}")
     t.add_row("wall time", f"{r.seconds:.0f} s")
     t.add_row("peak RSS", f"{r.peak_rss_mb:,.0f} MB")
     console.print(t)
