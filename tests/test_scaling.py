@@ -58,11 +58,12 @@ def test_bootstrap_interval_covers_the_truth_under_noise(tmp_path):
     write_runs(tmp_path, noise=0.003, seed=1)
     res = fit(read_runs([tmp_path]), n_boot=100, seed=0)
     assert res["bootstrap"]["failed"] < 10
-    for at in res["bootstrap"]["at"]:
-        lo, mid, hi = at["compute_gap"]
-        assert lo < GAP < hi and hi / lo < 4  # covers 16 and says something
-        lo, _, hi = at["size_ratio"]
-        assert lo < RATIO < hi
+    at = res["bootstrap"]["at"]
+    # 95% intervals at 4 budgets: each may miss now and then, most must cover the truth.
+    for key, truth in (("compute_gap", GAP), ("size_ratio", RATIO)):
+        covered = [a[key][0] < truth < a[key][2] for a in at]
+        assert sum(covered) >= 3, (key, [a[key] for a in at])
+        assert all(a[key][2] / a[key][0] < 1.2 for a in at)  # and says something
     assert json.loads(json.dumps(res))  # strict JSON: no NaN or inf
 
 
@@ -143,3 +144,12 @@ def test_cli_plan_and_fit(tmp_path):
     assert "--min-steps" in r.stderr
     r = run("scaling", "plan", "--flops", "inf", code=2)
     assert "finite" in r.stderr
+
+
+def test_a_minimum_outside_the_sizes_tried_is_not_extrapolated():
+    from mdmctl.scaling import Run, fit_budget
+
+    # Losses falling with N across every size tried: the vertex lies above the largest one.
+    runs = [Run(f"r{n}", "arm", n, 1e12, law("arm", n, 1e12)) for n in (1e3, 2e3, 4e3, 8e3)]
+    with pytest.raises(ValueError, match="outside the sizes tried"):
+        fit_budget(runs)

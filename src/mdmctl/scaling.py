@@ -242,6 +242,13 @@ def fit_budget(runs: Sequence[Run]) -> BudgetFit:
     if a <= 0:
         raise ValueError("the losses do not curve upwards (no minimum)")
     v = -b / (2 * a)
+    lo, hi = min(r.n_params for r in runs), max(r.n_params for r in runs)
+    if not lo <= math.exp(x0 + v) <= hi:
+        # An extrapolated vertex is a guess about sizes nobody trained: bracket the minimum.
+        raise ValueError(
+            f"the minimum (N = {math.exp(x0 + v):.3g}) lies outside the sizes tried "
+            f"({lo:.3g}-{hi:.3g}); add sizes on that side"
+        )
     # Back to uncentred ln N: a(x - x0)² + b(x - x0) + c.
     coef = (a, b - 2 * a * x0, a * x0 * x0 - b * x0 + c)
     return BudgetFit(runs[0].flops, len(runs), coef, math.exp(x0 + v), c - b * b / (4 * a))
