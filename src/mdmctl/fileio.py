@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from mdmctl.errors import OutputError
+from mdmctl.errors import ConfigError, OutputError
 
 # safetensors and tokenizers report I/O failures as their own exception types whose text carries
 # the OS message ("No space left on device (os error 28)"), not as OSError with an errno.
@@ -92,3 +92,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def make_out_dir(out: Path) -> None:
+    """Create ``--out`` with typed errors (exit 2) for a path that is a file or cannot be made."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror})") from None

@@ -41,7 +41,7 @@ from mdmctl.errors import (
     DivergenceError,
     MdmctlError,
 )
-from mdmctl.fileio import atomic_write_text
+from mdmctl.fileio import atomic_write_text, make_out_dir
 from mdmctl.log import MetricsWriter, info, truncate_metrics
 from mdmctl.model import Transformer
 from mdmctl.runtime import autocast, peak_flops, peak_rss_mb, resolve_device, resolve_dtype
@@ -207,16 +207,6 @@ class _Job:
     log_extra: Callable[[Any], dict[str, Any]] | None = None
 
 
-def _make_run_dir(run_dir: Path) -> None:
-    """Create ``--out`` (typed errors for a path that is a file or cannot be created)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir}: exists and is not a folder; pass a run directory")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {run_dir}: cannot create the folder ({e.strerror})") from None
-
-
 def _prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> bool:
     """Check or clear the (locked) ``run_dir``; returns whether it holds checkpoint steps."""
     # The lock file is ours: it neither makes the folder "non-empty" nor goes with --overwrite.
@@ -290,7 +280,7 @@ def _train(
         with contextlib.ExitStack() as held:
 
             def lock() -> str:
-                _make_run_dir(run_dir)
+                make_out_dir(run_dir)
                 held.enter_context(runlock.hold(run_dir, log))
                 return ""
 

@@ -27,7 +27,7 @@ from mdmctl import __version__
 from mdmctl.config import check_finite
 from mdmctl.data.readers import CorpusSpec, iter_documents
 from mdmctl.errors import ConfigError, CorpusIntegrityError, DataError, OutputError
-from mdmctl.fileio import atomic_write, atomic_write_text, sha256_file
+from mdmctl.fileio import atomic_write, atomic_write_text, make_out_dir, sha256_file
 from mdmctl.tokenizer import TokenizerInfo, load_tokenizer, prepare, train_bpe
 
 FORMAT_VERSION = 1
@@ -160,7 +160,7 @@ def tokenize_corpus(
         log(f"trained byte-level BPE: {info.vocab_size} tokens on {n_seen} documents")
 
     dtype = np.dtype(np.uint16) if info.vocab_size <= 2**16 else np.dtype(np.uint32)
-    _make_out_dir(out)
+    make_out_dir(out)
     (out / "corpus.json").unlink(missing_ok=True)  # invalid until the new one is written last
     for old in [*out.glob("train-*.safetensors"), *out.glob("val-*.safetensors")]:
         old.unlink()  # only our own shard names: --out may be a folder that holds other files
@@ -174,15 +174,6 @@ def tokenize_corpus(
             for shard in w.shards:
                 (out / shard["file"]).unlink(missing_ok=True)
         raise
-
-
-def _make_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror})") from None
 
 
 def _write_corpus(
