@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from mdmctl import checkpoint as ckpt
 from mdmctl.errors import CheckpointError, CompatibilityError
+from mdmctl.fileio import atomic_write_text
 from mdmctl.model import Transformer
 from mdmctl.tokenizer import train_bpe
 
@@ -51,6 +54,18 @@ def test_round_trip_bit_identical(tmp_path, tiny_cfg, tok_path):
     assert loaded.model_cfg == tiny_cfg
     for k, v in m.state_dict().items():
         assert torch.equal(loaded.state_dict[k], v)
+
+
+def test_files_follow_the_umask(tmp_path, tiny_cfg, tok_path):
+    # safetensors creates 0600 files; a run folder shared with a group must stay readable.
+    old = os.umask(0o022)
+    try:
+        d = _save(tmp_path, 1, Transformer(tiny_cfg), tiny_cfg, tok_path)
+        atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    for f in [*d.iterdir(), tmp_path / "x.json"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
 
 
 def test_truncated_and_flipped_and_missing_manifest(tmp_path, tiny_cfg, tok_path):

@@ -91,6 +91,18 @@ def test_prompt_longer_than_context(ckpts):
     assert "model context is 32" in r.stderr
 
 
+def test_sample_default_length_fits_the_context_after_the_prompt(ckpts):
+    # Context 32: a prompt of n tokens leaves 32 - n; the old fixed default (64) did not fit.
+    r = run("sample", "--checkpoint", ckpts["mdm"], "--prompt", "the cat", "--json")
+    (row,) = [json.loads(ln) for ln in r.stdout.splitlines()]
+    said = " ".join(r.stderr.split())  # log lines wrap at the console width
+    assert "--length not given: generating up to" in said
+    n_prompt = int(said.split("after the prompt (")[1].split(" ")[0])
+    assert len(row["token_ids"]) <= 32 - n_prompt
+    r = run("sample", "--checkpoint", ckpts["mdm"], "--length", "4", "--steps", "50")
+    assert "--steps 50 exceeds the 4 tokens to generate" in " ".join(r.stderr.split())
+
+
 def test_cfg_on_arm_checkpoint(ckpts):
     r = run("sample", "--checkpoint", ckpts["arm"], "--cfg", "1.0", code=2)
     assert "--cfg applies to objective 'mdm'" in r.stderr
@@ -396,6 +408,52 @@ def test_summary_reports_skipped_non_finite_steps(capsys, tmp_path):
     _render_train_summary(r, [], json_out=True)
     assert json.loads(capsys.readouterr().out)["nonfinite_skips"] == 2
     _render_train_summary(r, [], json_out=False)
-    assert "non-finite steps skipped" in capsys.readouterr().err
+    assert "non-finite steps skipped" in capsys.readouterr().out
     _render_train_summary(SimpleNamespace(**{**vars(r), "nonfinite_skips": 0}), [], False)
-    assert "non-finite" not in capsys.readouterr().err
+    assert "non-finite" not in capsys.readouterr().out
+
+
+def test_results_on_stdout_whole_when_redirected(tmp_path, corpus_dir):
+    # stdout is not a terminal here (as with `> results.txt`): the summary table goes there, with
+    # the full run path and no wrapping; stderr carries only logs and progress.
+    out = tmp_path / ("a-run-folder-with-a-long-name-" * 3)
+    r = run(
+        "pretrain", "--size", "tiny", "--seq-len", "32", "--steps", "2", "--batch-size", "4",
+        "--data", corpus_dir, "--out", out, "--show-samples", "1", "--device", "cpu",
+    )  # fmt: skip
+    assert "training summary" in r.stdout and "training summary" not in r.stderr
+    assert any(str(out) in ln for ln in r.stdout.splitlines()), r.stdout
+    assert "sample 1:" in r.stdout and "…" not in r.stdout
+
+
+def test_runs_lists_each_run_with_its_progress_and_best_loss(ckpts, tmp_path):
+    root = ckpts["mdm"].parents[2]  # the folder holding the mdm and arm runs
+    rows = json.loads(run("runs", root, "--json").stdout)
+    assert sorted(r["objective"] for r in rows) == ["arm", "mdm"]
+    for r in rows:
+        assert (r["kind"], r["size"]) == ("pretrain", "tiny")
+        assert (r["steps_done"], r["steps_total"]) == (4, 4)
+        assert r["best_val_step"] == 4 and r["best_val_loss"] > 0
+        assert r["newest_checkpoint"].endswith("step-00000004")
+    assert "tiny" in run("runs", root).stdout
+    assert "no such folder" in run("runs", tmp_path / "nope", code=2).stderr
+
+
+def test_loss_curve_png(ckpts, tmp_path):
+    pytest.importorskip("matplotlib")
+    from mdmctl.runs import plot_loss_curve
+
+    path = plot_loss_curve(ckpts["mdm"].parents[1], tmp_path / "loss.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_file_objective_counts_unless_the_flag_is_given(tmp_path, corpus_dir):
+    toml = tmp_path / "run.toml"
+    toml.write_text('[model]\nobjective = "arm"\n')
+    common = ["--seq-len", "32", "--steps", "1", "--batch-size", "2", "--data", corpus_dir,
+              "--show-samples", "0", "--device", "cpu", "--config", toml, "--json"]  # fmt: skip
+    r = run("pretrain", "--out", tmp_path / "a", *common)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["model"]["objective"] == "arm"
+    assert "ARM cross-entropy" in r.stdout
+    run("pretrain", "--out", tmp_path / "m", "--objective", "mdm", *common)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model"]["objective"] == "mdm"

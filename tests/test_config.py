@@ -28,6 +28,15 @@ def test_unknown_size_suggests():
         ModelConfig.from_name("170m")
 
 
+@pytest.mark.parametrize(
+    ("name", "nearest"), [("20M", "19M"), ("200M", "206M"), ("1B", "1028M"), ("tinny", "tiny")]
+)
+def test_unknown_size_suggests_nearest_parameter_count(name, nearest):
+    # '20M' is string-closest to '206M'; a user asking for 20M parameters means 19M.
+    with pytest.raises(ConfigError, match=f"did you mean '{nearest}'"):
+        ModelConfig.from_name(name)
+
+
 def test_heads_must_divide_width():
     with pytest.raises(ConfigError, match="n_heads"):
         ModelConfig.from_name("tiny", n_heads=3)

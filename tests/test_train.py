@@ -63,9 +63,13 @@ def test_resume_is_bit_exact(tmp_path, corpus_dir, objective):
     def records(run):
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
         out = {}
+        elapsed = [json.loads(line)["elapsed_s"] for line in lines]
+        assert elapsed == sorted(elapsed)  # the run's seconds carry over a resume
         for line in lines:
             r = json.loads(line)
-            r.pop("tokens_per_s")
+            for timing in ("tokens_per_s", "time", "elapsed_s"):
+                assert timing in r
+                r.pop(timing)
             assert r["step"] not in out  # the crashed run's step-4 record was dropped on resume
             out[r["step"]] = r
         return out
@@ -77,6 +81,24 @@ def test_resume_refuses_changed_setup(tmp_path, corpus_dir):
     pretrain(_run(corpus_dir, tmp_path / "r", steps=3), log=lambda m: None)
     with pytest.raises(CompatibilityError, match="batch_size: checkpoint=4, requested=8"):
         pretrain(_run(corpus_dir, tmp_path / "r", batch_size=8), log=lambda m: None)
+
+
+def test_changed_setup_error_names_the_folder_and_the_ways_out(tmp_path, corpus_dir):
+    pretrain(_run(corpus_dir, tmp_path / "r", steps=3), log=lambda m: None)
+    with pytest.raises(CompatibilityError, match=r"--out, or pass --overwrite") as e:
+        pretrain(_run(corpus_dir, tmp_path / "r", batch_size=8), log=lambda m: None)
+    assert str(tmp_path / "r") in str(e.value)
+
+
+def test_config_json_records_the_values_used(tmp_path, corpus_dir):
+    # steps from --tokens, the size's lr and the warm-up rule: none of them given explicitly.
+    pretrain(_run(corpus_dir, tmp_path / "r", steps=None, tokens=4 * 32 * 5), log=lambda m: None)
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["train"]["steps"] is None and cfg["train"]["lr"] is None
+    assert cfg["resolved"]["steps"] == 5
+    assert cfg["resolved"]["lr"] == 3e-3
+    assert cfg["resolved"]["warmup_steps"] == TrainConfig().resolve_warmup(5)
+    assert (cfg["resolved"]["device"], cfg["resolved"]["micro_batch_size"]) == ("cpu", 4)
 
 
 def test_never_refuses_non_empty_out(tmp_path, corpus_dir):

@@ -357,3 +357,23 @@ def test_lm_eval_adapter_runs_real_tasks_offline(tmp_path, ckpts):
         code=2,
     )
     assert "cfg applies to objective 'mdm'" in r.stderr
+
+
+def test_lm_eval_hub_task_offline_is_one_typed_line(ckpts):
+    # piqa's data lives on the hub; with HF_DATASETS_OFFLINE=1 (conftest) lm-eval cannot fetch it.
+    pytest.importorskip("lm_eval")
+    r = run("eval", "lm-eval", "--tasks", "piqa", "--checkpoint", ckpts["mdm"], "--limit", "2",
+            code=3)  # fmt: skip
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert "could not be fetched from the hub" in line and "--include-path" in line
+
+
+def test_lm_eval_missing_names_the_extra(ckpts, monkeypatch):
+    import sys
+
+    # import lm_eval (and any submodule an earlier test cached) -> ImportError
+    for name in ["lm_eval", *(m for m in sys.modules if m.startswith("lm_eval."))]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "mdmctl.evaluation.lm_eval_adapter", raising=False)
+    r = run("eval", "lm-eval", "--tasks", "piqa", "--checkpoint", ckpts["mdm"], code=2)
+    assert "pip install 'mdmctl[eval]'" in r.stderr

@@ -24,7 +24,14 @@ from safetensors.torch import save_file
 from mdmctl import __version__
 from mdmctl.config import ModelConfig
 from mdmctl.errors import CheckpointError, CompatibilityError, ConfigError
-from mdmctl.fileio import fsync_dir, fsync_file, is_no_space, is_write_failure, sha256_file
+from mdmctl.fileio import (
+    fsync_dir,
+    fsync_file,
+    is_no_space,
+    is_write_failure,
+    sha256_file,
+    umask,
+)
 
 FORMAT_VERSION = 1
 STEP_PREFIX = "step-"
@@ -137,6 +144,7 @@ def save_checkpoint(
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         files = {}
         for f in sorted(tmp.iterdir()):
+            os.chmod(f, 0o666 & ~umask())  # safetensors writes 0600; follow the user's umask
             fsync_file(f)
             files[f.name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
         manifest = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,20 @@ TINY_SIZES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 MODEL_SIZES: tuple[str, ...] = tuple(TINY_SIZES) + tuple(SMDM_SIZES)
+
+
+def suggest_size(name: str) -> str:
+    """'; did you mean X?' for an unknown size. A parameter count ('20M', '1.2B') gets the SMDM
+    size nearest in log-parameters (19M, not the string-closest 206M); other names get the
+    closest spelling."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mMbB])\s*", name)
+    if m is None:
+        return suggest(name, MODEL_SIZES)
+    millions = float(m.group(1)) * (1000.0 if m.group(2) in "bB" else 1.0)
+    if millions <= 0:
+        return ""
+    nearest = min(SMDM_SIZES, key=lambda s: abs(math.log(int(s[:-1]) / millions)))
+    return f"; did you mean '{nearest}'?"
 
 
 def check_finite(obj: Any, prefix: str) -> None:
@@ -155,8 +170,7 @@ class ModelConfig:
             seq_len = 2048
         else:
             raise ConfigError(
-                f"unknown model size {name!r}{suggest(name, MODEL_SIZES)} "
-                f"(valid: {', '.join(MODEL_SIZES)})"
+                f"unknown model size {name!r}{suggest_size(name)} (valid: {', '.join(MODEL_SIZES)})"
             )
         base = dict(
             name=name,

@@ -75,6 +75,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
+        # Some writers (safetensors) create 0600 files; give the user's umask its say, as a
+        # plain open() would, so a shared run folder stays readable by the group.
+        os.chmod(tmp, 0o666 & ~umask())
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException as e:
@@ -83,6 +86,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             raise write_failure(e, path) from None
         raise
     fsync_dir(path.parent)
+
+
+def umask() -> int:
+    """The process's umask (file mode bits new files must not get)."""
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -15,6 +15,18 @@ from rich.logging import RichHandler
 console = Console(stderr=True)
 
 
+def results_console() -> Console:
+    """A console for results (tables, summaries) on stdout, bound to the current ``sys.stdout``.
+
+    On a terminal it wraps to the terminal's width; into a file or a pipe (which has no width)
+    nothing is wrapped or cut, so ``mdmctl eval ... > results.txt`` keeps full paths and numbers.
+    """
+    import sys
+
+    tty = sys.stdout.isatty()
+    return Console(width=None if tty else 100_000, soft_wrap=not tty, highlight=False)
+
+
 def setup_logging(verbose: bool = False) -> None:
     logger = logging.getLogger("mdmctl")
     if not logger.handlers:

@@ -241,7 +241,7 @@ def _set_aside(ckpt_root: Path, name: str) -> Path:
     return aside
 
 
-def _check_resume(saved: dict[str, Any], current: dict[str, Any]) -> None:
+def _check_resume(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
     diffs = []
     for section, fields in current.items():
         if not isinstance(fields, dict):
@@ -258,7 +258,10 @@ def _check_resume(saved: dict[str, Any], current: dict[str, Any]) -> None:
             if old != v:
                 diffs.append(f"{section}.{f}: checkpoint={old}, requested={v}")
     if diffs:
-        raise CompatibilityError("cannot resume with a changed setup: " + "; ".join(diffs))
+        raise CompatibilityError(
+            f"{run_dir} holds a run with another setup ({'; '.join(diffs)}): cannot resume it; "
+            "train into another --out, or pass --overwrite to replace it"
+        )
 
 
 def _train(
@@ -326,9 +329,17 @@ def _select_resume(run_dir: Path, resume: str, overwrite: bool, log: Callable[[s
 
 
 def _start_files(
-    run_dir: Path, config_dict: dict[str, Any], start_step: int, log: Callable[[str], None]
+    run_dir: Path,
+    config_dict: dict[str, Any],
+    resolved: dict[str, Any],
+    start_step: int,
+    log: Callable[[str], None],
 ) -> str:
-    atomic_write_text(run_dir / "config.json", json.dumps(config_dict, indent=2) + "\n")
+    # "resolved": the values this run actually uses where the request left them to a default
+    # (steps from --tokens/--flops, the size's lr, warm-up, device). Not part of the resume
+    # check: those fields may legitimately change on resume.
+    text = json.dumps({**config_dict, "resolved": resolved}, indent=2) + "\n"
+    atomic_write_text(run_dir / "config.json", text)
     # Steps after the resumed one (or all, on a fresh start) were lost with the kill and are
     # trained again: drop their old records so every step appears once.
     truncate_metrics(run_dir / "metrics.jsonl", start_step, log)
@@ -365,13 +376,14 @@ def _train_locked(
         ckpt.load_weights(model, loaded.state_dict, loaded.path)
     model.to(device)
     start_step, tokens_seen, skips, resumed_from = 0, 0, 0, None
+    elapsed_before = 0.0  # training seconds of the run before this process (resume)
     if resume_dir is not None:
         state = ckpt.read_train_state(resume_dir)
         try:
             _ = state["config"], state["data"], state["loop"]["step"], state["loop"]["tokens_seen"]
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{resume_dir}/train_state.json: missing {e}") from None
-        _check_resume(state["config"], job.config_dict)
+        _check_resume(state["config"], job.config_dict, run_dir)
         # Rank 0 verified the hashes when it chose the step; the others only check sizes.
         loaded = ckpt.load_checkpoint(resume_dir, check_hash=d.is_main)
         if loaded.tokenizer_sha256 != job.tokenizer_sha256:
@@ -384,6 +396,7 @@ def _train_locked(
         job.loader.load_state_dict(state["data"])
         start_step, tokens_seen = state["loop"]["step"], state["loop"]["tokens_seen"]
         skips = state["loop"].get("nonfinite_skips", 0)
+        elapsed_before = float(state["loop"].get("elapsed_s", 0.0))
         resumed_from = start_step
     train_model = distributed.wrap(model, d, device)
     # After wrapping: FSDP2 replaces the parameters by sharded ones (same names).
@@ -398,7 +411,17 @@ def _train_locked(
     if resume_dir is not None:
         distributed.load_optimizer(model, opt, d, ckpt.read_optimizer(resume_dir), params)
         log(f"resuming from {resume_dir} (step {start_step})")
-    d.main_decides(lambda: _start_files(run_dir, job.config_dict, start_step, log))
+    resolved = {
+        "steps": total_steps,
+        "lr": peak_lr,
+        "warmup_steps": warmup,
+        "micro_batch_size": tc.batch_size // job.accum,
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "attention": backend,
+        "world_size": d.world,
+    }
+    d.main_decides(lambda: _start_files(run_dir, job.config_dict, resolved, start_step, log))
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     log(
         f"{model_cfg.objective.upper()} {model_cfg.name}: {model_cfg.n_params_non_embedding / 1e6:.2f}M "
@@ -421,7 +444,7 @@ def _train_locked(
                     "step": step,
                     "tokens_seen": tokens_seen,
                     "nonfinite_skips": skips,
-                    "elapsed_s": time.perf_counter() - t_start,
+                    "elapsed_s": elapsed_before + time.perf_counter() - t_start,
                 },
                 "corpus": job.data_state,
             }
@@ -514,6 +537,9 @@ def _train_locked(
                 "grad_norm": round(grad_norm, 4),
                 "tokens": tokens_seen,
                 "tokens_per_s": round(n_tok / dt, 1),
+                # Wall clock, and the run's training seconds across resumes (loss-vs-time plots).
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "elapsed_s": round(elapsed_before + time.perf_counter() - t_start, 3),
             }
             if job.log_extra:
                 record.update(job.log_extra(batch))
@@ -590,6 +616,7 @@ def pretrain(
         mask_id=tok.mask_id if cfg.model.objective == "mdm" else -1,
     )
     tc = _train_config_for_world(tc, log)
+    tc = _plan_memory(tc, model_cfg, cfg.device, cfg.dtype, log)
     cfg = replace(cfg, model=model_cfg, train=tc)
     micro = tc.micro_batch_size or tc.batch_size
     accum = tc.batch_size // micro
@@ -656,6 +683,23 @@ def _train_config_for_world(tc: TrainConfig, log: Callable[[str], None]) -> Trai
             f"single process reproduces this run with --micro-batch-size {micro}"
         )
     return replace(tc, micro_batch_size=micro)
+
+
+def _plan_memory(
+    tc: TrainConfig, model_cfg: ModelConfig, device: str, dtype: str, log: Callable[[str], None]
+) -> TrainConfig:
+    """The micro-batch checked (or chosen, when not given) against the device's memory."""
+    from mdmctl.memory import plan_training
+
+    quiet = distributed.env_rank() != 0
+    return plan_training(
+        tc,
+        model_cfg,
+        device=device,
+        dtype=dtype,
+        world=distributed.env_world_size(),
+        log=(lambda m: None) if quiet else log,
+    )
 
 
 def build_model_config(size: str, objective: str, overrides: dict[str, Any]) -> ModelConfig:
@@ -738,6 +782,9 @@ def finetune(
         total_steps = max(1, math.ceil((cfg.epochs or 1.0) * loader.batches_per_epoch))
     else:
         total_steps = tc.steps
+    # Planned at the longest row a micro-batch can have (batches are cut to their longest row).
+    tc = _plan_memory(tc, replace(model_cfg, seq_len=fit), cfg.device, cfg.dtype, log)
+    cfg = replace(cfg, train=tc)
     micro = tc.micro_batch_size or tc.batch_size
     log(
         f"fine-tuning ({objective}) on {len(train_tok)} examples, {len(val_tok)} held out; "

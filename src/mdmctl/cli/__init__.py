@@ -8,6 +8,8 @@ One module per command group, each a thin layer over the library:
 - ``eval_ppl``, ``eval_gsm8k``, ``eval_reverse_curse``, ``eval_zero_shot`` (one command per
   benchmark, and ``all``), ``eval_lm_eval``: the ``eval`` subcommands
 - ``scaling``: ``scaling plan`` and ``scaling fit`` (IsoFLOP sweeps)
+- ``runs``: ``mdmctl runs`` (list the training runs in a folder)
+- ``progress``: progress bars on a terminal, periodic lines in a log file
 
 Heavy imports (torch, tokenizers, datasets) happen inside command bodies so ``--help`` stays fast.
 User errors become one ``error: ...`` line on stderr and a typed exit code (docs/cli.md).
@@ -23,7 +25,7 @@ from mdmctl.cli.train_common import _render_train_summary
 from mdmctl.cli import tokenize_cmd, pretrain, finetune, sample  # noqa: F401
 from mdmctl.cli import eval_ppl, eval_gsm8k, eval_reverse_curse  # noqa: F401
 from mdmctl.cli import eval_zero_shot, eval_lm_eval  # noqa: F401
-from mdmctl.cli import scaling  # noqa: F401
+from mdmctl.cli import scaling, runs  # noqa: F401
 # isort: on
 
 __all__ = ["_render_train_summary", "app", "eval_app", "main"]

@@ -15,8 +15,32 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from mdmctl.errors import MdmctlError
+
+
+def canonical_name(name: str) -> str:
+    """Eval subcommand, task and split names: '-' and '_' are one (arc-easy = arc_easy)."""
+    return name.replace("-", "_")
+
+
+class EvalGroup(TyperGroup):
+    """``mdmctl eval``: a subcommand is found under either spelling (``arc-easy``, ``arc_easy``;
+    ``lm_eval``, ``lm-eval``); ``--help`` lists only the registered name."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None:
+            key = canonical_name(cmd_name)
+            cmd = next((c for n, c in self.commands.items() if canonical_name(n) == key), None)
+        return cmd
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        # Usage lines and errors name the registered spelling.
+        return (cmd.name if cmd is not None else name), cmd, rest
+
 
 app = typer.Typer(
     name="mdmctl",
@@ -24,8 +48,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
-eval_app = typer.Typer(help="Evaluate a checkpoint.", no_args_is_help=True)
+eval_app = typer.Typer(
+    cls=EvalGroup,
+    help="Evaluate a checkpoint. In subcommand names and in task and split lists, '-' and '_' "
+    "are interchangeable (arc-easy = arc_easy, reverse_curse = reverse-curse, lm-eval --tasks "
+    "lambada-openai = lambada_openai).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 app.add_typer(eval_app, name="eval")
 
 DEFAULT_DATA = Path("data/builtin")
@@ -56,6 +88,46 @@ PARALLEL_HELP = (
 )
 AC_HELP = "Recompute each block's activations in backward: less memory, one more forward."
 
+# Help of the options several commands share (verified against the library: runtime.resolve_device,
+# runtime.resolve_dtype, attention.resolve_backend, sampling/mdm.py, train._select_resume).
+CHECKPOINT_HELP = (
+    "Step dir, or run dir (its newest valid checkpoint). Default: the newest run under runs/."
+)
+DEVICE_HELP = "auto (cuda if available, else cpu), cpu, cuda or cuda:N."
+DTYPE_HELP = "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16 (CUDA only)."
+ATTENTION_HELP = "Attention kernel; auto: xformers where it can run, else PyTorch SDPA."
+SAMPLER_HELP = (
+    "MDM reveal order: confidence (the most confident tokens first) or ancestral (the true "
+    "reverse process)."
+)
+GEN_BATCH_HELP = "Sequences generated together in one batch."
+RESUME_HELP = "auto (continue the run in --out if any), never, or a checkpoint path."
+OVERWRITE_HELP = "Delete an existing run in --out first."
+
+
+def device_option() -> Any:
+    return typer.Option("auto", "--device", help=DEVICE_HELP)
+
+
+def dtype_option() -> Any:
+    return typer.Option("auto", "--dtype", help=DTYPE_HELP)
+
+
+def attention_option() -> Any:
+    return typer.Option(Attention.auto, "--attention", help=ATTENTION_HELP)
+
+
+def seed_option(help: str = "Random seed.") -> Any:
+    return typer.Option(0, "--seed", help=help)
+
+
+def json_option(help: str) -> Any:
+    return typer.Option(False, "--json", help=help)
+
+
+def checkpoint_option(help: str = CHECKPOINT_HELP) -> Any:
+    return typer.Option(None, "--checkpoint", help=help)
+
 
 def launch_rank() -> int:
     """This process's rank under torchrun (0 otherwise); read from the environment, no torch."""
@@ -72,6 +144,8 @@ class SamplerName(str, Enum):
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
     """MdmctlError -> 'error: ...' + its exit code; Ctrl-C -> 130. Tracebacks only with --debug."""
+    from rich.markup import escape
+
     from mdmctl.log import console
 
     try:
@@ -79,7 +153,11 @@ def cli_errors() -> Iterator[None]:
     except MdmctlError as e:
         if _debug:
             raise
-        console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        # escape: a message may hold square brackets ("pip install 'mdmctl[eval]'", a TOML
+        # [section]) that rich would take for markup and drop.
+        console.print(
+            f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True
+        )
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -113,22 +191,13 @@ def _log(msg: str) -> None:
 
 
 def _tokenize_with_progress(cfg: Any) -> Any:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
+    from mdmctl.cli.progress import ProgressReporter
     from mdmctl.data.shards import tokenize_corpus
-    from mdmctl.log import console
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(f"tokenizing {cfg.corpus.description}")
+    with ProgressReporter(f"tokenizing {cfg.corpus.description}") as bar:
 
         def progress(docs: int, tokens: int) -> None:
-            bar.update(task, description=f"tokenizing: {docs:,} documents, {tokens:,} tokens")
+            bar.update(docs, status=f"documents, {tokens:,} tokens")
 
         return tokenize_corpus(cfg, progress=progress, log=_log)
 

@@ -7,15 +7,26 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import Attention, SamplerName, _finite, _log, cli_errors, eval_app
+from mdmctl.cli.common import (
+    SAMPLER_HELP,
+    Attention,
+    SamplerName,
+    _finite,
+    _log,
+    attention_option,
+    checkpoint_option,
+    cli_errors,
+    device_option,
+    eval_app,
+    json_option,
+    seed_option,
+)
 from mdmctl.errors import ConfigError
 
 
 @eval_app.command("gsm8k")
 def eval_gsm8k(
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
-    ),
+    checkpoint: Path | None = checkpoint_option(),
     data: str | None = typer.Option(
         None,
         "--data",
@@ -24,31 +35,39 @@ def eval_gsm8k(
     predictions: Path | None = typer.Option(
         None,
         "--predictions",
-        help="Re-score generations from a jsonl (one line per problem) without loading a model.",
+        help="Re-score generations from a jsonl (one line per problem) without loading a model. "
+        "Default: none (generate).",
     ),
     out: Path | None = typer.Option(
         None,
         "--out",
-        help="Per-problem jsonl: generation, prediction, verdict. Default: eval-gsm8k.jsonl beside the checkpoint run.",
+        help="Per-problem jsonl: generation, prediction, verdict. Default: none (not written).",
     ),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="First N problems only."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="First N problems only. Default: all."
+    ),
     fewshot: int = typer.Option(
         0, "--fewshot", min=0, help="Worked examples before each question."
     ),
     fewshot_data: str | None = typer.Option(
-        None, "--fewshot-data", help="Where the few-shot examples come from (e.g. the train split)."
+        None,
+        "--fewshot-data",
+        help="jsonl (question / answer) the few-shot examples come from, e.g. the train split. "
+        "Default: none (needed with --fewshot).",
     ),
     total_length: int | None = typer.Option(
         None,
         "--total-length",
         min=2,
-        help="Each stage's canvas: prompt + generated tokens, capped at the model context. Default 256 (SMDM --length 256).",
+        help="Each stage's canvas: prompt + generated tokens, capped at the model context. "
+        "Default: 256 (SMDM --length 256).",
     ),
     length: int | None = typer.Option(
         None,
         "--length",
         min=1,
-        help="Generate exactly this many tokens per stage instead of filling --total-length.",
+        help="Generate exactly this many tokens per stage instead of filling --total-length. "
+        "Default: fill --total-length.",
     ),
     steps: int = typer.Option(
         256, "--steps", min=1, help="Denoising steps per stage (SMDM --steps 256)."
@@ -59,10 +78,20 @@ def eval_gsm8k(
         help="Stage 1 writes the reasoning, stage 2 '####' and the answer after it (SMDM).",
     ),
     answer_length: int | None = typer.Option(
-        None, "--answer-length", min=1, help="Stage 2 only: generate this many tokens."
+        None,
+        "--answer-length",
+        min=1,
+        help="Stage 2 only: generate this many tokens. Default: as stage 1 (--length, else fill "
+        "--total-length).",
     ),
-    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
-    temperature: float = typer.Option(0.1, "--temperature", min=0, callback=_finite),
+    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler", help=SAMPLER_HELP),
+    temperature: float = typer.Option(
+        0.1,
+        "--temperature",
+        min=0,
+        help="Sampling temperature; 0 = argmax (SMDM --temperature 0.1).",
+        callback=_finite,
+    ),
     cfg: float = typer.Option(
         0.1,
         "--cfg",
@@ -77,11 +106,13 @@ def eval_gsm8k(
         help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg.",
         callback=_finite,
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
-    attention: Attention = typer.Option(Attention.auto, "--attention"),
-    json_out: bool = typer.Option(False, "--json"),
+    batch_size: int = typer.Option(
+        32, "--batch-size", min=1, help="Sequences generated together in one batch (SMDM: 64)."
+    ),
+    seed: int = seed_option("Seed of the sampling noise (SMDM: 1234)."),
+    device: str = device_option(),
+    attention: Attention = attention_option(),
+    json_out: bool = json_option("Print accuracy, compliance and settings as JSON on stdout."),
 ) -> None:
     """GSM8K accuracy: generate, extract the final number, exact match."""
     with cli_errors():
@@ -128,6 +159,8 @@ def eval_gsm8k(
             "compliance": r.compliance,
             "settings": r.settings,
         }
+        if r.predictions_path:
+            _log(f"wrote {r.predictions_path}")
         if json_out:
             print(json.dumps(d, indent=2))
         else:

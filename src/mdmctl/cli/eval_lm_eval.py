@@ -7,35 +7,54 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import _finite, cli_errors, eval_app
+from mdmctl.cli.common import (
+    _finite,
+    _log,
+    checkpoint_option,
+    cli_errors,
+    device_option,
+    eval_app,
+    json_option,
+)
 
 
 @eval_app.command("lm-eval")
 def eval_lm_eval(
     tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval task names."),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
-    ),
+    checkpoint: Path | None = checkpoint_option(),
     model_args: str = typer.Option(
         "",
         "--model-args",
         help="key=value,... for the mdmctl model: estimator, mc_num, cfg, greedy, steps, "
-        "sampler, temperature, max_gen_toks, seed, attention.",
+        "sampler, temperature, max_gen_toks, seed, attention (docs/cli.md). Default: none "
+        "(each key's default).",
     ),
-    num_fewshot: int | None = typer.Option(None, "--num-fewshot", min=0),
+    num_fewshot: int | None = typer.Option(
+        None,
+        "--num-fewshot",
+        min=0,
+        help="Few-shot examples per prompt. Default: each task's own (lm-eval's).",
+    ),
     limit: float | None = typer.Option(
-        None, "--limit", help="Documents per task (or a fraction).", callback=_finite
+        None,
+        "--limit",
+        help="Documents per task (or a fraction). Default: all.",
+        callback=_finite,
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward."),
+    device: str = device_option(),
     include_path: Path | None = typer.Option(
-        None, "--include-path", help="Folder of extra task YAMLs (e.g. tasks over local files)."
+        None,
+        "--include-path",
+        help="Folder of extra task YAMLs (e.g. tasks over local files). Default: none.",
     ),
-    output: Path | None = typer.Option(None, "--output", help="Write the results JSON here."),
+    output: Path | None = typer.Option(
+        None, "--output", help="Write the results JSON here. Default: none (not written)."
+    ),
     bootstrap_iters: int = typer.Option(
         100000, "--bootstrap-iters", min=0, help="lm-eval's bootstrap for non-mean metrics' s.e."
     ),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = json_option("Print lm-eval's results as JSON on stdout (else its table)."),
 ) -> None:
     """Any lm-evaluation-harness task through the mdmctl model (pip install 'mdmctl[eval]')."""
     with cli_errors():
@@ -53,6 +72,8 @@ def eval_lm_eval(
             output=str(output) if output else None,
             bootstrap_iters=bootstrap_iters,
         )
+        if output:
+            _log(f"wrote {output}")
         if json_out:
             print(json.dumps(res["results"], indent=2, default=str))
         else:

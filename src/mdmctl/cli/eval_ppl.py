@@ -7,28 +7,45 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import Attention, _log, cli_errors, eval_app
+from mdmctl.cli.common import (
+    Attention,
+    _log,
+    attention_option,
+    checkpoint_option,
+    cli_errors,
+    device_option,
+    eval_app,
+    json_option,
+    seed_option,
+)
 
 
 @eval_app.command("ppl")
 def eval_ppl(
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
-    ),
+    checkpoint: Path | None = checkpoint_option(),
     data: str | None = typer.Option(
         None, "--data", help="Tokenized corpus dir or text files. Default: the run's corpus."
     ),
-    split: str = typer.Option("val", "--split", help="Corpus split to score."),
+    split: str = typer.Option(
+        "val", "--split", help="Split of a tokenized corpus to score: train or val."
+    ),
     mc_samples: int = typer.Option(
         32, "--mc-samples", min=1, help="MDM: stratified t samples per window."
     ),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    max_windows: int | None = typer.Option(None, "--max-windows", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    text_field: str = typer.Option("text", "--text-field"),
-    device: str = typer.Option("auto", "--device"),
-    attention: Attention = typer.Option(Attention.auto, "--attention"),
-    json_out: bool = typer.Option(False, "--json"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Windows per forward."),
+    max_windows: int | None = typer.Option(
+        None,
+        "--max-windows",
+        min=1,
+        help="Score only the first N context-length windows. Default: all.",
+    ),
+    seed: int = seed_option("Seed of the MDM's Monte Carlo t samples."),
+    text_field: str = typer.Option(
+        "text", "--text-field", help="Field holding the text when --data is jsonl or parquet."
+    ),
+    device: str = device_option(),
+    attention: Attention = attention_option(),
+    json_out: bool = json_option("Print the result as JSON on stdout."),
 ) -> None:
     """Held-out perplexity: exact for an ARM, an ELBO upper bound for an MDM."""
     with cli_errors():

@@ -8,21 +8,37 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import Attention, SamplerName, _finite, _log, cli_errors, eval_app
+from mdmctl.cli.common import (
+    SAMPLER_HELP,
+    Attention,
+    SamplerName,
+    _finite,
+    _log,
+    attention_option,
+    canonical_name,
+    checkpoint_option,
+    cli_errors,
+    device_option,
+    eval_app,
+    json_option,
+    seed_option,
+)
 
 
 @eval_app.command("reverse-curse")
 def eval_reverse_curse(
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
-    ),
+    checkpoint: Path | None = checkpoint_option(),
     data_dir: Path = typer.Option(
         ...,
         "--data-dir",
         help="Folder with the reversal-curse test files (e.g. ../shared/data/reversal_curse).",
     ),
-    out: Path | None = typer.Option(None, "--out", help="Per-example jsonl."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="First N prompts of each file."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Per-example jsonl. Default: none (not written)."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="First N prompts of each file. Default: all."
+    ),
     total_length: int = typer.Option(
         52, "--total-length", min=2, help="Prompt + generation tokens (SMDM: 52)."
     ),
@@ -39,9 +55,15 @@ def eval_reverse_curse(
         "--splits",
         help="Comma-separated test files to run (ranking descriptions is the slow part).",
     ),
-    steps: int = typer.Option(32, "--steps", min=1),
-    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
-    temperature: float = typer.Option(0.0, "--temperature", min=0, callback=_finite),
+    steps: int = typer.Option(32, "--steps", min=1, help="Denoising steps (SMDM: 32)."),
+    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler", help=SAMPLER_HELP),
+    temperature: float = typer.Option(
+        0.0,
+        "--temperature",
+        min=0,
+        help="Sampling temperature; 0 = argmax (SMDM: 0).",
+        callback=_finite,
+    ),
     cfg: float = typer.Option(
         0.8,
         "--cfg",
@@ -49,18 +71,23 @@ def eval_reverse_curse(
         help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0).",
         callback=_finite,
     ),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
-    attention: Attention = typer.Option(Attention.auto, "--attention"),
-    json_out: bool = typer.Option(False, "--json"),
+    batch_size: int = typer.Option(
+        64,
+        "--batch-size",
+        min=1,
+        help="Sequences generated together in one batch (--rank: 4x as many rows per forward).",
+    ),
+    seed: int = seed_option("Seed of the sampling noise and of --rank (SMDM: 1234)."),
+    device: str = device_option(),
+    attention: Attention = attention_option(),
+    json_out: bool = json_option("Print one JSON object per split on stdout."),
 ) -> None:
     """Reverse-curse accuracy and BLEU in the trained and the reverse direction."""
     with cli_errors():
         from rich.table import Table
 
-        from mdmctl.evaluation.reverse_curse import evaluate_reverse_curse
-        from mdmctl.log import console
+        from mdmctl.evaluation.reverse_curse import SPLITS, evaluate_reverse_curse
+        from mdmctl.log import results_console
         from mdmctl.sampling import SampleConfig
 
         scfg = SampleConfig(
@@ -83,9 +110,11 @@ def eval_reverse_curse(
             out=str(out) if out else None,
             rank=rank,
             rank_mc=rank_mc,
-            splits=tuple(x.strip() for x in splits.split(",") if x.strip()),
+            splits=tuple(_split_name(x.strip(), SPLITS) for x in splits.split(",") if x.strip()),
             log=_log,
         )
+        if out:
+            _log(f"wrote {out}")
         if json_out:
             print(json.dumps([r.__dict__ for r in res], indent=2))
             return
@@ -107,4 +136,10 @@ def eval_reverse_curse(
             if rank:
                 row.append(f"{r.rank_accuracy:.3f} ± {r.rank_stderr:.3f} ({1 / r.candidates:.3f})")
             t.add_row(*row)
-        console.print(t)
+        results_console().print(t)
+
+
+def _split_name(name: str, known: dict) -> str:
+    """``p2d-same`` -> ``p2d_same``: '-' and '_' are interchangeable; unknown names pass through
+    (the library reports them)."""
+    return next((k for k in known if canonical_name(k) == canonical_name(name)), name)

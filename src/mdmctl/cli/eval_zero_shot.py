@@ -10,14 +10,26 @@ from typing import Any
 
 import typer
 
-from mdmctl.cli.common import Attention, _finite, _log, cli_errors, eval_app
+from mdmctl.cli.common import (
+    Attention,
+    _finite,
+    _log,
+    attention_option,
+    canonical_name,
+    checkpoint_option,
+    cli_errors,
+    device_option,
+    eval_app,
+    json_option,
+    seed_option,
+)
 from mdmctl.errors import ConfigError
 
 
 def _render_zero_shot(results: list[Any], json_out: bool) -> None:
     from rich.table import Table
 
-    from mdmctl.log import console
+    from mdmctl.log import console, results_console
 
     if json_out:
         print(json.dumps([r.to_dict() for r in results], indent=2))
@@ -40,7 +52,7 @@ def _render_zero_shot(results: list[Any], json_out: bool) -> None:
                 f"{r.cfg:g}" if i == 0 else "",
                 f"{r.requests_per_s:.1f}" if i == 0 else "",
             )
-    console.print(t)
+    results_console().print(t)
     for r in results:
         if r.truncated:
             console.print(
@@ -68,6 +80,8 @@ def _zero_shot(names: list[str], opts: dict[str, Any], out: Path | None, json_ou
         )
         results = evaluate_tasks(names, cfg, out=str(out) if out else None, log=_log)
         _render_zero_shot(results, json_out)
+        if out:
+            _log(f"wrote {out}")
 
 
 class EstimatorName(str, Enum):
@@ -75,38 +89,51 @@ class EstimatorName(str, Enum):
     chain_rule = "chain-rule"
 
 
-def _zero_shot_command(name: str, help_text: str) -> None:
+MC_SAMPLES_HELP = "MDM mc: stratified t samples per request."
+BATCH_HELP = "Rows per forward."
+SEED_HELP = "Seed of the MDM's Monte Carlo draws."
+JSON_HELP = "Print the results as JSON on stdout."
+
+
+def _zero_shot_command(name: str, help_text: str, task: Any) -> None:
     def command(
-        checkpoint: Path | None = typer.Option(
-            None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
-        ),
+        checkpoint: Path | None = checkpoint_option(),
         data: str | None = typer.Option(
             None,
             "--data",
             help="Task jsonl in lm-eval's formatting (../shared/data/benchmarks layout) or its "
-            "folder. Default: the hub dataset lm-eval uses (online only).",
+            f"folder. Default: the hub's {task.hub[0]}, as lm-eval loads it (online only).",
         ),
-        limit: int | None = typer.Option(None, "--limit", min=1, help="First N documents."),
+        limit: int | None = typer.Option(
+            None, "--limit", min=1, help="First N documents. Default: all."
+        ),
         estimator: EstimatorName | None = typer.Option(
-            None, "--estimator", help="MDM: mc or chain-rule. Default: the paper's per task."
+            None,
+            "--estimator",
+            help=f"MDM: mc or chain-rule (ARM checkpoints: exact). Default: {task.estimator} "
+            "(the paper's).",
         ),
         mc_samples: int = typer.Option(
-            128, "--mc-samples", "--mc-num", min=1, help="MDM mc: stratified t samples."
+            128, "--mc-samples", "--mc-num", min=1, help=MC_SAMPLES_HELP
         ),
         cfg: float | None = typer.Option(
             None,
             "--cfg",
-            help="MDM unsupervised CFG scale. Default: the paper's per task.",
+            help=f"MDM unsupervised CFG scale (ARM checkpoints: none). Default: {task.cfg:g} "
+            "(the paper's).",
             callback=_finite,
         ),
-        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward."),
-        seed: int = typer.Option(0, "--seed"),
-        device: str = typer.Option("auto", "--device"),
-        attention: Attention = typer.Option(Attention.auto, "--attention"),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help=BATCH_HELP),
+        seed: int = seed_option(SEED_HELP),
+        device: str = device_option(),
+        attention: Attention = attention_option(),
         out: Path | None = typer.Option(
-            None, "--out", help="Per-document scores: .jsonl, or a .json results file."
+            None,
+            "--out",
+            help="Per-document scores: .jsonl, or a .json results file. Default: none (not "
+            "written).",
         ),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = json_option(JSON_HELP),
     ) -> None:
         opts = dict(locals())
         _zero_shot([name], opts, out, json_out)
@@ -121,7 +148,7 @@ def _register_zero_shot() -> None:
     for t in TASKS.values():
         hub = "hub only" if t.name == "race" else f"shared file {t.file}"
         _zero_shot_command(
-            t.name, f"{t.name}: zero-shot {', '.join(t.metrics)} (lm-eval formatting; {hub})."
+            t.name, f"{t.name}: zero-shot {', '.join(t.metrics)} (lm-eval formatting; {hub}).", t
         )
 
 
@@ -130,9 +157,7 @@ _register_zero_shot()
 
 @eval_app.command("all")
 def eval_all(
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Step dir or run dir. Default: the newest run."
-    ),
+    checkpoint: Path | None = checkpoint_option(),
     data: str | None = typer.Option(
         None,
         "--data",
@@ -141,35 +166,46 @@ def eval_all(
     tasks: str | None = typer.Option(
         None,
         "--tasks",
-        help="Comma-separated task names. Default: every task (with --data: those with a file).",
+        help="Comma-separated task names ('-' or '_': arc-easy = arc_easy). Default: every task "
+        "(with --data: those with a file).",
     ),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="First N documents per task."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="First N documents per task. Default: all."
+    ),
     estimator: EstimatorName | None = typer.Option(
-        None, "--estimator", help="MDM: mc or chain-rule for every task. Default: per task."
+        None,
+        "--estimator",
+        help="MDM: mc or chain-rule for every task. Default: the paper's per task.",
     ),
-    mc_samples: int = typer.Option(128, "--mc-samples", "--mc-num", min=1),
+    mc_samples: int = typer.Option(128, "--mc-samples", "--mc-num", min=1, help=MC_SAMPLES_HELP),
     cfg: float | None = typer.Option(
-        None, "--cfg", help="MDM CFG for every task.", callback=_finite
+        None,
+        "--cfg",
+        help="MDM unsupervised CFG scale for every task. Default: the paper's per task.",
+        callback=_finite,
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
-    attention: Attention = typer.Option(Attention.auto, "--attention"),
-    out: Path = typer.Option(
-        Path("eval-zero-shot.json"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help=BATCH_HELP),
+    seed: int = seed_option(SEED_HELP),
+    device: str = device_option(),
+    attention: Attention = attention_option(),
+    out: Path | None = typer.Option(
+        None,
         "--out",
-        help="One results file: metrics and per-document scores.",
+        help="Write one results file (.json: metrics and per-document scores). Default: none "
+        "(not written; the table goes to stdout).",
     ),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = json_option(JSON_HELP),
 ) -> None:
-    """Run the zero-shot suite and write one results file."""
+    """Run the zero-shot suite (with --out, into one results file)."""
     from mdmctl.evaluation.benchmarks import TASKS
 
     if data and not Path(data).is_dir():
         with cli_errors():
             raise ConfigError(f"--data: {data} is not a folder (eval all reads one file per task)")
     if tasks:
+        by_key = {canonical_name(n): n for n in TASKS}  # arc-easy = arc_easy
         names = [n.strip() for n in tasks.split(",") if n.strip()]
+        names = [by_key.get(canonical_name(n), n) for n in names]
     elif data and Path(data).is_dir():
         names = [n for n, t in TASKS.items() if (Path(data) / t.file).is_file()]
     else:

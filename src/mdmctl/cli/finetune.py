@@ -9,15 +9,22 @@ import typer
 
 from mdmctl.cli.common import (
     AC_HELP,
+    OVERWRITE_HELP,
     PARALLEL_HELP,
+    RESUME_HELP,
     Attention,
     Parallel,
     _finite,
     _log,
     app,
+    attention_option,
     cli_errors,
+    device_option,
+    dtype_option,
+    json_option,
+    seed_option,
 )
-from mdmctl.cli.train_common import _render_train_summary, _with_progress
+from mdmctl.cli.train_common import _after_training, _render_train_summary, _with_progress
 
 
 class SFTObjective(str, Enum):
@@ -50,7 +57,9 @@ def finetune(
     sft_objective: SFTObjective = typer.Option(
         SFTObjective.auto,
         "--sft-objective",
-        help="MDM: conditional (prompt never masked; default) or unconditional (whole sequence). ARM checkpoints: response cross-entropy.",
+        help="MDM: conditional (prompt never masked) or unconditional (whole sequence); auto is "
+        "conditional. ARM checkpoints: cross-entropy on the response (unconditional: on the whole "
+        "sequence).",
     ),
     cfg_dropout: float = typer.Option(
         0.0,
@@ -59,11 +68,18 @@ def finetune(
         callback=_finite,
     ),
     fmt: SFTFormat = typer.Option(
-        SFTFormat.auto, "--format", help="Data format; auto detects by fields."
+        SFTFormat.auto,
+        "--format",
+        help="Data format; auto: gsm8k-equations for a .txt file, else by the first line's fields.",
     ),
-    prompt_field: str = typer.Option("prompt", "--prompt-field"),
+    prompt_field: str = typer.Option(
+        "prompt", "--prompt-field", help="Field holding the prompt (prompt-response jsonl)."
+    ),
     response_field: str | None = typer.Option(
-        None, "--response-field", help="Default: 'completion' if present, else 'response'."
+        None,
+        "--response-field",
+        help="Field holding the response (prompt-response jsonl). Default: 'completion' if "
+        "present, else 'response'.",
     ),
     val_fraction: float = typer.Option(
         0.05,
@@ -74,16 +90,47 @@ def finetune(
     epochs: float | None = typer.Option(
         None,
         "--epochs",
-        help="Passes over the examples (default 1 unless --steps).",
+        help="Passes over the examples (instead of --steps). Default: 1.",
         callback=_finite,
     ),
-    steps: int | None = typer.Option(None, "--steps", min=1),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Examples per optimizer step."),
-    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", min=1),
-    lr: float | None = typer.Option(None, "--lr", callback=_finite),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0),
+    steps: int | None = typer.Option(
+        None,
+        "--steps",
+        min=1,
+        help="Optimizer steps (instead of --epochs). Default: one epoch's worth.",
+    ),
+    batch_size: int = typer.Option(
+        32,
+        "--batch-size",
+        min=1,
+        help="Examples per optimizer step (SMDM: 64 reverse curse, 256 GSM8K).",
+    ),
+    micro_batch_size: int | None = typer.Option(
+        None,
+        "--micro-batch-size",
+        min=1,
+        help="Examples per forward (gradient accumulation). Default: --batch-size (under "
+        "torchrun: --batch-size / processes).",
+    ),
+    lr: float | None = typer.Option(
+        None,
+        "--lr",
+        help="Peak learning rate. Default: 3e-3 for checkpoints of the CPU sizes (tiny, mini, "
+        "small), 2e-4 (SMDM's) otherwise.",
+        callback=_finite,
+    ),
+    warmup_steps: int | None = typer.Option(
+        None,
+        "--warmup-steps",
+        min=0,
+        help="Linear warmup, then cosine decay to 0.1·lr. Default: 1% of the steps, at least "
+        "min(100, steps / 10).",
+    ),
     seq_len: int | None = typer.Option(
-        None, "--seq-len", min=8, help="Context for fine-tuning (at most the checkpoint's)."
+        None,
+        "--seq-len",
+        min=8,
+        help="Context for fine-tuning (at most the checkpoint's). Default: the checkpoint's.",
     ),
     overlong: str = typer.Option(
         "drop",
@@ -100,20 +147,24 @@ def finetune(
         "--pad-to",
         help="Pad rows with eos to N tokens, 'context', or 'batch' (each micro-batch's longest row). auto: context for GSM8K formats (SMDM: 256), else batch.",
     ),
-    val_every: int = typer.Option(200, "--val-every", min=1),
-    save_every: int = typer.Option(500, "--save-every", min=1),
-    keep_last: int = typer.Option(2, "--keep-last", min=2),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    attention: Attention = typer.Option(Attention.auto, "--attention"),
+    val_every: int = typer.Option(
+        200, "--val-every", min=1, help="Validate every N steps (and at the end)."
+    ),
+    save_every: int = typer.Option(
+        500, "--save-every", min=1, help="Save a checkpoint every N steps (and at the end)."
+    ),
+    keep_last: int = typer.Option(2, "--keep-last", min=2, help="Checkpoints kept."),
+    seed: int = seed_option("Batch order and every masking draw derive from it."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
+    attention: Attention = attention_option(),
     parallel: Parallel = typer.Option(Parallel.auto, "--parallel", help=PARALLEL_HELP),
     activation_checkpointing: bool = typer.Option(
         False, "--activation-checkpointing", help=AC_HELP
     ),
-    resume: str = typer.Option("auto", "--resume"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    json_out: bool = typer.Option(False, "--json"),
+    resume: str = typer.Option("auto", "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    json_out: bool = json_option("Print the summary as JSON on stdout."),
 ) -> None:
     """Fine-tune a checkpoint on prompt/response data (SFT)."""
     with cli_errors():
@@ -169,3 +220,4 @@ def finetune(
             )
         )
         _render_train_summary(result, [], json_out)
+        _after_training(result, json_out)

@@ -10,7 +10,9 @@ import typer
 from mdmctl.cli.common import (
     AC_HELP,
     DEFAULT_DATA,
+    OVERWRITE_HELP,
     PARALLEL_HELP,
+    RESUME_HELP,
     Attention,
     Objective,
     Parallel,
@@ -18,91 +20,161 @@ from mdmctl.cli.common import (
     _log,
     _tokenize_with_progress,
     app,
+    attention_option,
     cli_errors,
+    device_option,
+    dtype_option,
+    json_option,
     launch_rank,
 )
-from mdmctl.cli.train_common import _render_train_summary, _with_progress
+from mdmctl.cli.train_common import _after_training, _render_train_summary, _with_progress
 
 
 @app.command()
 def pretrain(
-    objective: Objective = typer.Option(
-        Objective.mdm,
+    objective: Objective | None = typer.Option(
+        None,
         "--objective",
-        help="mdm (masked diffusion) or arm (autoregressive baseline).",
+        help="mdm (masked diffusion) or arm (autoregressive baseline). Default: the --config "
+        "file's [model] objective, else mdm.",
     ),
     size: str | None = typer.Option(
         None,
         "--size",
-        help="Named size: tiny (default), mini, small, or an SMDM size (6M ... 2121M).",
+        help="Named size: tiny, mini, small (CPU sizes) or an SMDM size (6M ... 2121M). "
+        "Default: tiny (or the --config file's [model] name).",
     ),
     config: Path | None = typer.Option(
-        None, "--config", help="TOML run file with [model] and [train] sections."
+        None,
+        "--config",
+        help="TOML run file with [model] and [train] sections; options given override it. "
+        "Default: none.",
     ),
     data: Path | None = typer.Option(
         None,
         "--data",
-        help="Tokenized corpus (mdmctl tokenize). Default: the built-in corpus, tokenized on first use.",
+        help="Tokenized corpus (mdmctl tokenize). Default: data/builtin, the built-in corpus "
+        "(tokenized there on first use).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Run directory. Default: runs/<objective>-<size>."
     ),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps."),
+    steps: int | None = typer.Option(
+        None,
+        "--steps",
+        min=1,
+        help="Optimizer steps. Default: 2000 for the CPU sizes (tiny, mini, small), 1000 for "
+        "SMDM sizes.",
+    ),
     tokens: int | None = typer.Option(
-        None, "--tokens", min=1, help="Training tokens (instead of --steps)."
+        None,
+        "--tokens",
+        min=1,
+        help="Training tokens, rounded up to whole steps (instead of --steps). Default: none.",
     ),
     flops: float | None = typer.Option(
-        None, "--flops", help="Compute budget C = 6·N·D (instead of --steps).", callback=_finite
+        None,
+        "--flops",
+        help="Compute budget C = 6·N·D, N non-embedding parameters (instead of --steps). "
+        "Default: none.",
+        callback=_finite,
     ),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Global batch in sequences."
+        None, "--batch-size", min=1, help="Global batch in sequences. Default: 64."
     ),
     micro_batch_size: int | None = typer.Option(
-        None, "--micro-batch-size", min=1, help="Sequences per forward (gradient accumulation)."
+        None,
+        "--micro-batch-size",
+        min=1,
+        help="Sequences per forward (gradient accumulation). Default: --batch-size (under "
+        "torchrun: --batch-size / processes).",
     ),
-    seq_len: int | None = typer.Option(None, "--seq-len", min=8, help="Context length."),
-    n_layers: int | None = typer.Option(None, "--n-layers", min=1),
-    d_model: int | None = typer.Option(None, "--d-model", min=1),
-    n_heads: int | None = typer.Option(None, "--n-heads", min=1),
-    d_ff: int | None = typer.Option(None, "--d-ff", min=1),
-    lr: float | None = typer.Option(None, "--lr", callback=_finite),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", min=0),
+    seq_len: int | None = typer.Option(
+        None,
+        "--seq-len",
+        min=8,
+        help="Context length. Default: the size's (tiny 64, mini and small 256, SMDM sizes 2048).",
+    ),
+    n_layers: int | None = typer.Option(
+        None, "--n-layers", min=1, help="Transformer blocks. Default: the size's."
+    ),
+    d_model: int | None = typer.Option(
+        None, "--d-model", min=1, help="Model width. Default: the size's."
+    ),
+    n_heads: int | None = typer.Option(
+        None, "--n-heads", min=1, help="Attention heads. Default: the size's."
+    ),
+    d_ff: int | None = typer.Option(
+        None, "--d-ff", min=1, help="MLP hidden width. Default: the size's."
+    ),
+    lr: float | None = typer.Option(
+        None,
+        "--lr",
+        help="Peak learning rate. Default: 3e-3 for the CPU sizes (tiny, mini, small), 2e-4 "
+        "(SMDM's) for SMDM sizes.",
+        callback=_finite,
+    ),
+    warmup_steps: int | None = typer.Option(
+        None,
+        "--warmup-steps",
+        min=0,
+        help="Linear warmup, then cosine decay to 0.1·lr. Default: 1% of the steps, at least "
+        "min(100, steps / 10).",
+    ),
     var_len_prob: float | None = typer.Option(
         None,
         "--var-len-prob",
         min=0,
         max=1,
-        help="MDM: probability of a variable-length batch.",
+        help="MDM: probability of a variable-length batch. Default: 0.01.",
         callback=_finite,
     ),
     eps: float | None = typer.Option(
-        None, "--eps", help="MDM: minimum masking probability.", callback=_finite
+        None,
+        "--eps",
+        help="MDM: minimum masking probability, p = (1 - eps)·t + eps. Default: 1e-3.",
+        callback=_finite,
     ),
     doc_mask: bool | None = typer.Option(
-        None, "--doc-mask/--no-doc-mask", help="Block-diagonal attention over packed documents."
+        None,
+        "--doc-mask/--no-doc-mask",
+        help="Block-diagonal attention over packed documents. Default: off.",
     ),
-    val_every: int | None = typer.Option(None, "--val-every", min=1),
-    save_every: int | None = typer.Option(None, "--save-every", min=1),
-    keep_last: int | None = typer.Option(None, "--keep-last", min=2),
-    max_nonfinite_skips: int | None = typer.Option(None, "--max-nonfinite-skips", min=0),
-    seed: int | None = typer.Option(None, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    dtype: str = typer.Option(
-        "auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."
+    val_every: int | None = typer.Option(
+        None, "--val-every", min=1, help="Validate every N steps (and at the end). Default: 200."
     ),
-    attention: Attention = typer.Option(Attention.auto, "--attention", help="Attention kernel."),
-    parallel: Parallel | None = typer.Option(None, "--parallel", help=PARALLEL_HELP),
+    save_every: int | None = typer.Option(
+        None,
+        "--save-every",
+        min=1,
+        help="Save a checkpoint every N steps (and at the end). Default: 500.",
+    ),
+    keep_last: int | None = typer.Option(
+        None, "--keep-last", min=2, help="Checkpoints kept. Default: 2."
+    ),
+    max_nonfinite_skips: int | None = typer.Option(
+        None,
+        "--max-nonfinite-skips",
+        min=0,
+        help="Skip up to N steps with a non-finite loss or gradient instead of stopping "
+        "(exit 5). Default: 0.",
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Data order and every masking draw derive from it. Default: 0."
+    ),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
+    attention: Attention = attention_option(),
+    parallel: Parallel | None = typer.Option(
+        None, "--parallel", help=PARALLEL_HELP + " Default: auto."
+    ),
     activation_checkpointing: bool | None = typer.Option(
-        None, "--activation-checkpointing/--no-activation-checkpointing", help=AC_HELP
+        None,
+        "--activation-checkpointing/--no-activation-checkpointing",
+        help=AC_HELP + " Default: off.",
     ),
-    resume: str = typer.Option(
-        "auto",
-        "--resume",
-        help="auto (continue the run in --out if any), never, or a checkpoint path.",
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Delete an existing run in --out first."
-    ),
+    resume: str = typer.Option("auto", "--resume", help=RESUME_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     verify_data: bool = typer.Option(
         False,
         "--verify-data",
@@ -112,9 +184,13 @@ def pretrain(
     show_samples: int = typer.Option(
         3, "--show-samples", min=0, help="Samples printed in the summary."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    json_out: bool = json_option("Print the summary as JSON on stdout."),
 ) -> None:
-    """Train an MDM (or the ARM baseline) from scratch."""
+    """Train an MDM (or the ARM baseline) from scratch.
+
+    Model and training options not given take the --config file's value if it sets one, else
+    the default in their help.
+    """
     with cli_errors():
         from mdmctl.config import ModelConfig, RunConfig, TrainConfig, load_toml
 
@@ -129,7 +205,9 @@ def pretrain(
                 if v is not None
             }
         )
-        model_over["objective"] = objective.value
+        # A --config file's [model] objective counts unless --objective is given.
+        from_file = model_over.get("objective", "mdm")
+        model_over["objective"] = objective.value if objective else from_file
         preset = model_over.pop("name", None)
         model_cfg = ModelConfig.from_name(size or preset or "tiny", **model_over)
         train_over = dict(file_cfg["train"])
@@ -177,7 +255,7 @@ def pretrain(
             model=model_cfg,
             train=train_cfg,
             data=str(data_dir),
-            out=str(out or Path("runs") / f"{objective.value}-{model_cfg.name}"),
+            out=str(out or Path("runs") / f"{model_cfg.objective}-{model_cfg.name}"),
             device=device,
             attention=attention.value,
             dtype=dtype,
@@ -187,6 +265,7 @@ def pretrain(
             _summary_samples(result, show_samples) if show_samples and launch_rank() == 0 else []
         )
         _render_train_summary(result, samples, json_out)
+        _after_training(result, json_out)
 
 
 def _run_pretrain(run: Any, resume: str, overwrite: bool, verify_data: bool = False) -> Any:

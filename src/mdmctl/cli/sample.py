@@ -7,26 +7,49 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import Attention, SamplerName, _finite, _log, app, cli_errors
+from mdmctl.cli.common import (
+    GEN_BATCH_HELP,
+    SAMPLER_HELP,
+    Attention,
+    SamplerName,
+    _finite,
+    _log,
+    app,
+    attention_option,
+    checkpoint_option,
+    cli_errors,
+    device_option,
+    json_option,
+    seed_option,
+)
 from mdmctl.errors import ConfigError
 
 
 @app.command()
 def sample(
-    checkpoint: Path | None = typer.Option(
-        None,
-        "--checkpoint",
-        help="Step dir or run dir. Default: the newest run's newest checkpoint.",
-    ),
+    checkpoint: Path | None = checkpoint_option(),
     prompt: list[str] = typer.Option(
         None, "--prompt", help="Prompt text (repeatable). Default: unconditional."
     ),
-    prompt_file: Path | None = typer.Option(None, "--prompt-file", help="One prompt per line."),
-    length: int = typer.Option(64, "--length", min=1, help="Tokens to generate."),
-    steps: int = typer.Option(64, "--steps", min=1, help="Denoising steps (MDM)."),
-    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler"),
+    prompt_file: Path | None = typer.Option(
+        None, "--prompt-file", help="One prompt per line (added to --prompt). Default: none."
+    ),
+    length: int | None = typer.Option(
+        None,
+        "--length",
+        min=1,
+        help="Tokens to generate. Default: what fits in the model's context after the prompt, "
+        "at most 256.",
+    ),
+    steps: int | None = typer.Option(
+        None,
+        "--steps",
+        min=1,
+        help="Denoising steps (MDM). Default: the generation length (one token per step).",
+    ),
+    sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler", help=SAMPLER_HELP),
     temperature: float = typer.Option(
-        1.0, "--temperature", min=0, help="0 = argmax.", callback=_finite
+        1.0, "--temperature", min=0, help="Sampling temperature; 0 = argmax.", callback=_finite
     ),
     cfg: float = typer.Option(
         0.0,
@@ -35,15 +58,15 @@ def sample(
         help="Unsupervised classifier-free guidance scale (MDM).",
         callback=_finite,
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = seed_option("Seed of the sampling noise."),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="Samples per prompt."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help=GEN_BATCH_HELP),
     stop_at_eos: bool = typer.Option(
         True, "--stop-at-eos/--no-stop-at-eos", help="Truncate at end-of-text."
     ),
-    device: str = typer.Option("auto", "--device"),
-    attention: Attention = typer.Option(Attention.auto, "--attention"),
-    json_out: bool = typer.Option(False, "--json", help="One JSON object per sample on stdout."),
+    device: str = device_option(),
+    attention: Attention = attention_option(),
+    json_out: bool = json_option("One JSON object per sample on stdout."),
 ) -> None:
     """Generate text from a checkpoint."""
     with cli_errors():
@@ -91,7 +114,7 @@ def sample(
         )
 
 
-def _warn_ignored_mdm_options(objective: str, *, steps: int, sampler: str) -> None:
+def _warn_ignored_mdm_options(objective: str, *, steps: int | None, sampler: str) -> None:
     """One stderr line when an ARM checkpoint is given MDM-only options it cannot use (its
     decoding is left to right: no denoising steps, no reveal order). ``--cfg`` is an error
     instead (B26): it would change the result, these only look as if they did."""
@@ -101,7 +124,7 @@ def _warn_ignored_mdm_options(objective: str, *, steps: int, sampler: str) -> No
         return
     given = [
         name
-        for name, value, default in (("--steps", steps, 64), ("--sampler", sampler, "confidence"))
+        for name, value, default in (("--steps", steps, None), ("--sampler", sampler, "confidence"))
         if value != default
     ]
     if given:

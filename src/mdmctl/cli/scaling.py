@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import app, cli_errors
+from mdmctl.cli.common import _log, app, cli_errors, json_option, seed_option
 from mdmctl.errors import ConfigError
 
 scaling_app = typer.Typer(
@@ -33,7 +33,7 @@ def plan_cmd(
     flops: str = typer.Option(
         ..., "--flops", help="Compute budgets C = 6·N·D, comma-separated (e.g. 1e15,3e15,1e16)."
     ),
-    objective: str = typer.Option("mdm,arm", "--objective", help="mdm, arm or both."),
+    objective: str = typer.Option("mdm,arm", "--objective", help="mdm, arm or both (mdm,arm)."),
     sizes: str = typer.Option(
         "19M,34M,48M,66M,85M,113M,170M,268M,472M",
         "--sizes",
@@ -42,25 +42,27 @@ def plan_cmd(
     ),
     data: Path = typer.Option(Path("data/builtin"), "--data", help="Tokenized corpus."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Global batch (sequences)."),
-    seq_len: int = typer.Option(2048, "--seq-len", min=1),
+    seq_len: int = typer.Option(2048, "--seq-len", min=1, help="Context length of every run."),
     min_steps: int = typer.Option(
         100, "--min-steps", min=1, help="Leave out sizes that get fewer optimizer steps."
     ),
     runs_dir: str = typer.Option("runs/scaling", "--runs-dir", help="Where the runs will go."),
     extra: str = typer.Option(
-        "", "--extra", help="More pretrain options for every run, e.g. '--config sweep.toml'."
+        "",
+        "--extra",
+        help="More pretrain options for every run, e.g. '--config sweep.toml'. Default: none.",
     ),
     out: Path = typer.Option(Path("sweep.sh"), "--out", help="The sweep script to write."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = json_option("Print the plan as JSON on stdout (the script is written too)."),
 ) -> None:
     """The runs of an IsoFLOP sweep, written as a resumable script of `mdmctl pretrain` runs."""
     with cli_errors():
         from dataclasses import asdict
 
-        from rich.console import Console
         from rich.table import Table
 
         from mdmctl.fileio import atomic_write_text
+        from mdmctl.log import results_console
         from mdmctl.scaling import plan, sweep_script
 
         objectives = [o.strip() for o in objective.split(",") if o.strip()]
@@ -85,7 +87,7 @@ def plan_cmd(
         if json_out:
             print(json.dumps({"runs": [asdict(r) for r in runs], "skipped": skipped}, indent=2))
             return
-        console = Console()  # results on stdout; logs and errors stay on stderr
+        console = results_console()
         t = Table(title=f"IsoFLOP sweep: {len(runs)} runs -> {out} (bash {out}; rerun to resume)")
         for col in ("objective", "C (FLOPs)", "size", "N", "D (tokens)", "D/N", "steps"):
             t.add_column(col)
@@ -100,13 +102,19 @@ def plan_cmd(
 @scaling_app.command("fit")
 def fit_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding them."),
-    out: Path | None = typer.Option(None, "--out", help="Write the fit as JSON here."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG plot here (mdmctl[plot])."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the fit as JSON here. Default: none (not written)."
+    ),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Write a PNG plot here (pip install 'mdmctl[plot]'). Default: none (no plot).",
+    ),
     bootstrap: int = typer.Option(
         200, "--bootstrap", min=0, help="Bootstrap resamples over runs (0: none)."
     ),
-    seed: int = typer.Option(0, "--seed"),
-    json_out: bool = typer.Option(False, "--json"),
+    seed: int = seed_option("Seed of the bootstrap."),
+    json_out: bool = json_option("Print the fit as JSON on stdout."),
 ) -> None:
     """Fit IsoFLOP curves and power laws; with MDM and ARM runs, the compute gap and size ratio."""
     with cli_errors():
@@ -122,8 +130,10 @@ def fit_cmd(
             raise ConfigError("nothing to fit: " + "; ".join(res["skipped"]))
         if out:
             atomic_write_text(out, json.dumps(res, indent=1) + "\n")
+            _log(f"wrote {out}")
         if plot:
             plot_fit(res, plot)
+            _log(f"wrote {plot}")
         if json_out:
             print(json.dumps(res, indent=1))
             return
@@ -131,10 +141,11 @@ def fit_cmd(
 
 
 def _render_fit(res: dict, n_runs: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()  # results on stdout; logs and errors stay on stderr
+    from mdmctl.log import results_console
+
+    console = results_console()
 
     t = Table(title=f"IsoFLOP fit of {n_runs} runs (MDM loss: ELBO bound; ARM: exact)")
     for col in ("objective", "C (FLOPs)", "runs", "N*", "L*"):

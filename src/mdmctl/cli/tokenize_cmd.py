@@ -17,24 +17,31 @@ def tokenize(
         help="Text files or folders (.txt, .jsonl[.gz], .parquet). Default: the built-in corpus.",
     ),
     dataset: str | None = typer.Option(
-        None, "--dataset", help="A datasets hub id instead of files."
+        None, "--dataset", help="A datasets hub id instead of files. Default: none."
     ),
-    config: str | None = typer.Option(None, "--config", help="Hub dataset config name."),
+    config: str | None = typer.Option(
+        None, "--config", help="Hub dataset config name. Default: the dataset's default."
+    ),
     split: str = typer.Option("train", "--split", help="Hub dataset split."),
     text_field: str = typer.Option(
         "text", "--text-field", help="Field holding the text (jsonl, parquet, hub)."
     ),
     tokenizer: Path | None = typer.Option(
-        None, "--tokenizer", help="Existing tokenizer.json; default: train a byte-level BPE."
+        None,
+        "--tokenizer",
+        help="Existing tokenizer.json (or a folder with one). Default: train a byte-level BPE.",
     ),
     vocab_size: int | None = typer.Option(
         None,
         "--vocab-size",
         min=300,
-        help="BPE vocabulary size when training [default: 1024 for the built-in corpus, else 4096].",
+        help="BPE vocabulary size when training. Default: 1024 for the built-in corpus, else 4096.",
     ),
     eos_token: str | None = typer.Option(
-        None, "--eos-token", help="Name of the end-of-text token in --tokenizer."
+        None,
+        "--eos-token",
+        help="Name of the end-of-text token in --tokenizer. Default: the first it has of "
+        "<|endoftext|>, </s>, <eos>, [EOS], <|eot_id|>, <|end_of_text|>, [SEP].",
     ),
     val_fraction: float = typer.Option(
         0.01, "--val-fraction", help="Share of documents held out for validation.", callback=_finite
@@ -43,7 +50,7 @@ def tokenize(
         50_000_000, "--shard-tokens", min=1024, help="Tokens per shard file."
     ),
     max_docs: int | None = typer.Option(
-        None, "--max-docs", min=1, help="Stop after this many documents."
+        None, "--max-docs", min=1, help="Stop after this many documents. Default: all."
     ),
     out: Path = typer.Option(DEFAULT_DATA, "--out", help="Output folder."),
     json_out: bool = typer.Option(False, "--json", help="Print corpus.json to stdout."),
@@ -52,7 +59,7 @@ def tokenize(
     with cli_errors():
         from mdmctl.data.readers import CorpusSpec
         from mdmctl.data.shards import TokenizeConfig
-        from mdmctl.log import console
+        from mdmctl.log import results_console
 
         spec = CorpusSpec(
             paths=tuple(inputs or ()),
@@ -76,7 +83,7 @@ def tokenize(
         if json_out:
             print(json.dumps(m, indent=2))
         else:
-            console.print(
+            results_console().print(
                 f"wrote {out}: {m['documents']} documents, {m['splits']['train']['tokens']:,} train / "
                 f"{m['splits']['val']['tokens']:,} val tokens ({m['dtype']}), vocab "
                 f"{m['tokenizer']['vocab_size']}, in {m['seconds']:.1f}s"

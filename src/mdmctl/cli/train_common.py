@@ -7,33 +7,16 @@ from typing import Any
 
 
 def _with_progress(fn: Any) -> Any:
-    """Run a training call with a rich progress bar (ETA, loss, lr, tokens/s, val, MFU).
+    """Run a training call with progress (ETA, loss, lr, tokens/s, val, MFU): a bar on a
+    terminal, a line every 30 s in a log file.
 
     Under torchrun only rank 0 shows it (the library calls ``on_step`` on rank 0 only)."""
     from mdmctl.cli.common import launch_rank
+    from mdmctl.cli.progress import ProgressReporter
 
     if launch_rank() != 0:
         return fn(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from mdmctl.log import console
-
-    with Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("train", total=None, status="")
+    with ProgressReporter("train") as bar:
         last_val: dict[str, float] = {}
 
         def on_step(step: int, total: int, rec: dict[str, Any]) -> None:
@@ -44,7 +27,7 @@ def _with_progress(fn: Any) -> Any:
                 status += f"  val {last_val['v']:.3f}"
             if "mfu" in rec:
                 status += f"  MFU {rec['mfu']:.1%}"
-            bar.update(task, total=total, completed=step, status=status)
+            bar.update(step, total, status)
 
         return fn(on_step)
 
@@ -53,9 +36,10 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
     if getattr(r, "rank", 0) != 0:
         return  # under torchrun, rank 0 reports for the run
     world, parallel = getattr(r, "world_size", 1), getattr(r, "parallel", "none")
+    from rich.markup import escape
     from rich.table import Table
 
-    from mdmctl.log import console
+    from mdmctl.log import results_console
 
     summary = {
         "run_dir": str(r.run_dir),
@@ -98,6 +82,31 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
     t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s on {where}")
     t.add_row("wall time", f"{r.seconds:.0f} s")
     t.add_row("peak RSS", f"{r.peak_rss_mb:,.0f} MB")
-    console.print(t)
+    out = results_console()
+    out.print(t)
     for i, s in enumerate(samples):
-        console.print(f"[bold]sample {i + 1}:[/] {s!r}", highlight=False)
+        out.print(f"[bold]sample {i + 1}:[/] {escape(repr(s))}")  # text may hold [brackets]
+
+
+def _after_training(r: Any, json_out: bool) -> None:
+    """The loss curve beside metrics.jsonl, and a one-line hint of what to do next (stderr)."""
+    if getattr(r, "rank", 0) != 0:
+        return
+    from pathlib import Path
+
+    from mdmctl.cli.common import _log
+    from mdmctl.errors import ConfigError
+    from mdmctl.log import console
+    from mdmctl.runs import plot_loss_curve
+
+    try:
+        _log(f"wrote {plot_loss_curve(Path(r.run_dir))}")
+    except ConfigError as e:  # matplotlib is an optional extra
+        _log(f"loss curve skipped: {e}")
+    if not json_out:
+        console.print(
+            f"next: mdmctl sample --checkpoint {r.run_dir} --prompt 'The'  |  "
+            f"mdmctl eval ppl --checkpoint {r.run_dir}  |  mdmctl runs",
+            highlight=False,
+            soft_wrap=True,
+        )

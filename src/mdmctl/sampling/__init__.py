@@ -18,10 +18,11 @@ class SampleConfig:
     checkpoint: str | None = None
     """Step dir, run dir (its newest valid step) or None (the newest run under runs/)."""
     prompts: tuple[str, ...] = ("",)
-    length: int = 64
-    """Tokens to generate per prompt."""
-    steps: int = 64
-    """Denoising steps (MDM)."""
+    length: int | None = None
+    """Tokens to generate per prompt. None: what fits in the context after the prompt, at most
+    ``DEFAULT_MAX_LENGTH``."""
+    steps: int | None = None
+    """Denoising steps (MDM). None: the generation length (one token per step)."""
     sampler: Literal["ancestral", "confidence"] = "confidence"
     temperature: float = 1.0
     cfg: float = 0.0
@@ -36,7 +37,7 @@ class SampleConfig:
     def __post_init__(self) -> None:
         check_finite(self, "--")
         for name in ("length", "steps", "num_samples", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(
                     f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}"
                 )
@@ -48,6 +49,25 @@ class SampleConfig:
             raise ConfigError(f"--seed: must be in [0, 2**63), got {self.seed}")
         if self.sampler not in ("ancestral", "confidence"):
             raise ConfigError(f"--sampler: expected ancestral or confidence, got {self.sampler!r}")
+
+
+DEFAULT_MAX_LENGTH = 256
+"""Cap of the default generation length: a 2048-token context would otherwise mean 2048 tokens
+(and as many MDM steps) for a one-line prompt."""
+
+
+def fit_length(prompt_len: int, seq_len: int, cap: int = DEFAULT_MAX_LENGTH) -> int:
+    """The default generation length: the context left after the prompt, at most ``cap``.
+
+    Both objectives need ``prompt_len + length <= seq_len`` (the ARM never feeds its last token
+    back; the MDM's canvas is prompt plus generation)."""
+    room = seq_len - prompt_len
+    if room < 1:
+        raise ConfigError(
+            f"prompt is {prompt_len} tokens; model context is {seq_len}: no room to generate, "
+            "shorten the prompt"
+        )
+    return min(room, cap)
 
 
 @dataclass
@@ -135,6 +155,10 @@ def generate(
     ids = prompt_ids or [encode_literal(tok, p) if p else [] for p in prompts]
     lengths = [length] * len(ids) if not isinstance(length, list) else length
     lengths = [cfg.length if n is None else n for n in lengths]
+    lengths = [
+        fit_length(len(i), mc.seq_len) if n is None else n
+        for i, n in zip(ids, lengths, strict=True)
+    ]
     for i, n in zip(ids, lengths, strict=True):
         # ARM: eos + prompt + n generated, of which the last is never fed back: len(i) + n positions.
         if len(i) + n > mc.seq_len:
@@ -160,7 +184,7 @@ def generate(
                     lambda x, d: model(x, doc_ids=d),
                     chunk,
                     length=n_gen,
-                    steps=cfg.steps,
+                    steps=cfg.steps or n_gen,
                     mask_id=mc.mask_id,
                     pad_id=info.pad_id,
                     generator=gen,
@@ -198,7 +222,10 @@ def generate(
 def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
     model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
     prompts = [p for p in cfg.prompts for _ in range(cfg.num_samples)]
-    g = generate(model, tok, info, prompts, cfg, device)
+    ids = [encode_literal(tok, p) if p else [] for p in prompts]
+    lengths = [cfg.length or fit_length(len(i), model.cfg.seq_len) for i in ids]
+    _explain_lengths(cfg, ids, lengths, model.cfg, log or (lambda m: None))
+    g = generate(model, tok, info, prompts, cfg, device, length=lengths, prompt_ids=ids)
     samples = [
         Sample(prompt=p, text=t, token_ids=i)
         for p, t, i in zip(prompts, g.texts, g.ids, strict=True)
@@ -206,3 +233,25 @@ def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
     return SampleResult(
         samples, step_dir, model.cfg.objective, g.nfe, g.seconds, g.generated_tokens
     )
+
+
+def _explain_lengths(cfg: SampleConfig, ids, lengths: list[int], mc, log) -> None:
+    """Say what the defaults chose, and when --steps cannot all be used."""
+    if cfg.length is None:
+        longest = max(len(i) for i in ids)
+        capped = (
+            f" (capped at {DEFAULT_MAX_LENGTH}; pass --length for more)"
+            if any(mc.seq_len - len(i) > DEFAULT_MAX_LENGTH for i in ids)
+            else ""
+        )
+        log(
+            f"--length not given: generating up to {max(lengths)} tokens{capped}, the room the "
+            f"context ({mc.seq_len}) leaves after the prompt ({longest} tokens at most)"
+        )
+    if mc.objective == "mdm" and cfg.steps is not None and cfg.steps > min(lengths):
+        # A step that reveals no token costs no forward pass: the work is at most one pass per
+        # generated token, whatever --steps says.
+        log(
+            f"--steps {cfg.steps} exceeds the {min(lengths)} tokens to generate: a step that "
+            f"reveals nothing costs no forward pass, so at most {min(lengths)} passes are made"
+        )

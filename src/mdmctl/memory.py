@@ -1,0 +1,195 @@
+"""Memory planning before a run starts: estimate, compare with what the device has, choose.
+
+A training step holds the fp32 weights, their gradients and AdamW's two moments (16 bytes per
+parameter), the activations autograd keeps for backward (per token and layer: the block's inputs,
+q/k/v, the attention output and the SwiGLU intermediates, about 18·d + 4·d_ff values, or the
+L x L score matrix on top when attention is not fused), and the logits with their log-softmax and
+gradient (3 x vocab values per token, fp32). Activation checkpointing keeps one block's worth plus
+each block's input. The coefficients were checked against measured peak RSS on CPU
+(docs/benchmarks.md, "Memory estimate"); the estimate is meant to be on the safe side, not exact.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mdmctl.config import ModelConfig, TrainConfig
+from mdmctl.errors import ConfigError
+
+BASELINE_BYTES = 600 * 2**20
+"""The process before any tensor: Python, torch and its kernels (measured RSS, CPU)."""
+HEADROOM = 0.85
+"""Plan for this share of the available memory: the allocator fragments, the OS needs some."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    states: int  # weights + gradients + optimizer moments
+    activations: int  # per micro-batch
+    logits: int  # per micro-batch
+    baseline: int
+
+    @property
+    def total(self) -> int:
+        return self.states + self.activations + self.logits + self.baseline
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def estimate_training(
+    cfg: ModelConfig,
+    micro_batch: int,
+    *,
+    act_bytes: int = 4,
+    activation_checkpointing: bool = False,
+    fused_attention: bool = True,
+    shards: int = 1,
+) -> MemoryEstimate:
+    """Peak memory of one training step at ``micro_batch`` sequences of ``cfg.seq_len`` tokens.
+
+    ``act_bytes``: 4 for fp32 activations, 2 under bf16 autocast. ``shards``: FSDP's world size
+    (weights, gradients and moments are split; activations are not)."""
+    params = cfg.n_params_non_embedding + 2 * cfg.vocab_size * cfg.d_model  # + embedding, head
+    tokens = micro_batch * cfg.seq_len
+    per_layer = 18 * cfg.d_model + 4 * cfg.d_ff  # values kept per token (see the module doc)
+    if not fused_attention:
+        per_layer += 2 * cfg.n_heads * cfg.seq_len  # scores and their softmax
+    # With checkpointing each block keeps only its input; backward recomputes one block at a time.
+    kept = (
+        cfg.n_layers * cfg.d_model + per_layer
+        if activation_checkpointing
+        else (cfg.n_layers * per_layer)
+    )
+    return MemoryEstimate(
+        states=16 * params // shards,
+        activations=tokens * kept * act_bytes,
+        logits=3 * tokens * cfg.vocab_size * 4,
+        baseline=BASELINE_BYTES,
+    )
+
+
+def available_bytes(device_type: str, device_index: int | None = None) -> int:
+    """Memory a new run can use: free GPU memory on CUDA; on CPU, MemAvailable or the cgroup's
+    limit, whichever is lower (containers report the host's memory in /proc/meminfo)."""
+    if device_type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device_index)
+        return int(free)
+    avail = _meminfo_available()
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < avail:
+            avail = int(text)
+    return avail
+
+
+def _meminfo_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # not Linux: the physical memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown: do not refuse
+
+
+def plan_micro_batch(
+    cfg: ModelConfig,
+    batch_size: int,
+    requested: int | None,
+    available: int,
+    **estimate_kw,
+) -> tuple[int, MemoryEstimate]:
+    """The micro-batch to train with and its estimate.
+
+    ``requested`` None ("auto"): the largest divisor of ``batch_size`` whose step fits in
+    ``HEADROOM`` x ``available`` (gradient accumulation makes up the rest). A requested size that
+    does not fit fails now, with the estimate and the sizes that would fit, instead of meeting
+    the kernel's OOM killer minutes later."""
+    budget = int(available * HEADROOM)
+    divisors = [m for m in range(batch_size, 0, -1) if batch_size % m == 0]
+    fits = [m for m in divisors if estimate_training(cfg, m, **estimate_kw).total <= budget]
+    if requested is None:
+        if not fits:
+            est = estimate_training(cfg, 1, **estimate_kw)
+            raise ConfigError(
+                f"memory: even a micro-batch of 1 needs about {gib(est.total)} "
+                f"({_parts(est)}); {gib(budget)} is available to plan with. Use a smaller "
+                "--size or --seq-len, --activation-checkpointing, or a device with more memory"
+            )
+        return fits[0], estimate_training(cfg, fits[0], **estimate_kw)
+    est = estimate_training(cfg, requested, **estimate_kw)
+    if est.total > budget:
+        hint = (
+            f"--micro-batch-size {fits[0]} (or auto) would fit"
+            if fits
+            else "no micro-batch fits: use a smaller --size or --seq-len"
+        )
+        raise ConfigError(
+            f"memory: a micro-batch of {requested} x {cfg.seq_len} tokens needs about "
+            f"{gib(est.total)} ({_parts(est)}); {gib(budget)} is available to plan with. "
+            f"{hint}; --activation-checkpointing saves most of the activations"
+        )
+    return requested, est
+
+
+def _parts(est: MemoryEstimate) -> str:
+    return (
+        f"weights+grads+AdamW {gib(est.states)}, activations {gib(est.activations)}, "
+        f"logits {gib(est.logits)}"
+    )
+
+
+def plan_training(
+    tc: TrainConfig,
+    model_cfg: ModelConfig,
+    *,
+    device: str,
+    dtype: str,
+    world: int,
+    log: Callable[[str], None],
+) -> TrainConfig:
+    """Check (or choose, when ``tc.micro_batch_size`` is None) the micro-batch before any tensor
+    exists. Returns ``tc`` with the chosen size; logs the estimate for the run header.
+
+    ``MDMCTL_MEMORY_CHECK=0`` skips the check (an estimate can be wrong; the user decides)."""
+    from mdmctl.runtime import resolve_device, resolve_dtype
+
+    if os.environ.get("MDMCTL_MEMORY_CHECK", "1") == "0":
+        return tc
+    dev = resolve_device(device)
+    kw: dict[str, Any] = dict(
+        act_bytes=2 if str(resolve_dtype(dtype, dev)).endswith("bfloat16") else 4,
+        activation_checkpointing=tc.activation_checkpointing,
+        # CPU SDPA falls back to the unfused kernel for a block-diagonal (document) mask.
+        fused_attention=dev.type == "cuda" or not tc.doc_mask,
+        shards=world if tc.parallel == "fsdp" else 1,
+    )
+    avail = available_bytes(dev.type, dev.index)
+    # Under torchrun the micro-batch was already set per rank: check it, do not resize it.
+    requested = tc.micro_batch_size if tc.micro_batch_size or world > 1 else None
+    micro, est = plan_micro_batch(model_cfg, tc.batch_size, requested, avail, **kw)
+    log(
+        f"memory: about {gib(est.total)} planned per process ({_parts(est)}) for micro-batches "
+        f"of {micro} x {model_cfg.seq_len} tokens; {gib(avail)} available on {dev.type}"
+    )
+    if requested is None and micro != tc.batch_size:
+        log(
+            f"micro-batch size auto: {micro} (batch {tc.batch_size} in {tc.batch_size // micro} "
+            "accumulation steps) to fit in memory"
+        )
+        return replace(tc, micro_batch_size=micro)
+    return tc
