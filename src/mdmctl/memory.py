@@ -2,8 +2,8 @@
 
 A training step holds the fp32 weights, their gradients and AdamW's two moments (16 bytes per
 parameter), the activations autograd keeps for backward (per token and layer: the block's inputs,
-q/k/v, the attention output and the SwiGLU intermediates, about 18·d + 4·d_ff values, or the
-L x L score matrix on top when attention is not fused), and the logits with their log-softmax and
+q/k/v, the attention output and the SwiGLU intermediates, about 20·d + 4·d_ff values, plus
+the L x L score matrix when attention is not fused), and the logits with their log-softmax and
 gradient (3 x vocab values per token, fp32). Activation checkpointing keeps one block's worth plus
 each block's input. The coefficients were checked against measured peak RSS on CPU
 (docs/benchmarks.md, "Memory estimate"); the estimate is meant to be on the safe side, not exact.
@@ -57,7 +57,7 @@ def estimate_training(
     (weights, gradients and moments are split; activations are not)."""
     params = cfg.n_params_non_embedding + 2 * cfg.vocab_size * cfg.d_model  # + embedding, head
     tokens = micro_batch * cfg.seq_len
-    per_layer = 18 * cfg.d_model + 4 * cfg.d_ff  # values kept per token (see the module doc)
+    per_layer = 20 * cfg.d_model + 4 * cfg.d_ff  # values kept per token (see the module doc)
     if not fused_attention:
         per_layer += 2 * cfg.n_heads * cfg.seq_len  # scores and their softmax
     # With checkpointing each block keeps only its input; backward recomputes one block at a time.
@@ -193,3 +193,35 @@ def plan_training(
         )
         return replace(tc, micro_batch_size=micro)
     return tc
+
+
+def estimate_inference(cfg: ModelConfig, rows: int, *, act_bytes: int = 4) -> int:
+    """Peak bytes of one no-grad forward over ``rows`` sequences of ``cfg.seq_len`` tokens: the
+    weights, one block's transient tensors (nothing is kept for backward), a KV cache, and the
+    logits with their log-softmax (fp32)."""
+    params = cfg.n_params_non_embedding + 2 * cfg.vocab_size * cfg.d_model
+    tokens = rows * cfg.seq_len
+    transient = tokens * (8 * cfg.d_model + 4 * cfg.d_ff) * act_bytes
+    kv_cache = 2 * cfg.n_layers * tokens * cfg.d_model * act_bytes
+    return 4 * params + transient + kv_cache + 2 * tokens * cfg.vocab_size * 4 + BASELINE_BYTES
+
+
+def check_eval_batch(
+    cfg: ModelConfig, batch_size: int, device_type: str, *, rows_per_item: int = 1
+) -> None:
+    """Fail at once (exit 2) when ``batch_size`` items (``rows_per_item`` rows each: 2 with CFG)
+    would not fit, naming a batch size that would. Not resized silently: the batch can change
+    which random draws a row gets, and a result should not depend on the machine's memory."""
+    if os.environ.get("MDMCTL_MEMORY_CHECK", "1") == "0":
+        return
+    budget = int(available_bytes(device_type) * HEADROOM)
+    need = estimate_inference(cfg, batch_size * rows_per_item)
+    if need <= budget:
+        return
+    fits = [b for b in range(batch_size - 1, 0, -1)
+            if estimate_inference(cfg, b * rows_per_item) <= budget]  # fmt: skip
+    hint = f"--batch-size {fits[0]} would fit" if fits else "even --batch-size 1 does not fit"
+    raise ConfigError(
+        f"memory: --batch-size {batch_size} x {cfg.seq_len} tokens needs about {gib(need)}; "
+        f"{gib(budget)} is available to plan with. {hint}"
+    )

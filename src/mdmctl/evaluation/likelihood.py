@@ -273,8 +273,11 @@ def loglikelihood(
     model, requests: Sequence[TokenRequest], cfg: ScoreConfig, *, eos_id: int, device
 ) -> list[Score]:
     """Score each (context ids, continuation ids) request; see the module docstring."""
+    from mdmctl.memory import check_eval_batch
+
     mc = model.cfg
     arm = mc.objective == "arm"
+    check_eval_batch(mc, cfg.batch_size, device.type, rows_per_item=2 if cfg.cfg else 1)
     fitted = []
     for ctx, cont in requests:
         if len(cont) == 0:

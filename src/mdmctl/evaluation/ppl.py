@@ -76,11 +76,13 @@ def _windows_from_files(
 
 def evaluate_ppl(cfg: PplConfig, log=None) -> PplResult:
     from mdmctl.data.shards import read_manifest
+    from mdmctl.memory import check_eval_batch
     from mdmctl.sampling import load_model
 
     t0 = time.perf_counter()
     model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
     mc = model.cfg
+    check_eval_batch(mc, cfg.batch_size, device.type)
     data = cfg.data
     if data is None:
         from mdmctl.checkpoint import read_train_state

@@ -1,0 +1,76 @@
+"""Memory planning: the micro-batch is chosen (or refused) before any tensor exists."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mdmctl import memory
+from mdmctl.config import ModelConfig
+from mdmctl.errors import ConfigError
+
+from .conftest import run
+
+
+def _cfg(**kw):
+    return ModelConfig.from_name("mini", vocab_size=4096, mask_id=4095, **kw)
+
+
+def test_estimate_grows_with_tokens_and_checkpointing_saves():
+    cfg = _cfg()
+    a, b = memory.estimate_training(cfg, 8), memory.estimate_training(cfg, 16)
+    assert b.activations == 2 * a.activations and b.states == a.states
+    ac = memory.estimate_training(cfg, 16, activation_checkpointing=True)
+    assert ac.activations < b.activations / 2
+    assert memory.estimate_training(cfg, 16, shards=2).states == b.states // 2
+
+
+def test_auto_picks_the_largest_divisor_that_fits():
+    cfg = _cfg()
+    avail = int(memory.estimate_training(cfg, 16).total / memory.HEADROOM) + 1
+    micro, est = memory.plan_micro_batch(cfg, 64, None, avail)
+    assert micro == 16 and est.total <= avail
+    micro, _ = memory.plan_micro_batch(cfg, 48, None, avail)  # 16 divides 48
+    assert micro == 16
+
+
+def test_a_requested_micro_batch_that_does_not_fit_fails_with_the_options():
+    cfg = _cfg()
+    avail = int(memory.estimate_training(cfg, 8).total / memory.HEADROOM) + 1
+    with pytest.raises(ConfigError, match=r"--micro-batch-size 8 \(or auto\) would fit"):
+        memory.plan_micro_batch(cfg, 64, 32, avail)
+    with pytest.raises(ConfigError, match="even a micro-batch of 1 needs"):
+        memory.plan_micro_batch(cfg, 64, None, 10 * 2**20)
+
+
+def test_pretrain_chooses_or_refuses_before_training(tmp_path, corpus_dir, monkeypatch):
+    # A machine with little memory: the tiny model's full batch does not fit, a quarter does.
+    from mdmctl.data.shards import read_manifest, tokenizer_info
+
+    vocab = tokenizer_info(read_manifest(corpus_dir)).vocab_size
+    cfg = ModelConfig.from_name("tiny", seq_len=32, vocab_size=vocab, mask_id=vocab - 1)
+    avail = int(memory.estimate_training(cfg, 4).total / memory.HEADROOM) + 1
+    monkeypatch.setattr(memory, "available_bytes", lambda *a: avail)
+    common = ["--size", "tiny", "--seq-len", "32", "--steps", "1", "--batch-size", "16",
+              "--data", corpus_dir, "--show-samples", "0", "--device", "cpu"]  # fmt: skip
+    r = run("pretrain", *common, "--micro-batch-size", "16", "--out", tmp_path / "a", code=2)
+    assert "memory: a micro-batch of 16 x 32 tokens needs about" in " ".join(r.stderr.split())
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    run("pretrain", *common, "--out", tmp_path / "b")
+    resolved = json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]
+    assert resolved["micro_batch_size"] == 4
+
+
+def test_an_eval_batch_that_does_not_fit_fails_naming_one_that_does(ckpts, monkeypatch):
+    from mdmctl.checkpoint import load_checkpoint
+
+    mc = load_checkpoint(ckpts["mdm"]).model_cfg
+    avail = int(memory.estimate_inference(mc, 4) / memory.HEADROOM) + 1
+    monkeypatch.setattr(memory, "available_bytes", lambda *a: avail)
+    r = run("sample", "--checkpoint", ckpts["mdm"], "--length", "4", "--batch-size", "8",
+            "--num-samples", "8", code=2)  # fmt: skip
+    assert "--batch-size 4 would fit" in " ".join(r.stderr.split())
+    run("sample", "--checkpoint", ckpts["mdm"], "--length", "4", "--batch-size", "4")
+    r = run("eval", "ppl", "--checkpoint", ckpts["mdm"], "--batch-size", "8", code=2)
+    assert "--batch-size 4 would fit" in " ".join(r.stderr.split())
