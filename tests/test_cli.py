@@ -457,3 +457,18 @@ def test_config_file_objective_counts_unless_the_flag_is_given(tmp_path, corpus_
     assert "ARM cross-entropy" in r.stdout
     run("pretrain", "--out", tmp_path / "m", "--objective", "mdm", *common)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model"]["objective"] == "mdm"
+
+
+def test_default_run_folders_name_objective_size_and_data(tmp_path, corpus_dir, monkeypatch):
+    # Two natural runs on different data get different folders (no "changed setup" clash).
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(corpus_dir, other)
+    common = ["--seq-len", "32", "--steps", "1", "--batch-size", "2", "--show-samples", "0",
+              "--device", "cpu"]  # fmt: skip
+    run("pretrain", "--data", corpus_dir, *common)
+    run("pretrain", "--data", other, "--objective", "arm", *common)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        f"arm-tiny-{other.name}",
+        f"mdm-tiny-{corpus_dir.name}",
+    ]

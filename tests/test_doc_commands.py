@@ -134,7 +134,7 @@ def test_every_documented_command_runs(workspace):
         if code:
             assert "offline? run a local task" in r.stderr, " ".join(argv)
     # What the lines promise to leave behind.
-    assert (workspace / "runs" / "mdm-mini-sft" / "config.json").is_file()
+    assert (workspace / "runs" / "mdm-mini-mine-sft-train" / "config.json").is_file()
     assert json.loads((workspace / "zero-shot.json").read_text())["results"]
     assert (workspace / "sweep.sh").is_file()
 

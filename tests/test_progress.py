@@ -35,3 +35,29 @@ def test_eta_from_the_rate_since_the_first_update(capsys, monkeypatch):
         bar.update(500)
         bar.update(501)
     assert "ETA" in capsys.readouterr().err.splitlines()[1]
+
+
+def test_library_loops_show_one_display_at_a_time(capsys, monkeypatch):
+    from mdmctl.cli.progress import library_progress
+    from mdmctl.progress import report
+
+    monkeypatch.setenv("MDMCTL_PROGRESS_EVERY", "0")
+    report("unseen", 1, 1)  # no hook installed: nothing happens
+    with library_progress():
+        for label, done, total in [("a", 1, 2), ("a", 2, 2), ("b", 1, 1), ("a", 1, 3)]:
+            report(label, done, total)
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split("  ")[:2] for ln in lines] == [
+        ["a", "1/2 (50%)"],
+        ["a", "2/2 (100%)"],
+        ["b", "1/1 (100%)"],
+        ["a", "1/3 (33%)"],  # a loop that starts over gets a fresh display (and rate)
+    ]
+
+
+def test_eval_reports_progress_in_a_log_file(ckpts, monkeypatch):
+    from .conftest import run
+
+    monkeypatch.setenv("MDMCTL_PROGRESS_EVERY", "0")
+    r = run("eval", "ppl", "--checkpoint", ckpts["arm"], "--max-windows", "3", "--batch-size", "1")
+    assert "perplexity windows  3/3 (100%)" in r.stderr

@@ -299,7 +299,7 @@ def test_lm_eval_adapter_runs_real_tasks_offline(tmp_path, ckpts):
             "--checkpoint",
             ckpts[obj],
             "--tasks",
-            ",".join(specs),
+            ",".join(n.replace("_", "-") if n == "t_mc" else n for n in specs),  # t-mc = t_mc
             "--include-path",
             tasks,
             "--model-args",

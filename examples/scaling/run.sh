@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A micro IsoFLOP sweep of MDM and ARM on the built-in corpus (method.md §1), its fit and plot.
+# A micro IsoFLOP sweep of MDM and ARM on a real-text corpus (method.md §1), its fit and plot.
 #
 #   bash examples/scaling/run.sh [BUDGETS] [SIZES] [CORPUS]
 #
@@ -8,8 +8,9 @@
 # this scale the compute-optimal model is small: a first CPU sweep (6e10-1.2e11 FLOPs) put the
 # ARM's minima at 3k-10k parameters. CORPUS (default ../shared/data/corpus/train.jsonl.gz, about
 # 26 MB of English; "builtin" for the built-in corpus) is large enough that no run repeats it more
-# than about twice (the built-in corpus, 0.6M tokens, would be repeated up to 70 times). Writes work/scaling/ under the current directory: the sweep
-# script, the runs, fit.json and fit.png. Rerunning resumes an interrupted sweep.
+# than about twice (the built-in corpus, 0.6M tokens, would be repeated up to 70 times).
+# Writes work/scaling/ under the current directory: the sweep script, the runs, fit.json and
+# fit.png. Rerunning resumes an interrupted sweep. Timing and results: docs/results.md.
 # What a sweep this small can show: the mechanics (IsoFLOP minima, a frontier, a gap with its
 # bootstrap interval); not the paper's numbers, which come from 1e18-1e20 FLOPs (docs/results.md).
 set -euo pipefail

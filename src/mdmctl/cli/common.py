@@ -103,6 +103,10 @@ SAMPLER_HELP = (
 GEN_BATCH_HELP = "Sequences generated together in one batch."
 RESUME_HELP = "auto (continue the run in --out if any), never, or a checkpoint path."
 OVERWRITE_HELP = "Delete an existing run in --out first."
+WARMUP_HELP = (
+    "Linear warmup, then cosine decay to 0.1·lr. Default: 1% of the steps, at least "
+    "min(100, steps / 10)."
+)
 
 
 def device_option() -> Any:

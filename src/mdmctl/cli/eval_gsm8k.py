@@ -21,6 +21,7 @@ from mdmctl.cli.common import (
     json_option,
     seed_option,
 )
+from mdmctl.cli.progress import library_progress
 from mdmctl.errors import ConfigError
 
 
@@ -115,7 +116,7 @@ def eval_gsm8k(
     json_out: bool = json_option("Print accuracy, compliance and settings as JSON on stdout."),
 ) -> None:
     """GSM8K accuracy: generate, extract the final number, exact match."""
-    with cli_errors():
+    with cli_errors(), library_progress():
         from mdmctl.evaluation.gsm8k import evaluate_gsm8k
         from mdmctl.sampling import SampleConfig
 

@@ -16,6 +16,7 @@ from mdmctl.cli.common import (
     eval_app,
     json_option,
 )
+from mdmctl.cli.progress import library_progress
 
 
 @eval_app.command("lm-eval")
@@ -57,7 +58,7 @@ def eval_lm_eval(
     json_out: bool = json_option("Print lm-eval's results as JSON on stdout (else its table)."),
 ) -> None:
     """Any lm-evaluation-harness task through the mdmctl model (pip install 'mdmctl[eval]')."""
-    with cli_errors():
+    with cli_errors(), library_progress():
         from mdmctl.evaluation.lm_eval_run import run_lm_eval
 
         res = run_lm_eval(

@@ -18,6 +18,7 @@ from mdmctl.cli.common import (
     json_option,
     seed_option,
 )
+from mdmctl.cli.progress import library_progress
 
 
 @eval_app.command("ppl")
@@ -48,7 +49,7 @@ def eval_ppl(
     json_out: bool = json_option("Print the result as JSON on stdout."),
 ) -> None:
     """Held-out perplexity: exact for an ARM, an ELBO upper bound for an MDM."""
-    with cli_errors():
+    with cli_errors(), library_progress():
         from mdmctl.evaluation.ppl import PplConfig, evaluate_ppl
         from mdmctl.log import console
 

@@ -23,6 +23,7 @@ from mdmctl.cli.common import (
     json_option,
     seed_option,
 )
+from mdmctl.cli.progress import library_progress
 
 
 @eval_app.command("reverse-curse")
@@ -83,7 +84,7 @@ def eval_reverse_curse(
     json_out: bool = json_option("Print one JSON object per split on stdout."),
 ) -> None:
     """Reverse-curse accuracy and BLEU in the trained and the reverse direction."""
-    with cli_errors():
+    with cli_errors(), library_progress():
         from rich.table import Table
 
         from mdmctl.evaluation.reverse_curse import SPLITS, evaluate_reverse_curse

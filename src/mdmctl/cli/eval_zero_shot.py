@@ -23,6 +23,7 @@ from mdmctl.cli.common import (
     json_option,
     seed_option,
 )
+from mdmctl.cli.progress import library_progress
 from mdmctl.errors import ConfigError
 
 
@@ -63,7 +64,7 @@ def _render_zero_shot(results: list[Any], json_out: bool) -> None:
 
 
 def _zero_shot(names: list[str], opts: dict[str, Any], out: Path | None, json_out: bool) -> None:
-    with cli_errors():
+    with cli_errors(), library_progress():
         from mdmctl.evaluation.zero_shot import ZeroShotConfig, evaluate_tasks
 
         cfg = ZeroShotConfig(

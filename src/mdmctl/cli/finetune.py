@@ -12,6 +12,7 @@ from mdmctl.cli.common import (
     OVERWRITE_HELP,
     PARALLEL_HELP,
     RESUME_HELP,
+    WARMUP_HELP,
     Attention,
     Parallel,
     _finite,
@@ -52,7 +53,7 @@ def finetune(
         help="Examples: jsonl (prompt/response, prompt/completion, messages, question/answer) or GSM8K equations .txt.",
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Run directory. Default: runs/<init run>-sft."
+        None, "--out", help="Run directory. Default: runs/<init run>-sft-<data file stem>."
     ),
     sft_objective: SFTObjective = typer.Option(
         SFTObjective.auto,
@@ -123,8 +124,7 @@ def finetune(
         None,
         "--warmup-steps",
         min=0,
-        help="Linear warmup, then cosine decay to 0.1·lr. Default: 1% of the steps, at least "
-        "min(100, steps / 10).",
+        help=WARMUP_HELP,
     ),
     seq_len: int | None = typer.Option(
         None,
@@ -195,7 +195,8 @@ def finetune(
         fcfg = FinetuneConfig(
             init=str(init),
             data=str(data),
-            out=str(out or Path("runs") / f"{run_name}-sft"),
+            # The data's name too: two fine-tunes of one model on different data do not collide.
+            out=str(out or Path("runs") / f"{run_name}-sft-{data.stem}"),
             train=train,
             objective=sft_objective.value,
             cfg_dropout=cfg_dropout,

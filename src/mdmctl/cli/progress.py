@@ -8,8 +8,10 @@ first and the last update.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -100,3 +102,32 @@ class ProgressReporter:
         if self.total and gained > 0 and done < self.total:
             parts.append(f"ETA {_clock(elapsed / gained * (self.total - done))}")
         return "  ".join(parts)
+
+
+@contextlib.contextmanager
+def library_progress() -> Iterator[None]:
+    """Show the library's long loops (``mdmctl.progress.report``: scoring, generating,
+    perplexity windows) while the block runs, one loop at a time: a loop with a new label, or
+    one that starts over, closes the previous display (rich allows one live display)."""
+    from mdmctl.progress import reporting
+
+    state: dict[str, Any] = {"bar": None, "label": None, "done": 0}
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].__exit__(None, None, None)
+            state["bar"] = None
+
+    def hook(label: str, done: int, total: int) -> None:
+        if state["bar"] is None or label != state["label"] or done < state["done"]:
+            close()
+            state["bar"] = ProgressReporter(label, total).__enter__()
+            state["label"] = label
+        state["done"] = done
+        state["bar"].update(done, total)
+
+    with reporting(hook):
+        try:
+            yield
+        finally:
+            close()

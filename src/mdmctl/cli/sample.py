@@ -22,6 +22,7 @@ from mdmctl.cli.common import (
     json_option,
     seed_option,
 )
+from mdmctl.cli.progress import library_progress
 from mdmctl.errors import ConfigError
 
 
@@ -69,7 +70,7 @@ def sample(
     json_out: bool = json_option("One JSON object per sample on stdout."),
 ) -> None:
     """Generate text from a checkpoint."""
-    with cli_errors():
+    with cli_errors(), library_progress():
         from mdmctl.log import console
         from mdmctl.sampling import SampleConfig, sample_from_checkpoint
 

@@ -38,6 +38,7 @@ import torch
 from mdmctl.data.batches import mix
 from mdmctl.diffusion import stratified_t
 from mdmctl.errors import ConfigError
+from mdmctl.progress import report
 from mdmctl.sampling.mdm import cfg_logits
 
 Estimator = Literal["mc", "chain-rule"]
@@ -294,6 +295,7 @@ def loglikelihood(
     # 128 samples); a chunk's rows do not depend on the others, so neither do the results.
     for s in range(0, len(fitted), CHUNK_REQUESTS):
         out.extend(_score_chunk(model, fitted[s : s + CHUNK_REQUESTS], cfg, device))
+        report("scoring requests", len(out), len(fitted))
     return out
 
 

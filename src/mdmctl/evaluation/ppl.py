@@ -18,6 +18,7 @@ from mdmctl.autoregressive import arm_nll
 from mdmctl.data.batches import TokenWindows, mix
 from mdmctl.diffusion import mdm_elbo
 from mdmctl.errors import CompatibilityError, ConfigError, DataError
+from mdmctl.progress import report
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -116,6 +117,7 @@ def evaluate_ppl(cfg: PplConfig, log=None) -> PplResult:
     by_len: dict[int, list[torch.Tensor]] = {}
     for w in windows:
         by_len.setdefault(len(w), []).append(w)
+    done = 0
     with torch.no_grad():
         for L, ws in sorted(by_len.items()):
             for s in range(0, len(ws), cfg.batch_size):
@@ -128,6 +130,8 @@ def evaluate_ppl(cfg: PplConfig, log=None) -> PplResult:
                 elif L > 1:
                     total += float(arm_nll(model(x0), x0).sum())
                     tokens += x0.shape[0] * (L - 1)
+                done += len(x0)
+                report("perplexity windows", done, len(windows))
     if tokens == 0:
         raise DataError(f"{data}: nothing to score")
     nll = total / tokens

@@ -12,6 +12,7 @@ import torch
 from mdmctl.config import check_finite
 from mdmctl.errors import ConfigError
 from mdmctl.memory import check_eval_batch
+from mdmctl.progress import report
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -172,6 +173,7 @@ def generate(
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]
     nfe = 0
+    done = 0
     by_len: dict[int, list[int]] = {}  # a batch shares one canvas, so one generation length
     for i, n in enumerate(lengths):
         by_len.setdefault(n, []).append(i)
@@ -210,6 +212,8 @@ def generate(
             for r, t in zip(rows, got, strict=True):
                 out_ids[r] = t
             nfe += n
+            done += len(rows)
+            report("generating", done, len(ids))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
