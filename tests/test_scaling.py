@@ -97,6 +97,15 @@ def test_plan_follows_c_equals_6nd(tmp_path):
     assert "--n-layers 4 --d-model 128 --n-heads 2 --d-ff 512" in text
 
 
+def test_plan_leaves_out_sizes_beyond_max_steps():
+    runs, skipped = plan(
+        [1e11, 1e12], ["mdm"], ["tiny", "4x128"],
+        batch_size=16, seq_len=64, out_root="sweep", min_steps=20, max_steps=1000,
+    )  # fmt: skip
+    assert runs and all(20 <= r.steps <= 1000 for r in runs)
+    assert any("(too small)" in s for s in skipped)  # tiny at 1e12 needs more than 1000 steps
+
+
 def test_shape_errors():
     from mdmctl.errors import ConfigError
 

@@ -81,9 +81,12 @@ def plan(
     seq_len: int,
     out_root: str,
     min_steps: int = 50,
+    max_steps: int | None = None,
 ) -> tuple[list[PlannedRun], list[str]]:
     """Every (objective, budget, size) with at least ``min_steps`` optimizer steps (a smaller
-    model than that budget allows would not be on the curve); also the skipped ones, explained."""
+    model than that budget allows would not be on the curve) and at most ``max_steps`` (a tiny
+    model at a large budget costs many small, slow steps, far from where that budget's minimum
+    lies); also the skipped ones, explained."""
     runs, skipped = [], []
     for objective in objectives:
         for c in budgets:
@@ -93,6 +96,11 @@ def plan(
                 if steps < min_steps:
                     skipped.append(
                         f"{objective} C={c:.3g} {size}: {steps} steps < {min_steps} (too big)"
+                    )
+                    continue
+                if max_steps is not None and steps > max_steps:
+                    skipped.append(
+                        f"{objective} C={c:.3g} {size}: {steps} steps > {max_steps} (too small)"
                     )
                     continue
                 out = f"{out_root}/{objective}-C{c:.3g}-{size}"

@@ -46,6 +46,12 @@ def plan_cmd(
     min_steps: int = typer.Option(
         100, "--min-steps", min=1, help="Leave out sizes that get fewer optimizer steps."
     ),
+    max_steps: int | None = typer.Option(
+        None,
+        "--max-steps",
+        min=1,
+        help="Leave out sizes that would need more optimizer steps. Default: no limit.",
+    ),
     runs_dir: str = typer.Option("runs/scaling", "--runs-dir", help="Where the runs will go."),
     extra: str = typer.Option(
         "",
@@ -76,9 +82,12 @@ def plan_cmd(
             seq_len=seq_len,
             out_root=runs_dir,
             min_steps=min_steps,
+            max_steps=max_steps,
         )
         if not runs:
-            raise ConfigError("no run gets --min-steps steps: raise --flops or use smaller --sizes")
+            raise ConfigError(
+                "no run gets between --min-steps and --max-steps steps: change --flops or --sizes"
+            )
         args = ["--batch-size", str(batch_size), "--seq-len", str(seq_len), *shlex.split(extra)]
         if out.is_dir():
             raise ConfigError(f"--out {out}: is a folder; name the script file")
