@@ -256,7 +256,9 @@ def pretrain(
             train=train_cfg,
             data=str(data_dir),
             # Everything that names a natural run: a second run on other data gets its own folder.
-            out=str(out or Path("runs") / f"{model_cfg.objective}-{model_cfg.name}-{data_dir.name}"),
+            out=str(
+                out or Path("runs") / f"{model_cfg.objective}-{model_cfg.name}-{data_dir.name}"
+            ),
             device=device,
             attention=attention.value,
             dtype=dtype,

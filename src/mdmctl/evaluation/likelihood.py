@@ -278,7 +278,10 @@ def loglikelihood(
 
     mc = model.cfg
     arm = mc.objective == "arm"
-    check_eval_batch(mc, cfg.batch_size, device.type, rows_per_item=2 if cfg.cfg else 1)
+    # device may be given as a string by library callers
+    check_eval_batch(
+        mc, cfg.batch_size, torch.device(device).type, rows_per_item=2 if cfg.cfg else 1
+    )
     fitted = []
     for ctx, cont in requests:
         if len(cont) == 0:

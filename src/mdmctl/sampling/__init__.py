@@ -154,7 +154,10 @@ def generate(
     mc = model.cfg
     if mc.objective == "arm" and cfg.cfg != 0:
         raise ConfigError("--cfg applies to objective 'mdm'; checkpoint objective is 'arm'")
-    check_eval_batch(mc, cfg.batch_size, device.type, rows_per_item=2 if cfg.cfg else 1)
+    # device may be given as a string by library callers
+    check_eval_batch(
+        mc, cfg.batch_size, torch.device(device).type, rows_per_item=2 if cfg.cfg else 1
+    )
     ids = prompt_ids or [encode_literal(tok, p) if p else [] for p in prompts]
     lengths = [length] * len(ids) if not isinstance(length, list) else length
     lengths = [cfg.length if n is None else n for n in lengths]
