@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SHARED, make_docs, run
+from mdmctl.cli import app
+
+from .conftest import SHARED, make_docs, run, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "cli.md"]
@@ -154,7 +156,9 @@ def test_documented_sweep_fit_and_torchrun(workspace):
             cmd = argv[:i] + scaled(["mdmctl", *argv[i:]])
             subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
         elif key == "scaling fit":
-            # Documented outcome at this CPU size (docs/cli.md): no budget brackets its minimum,
-            # so the fit says so and exits 2.
-            r = run(*argv[1:], code=2)
-            assert "nothing to fit" in r.stderr
+            # On the built-in corpus no budget of this CPU-sized sweep brackets its minimum and
+            # the fit exits 2 saying so (docs/cli.md); on this test corpus the ARM's may. Either
+            # is the documented behaviour; a crash or another code is not.
+            r = runner.invoke(app, argv[1:])
+            assert r.exit_code in (0, 2), r.output
+            assert "IsoFLOP fit" in r.stdout if r.exit_code == 0 else "nothing to fit" in r.stderr
