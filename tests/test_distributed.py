@@ -341,7 +341,7 @@ def test_nan_on_one_rank_stops_both_at_the_same_step(tmp_path, corpus_dir):
 @pytest.mark.slow
 def test_finetune_on_two_ranks_matches_one_process(tmp_path, ckpts):
     from mdmctl.config import FinetuneConfig
-    from mdmctl.train import finetune
+    from mdmctl.finetune import finetune
 
     rows = [
         {"prompt": f"the cat sat on the mat {i}", "completion": " the dog ran."} for i in range(40)

@@ -1,4 +1,4 @@
-"""``mdmctl finetune``: a thin layer over ``mdmctl.train.finetune``."""
+"""``mdmctl finetune``: a thin layer over ``mdmctl.finetune.finetune``."""
 
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def finetune(
             attention=attention.value,
             dtype=dtype,
         )
-        from mdmctl.train import finetune as lib_finetune
+        from mdmctl.finetune import finetune as lib_finetune
 
         result = _with_progress(
             lambda on_step: lib_finetune(
