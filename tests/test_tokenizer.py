@@ -32,9 +32,9 @@ def _plain_tokenizer(specials):
 def test_missing_mask_is_added_and_reported():
     tok = _plain_tokenizer(["</s>"])
     info = prepare(tok)
-    assert MASK_TOKEN in info.added and PAD_TOKEN in info.added
-    assert tok.token_to_id(MASK_TOKEN) == info.mask_id
-    assert info.vocab_size == 6
+    assert info.added == (MASK_TOKEN,)  # no pad token: pads are eos, nothing added for them
+    assert tok.token_to_id(MASK_TOKEN) == info.mask_id and info.pad_id == info.eos_id
+    assert info.vocab_size == 5
 
 
 def test_missing_eos_is_an_error():

@@ -52,7 +52,7 @@ def finetune(
     cfg = replace(cfg, train=tc)
     init = ckpt.resolve_checkpoint(cfg.init, log=log)
     loaded = ckpt.load_checkpoint(init)
-    tok, tinfo = info_from_file(init / "tokenizer.json")
+    tok, tinfo = info_from_file(init / "tokenizer.json", loaded.model_cfg.objective == "mdm")
     if tinfo.sha256 != loaded.tokenizer_sha256:
         raise CompatibilityError(f"{init}: tokenizer.json does not match the weights' tokenizer")
     base = loaded.model_cfg

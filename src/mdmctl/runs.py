@@ -21,7 +21,7 @@ STEP_PREFIX = "step-"  # the checkpoint folder names (checkpoint.step_dir_name)
 @dataclass(frozen=True)
 class RunSummary:
     path: str
-    kind: str  # "pretrain" or "finetune"
+    kind: str  # "pretrain", "finetune" or "import"
     objective: str
     size: str
     n_params_non_embedding: int | None
@@ -67,7 +67,7 @@ def summarize_run(run_dir: Path) -> RunSummary | None:
     stamp = run_dir / "metrics.jsonl" if (run_dir / "metrics.jsonl").exists() else run_dir
     return RunSummary(
         path=str(run_dir),
-        kind="finetune" if "sft" in cfg else "pretrain",
+        kind="import" if "import" in cfg else "finetune" if "sft" in cfg else "pretrain",
         objective=str(model.get("objective", "?")),
         size=str(model.get("name", "?")),
         n_params_non_embedding=n_params,

@@ -1,14 +1,19 @@
-"""Tokenizers: train a byte-level BPE or load a ``tokenizer.json``; resolve mask / eos / pad ids.
+"""Tokenizers: train a byte-level BPE or load one (a ``tokenizer.json``, a folder in the Hugging
+Face layout, or a hub name); resolve mask / eos / pad ids.
 
 The mask id is always explicit: the id of the tokenizer's mask token (added when missing, and said
-so), never something derived from the vocabulary size at run time. The fingerprint is the sha256 of
-the canonical tokenizer JSON; corpora and checkpoints record it and refuse to mix tokenizers.
+so), never something derived from the vocabulary size at run time. A tokenizer without a pad token
+pads with eos (HF's convention; SMDM pads with eos too): pads are only canvas filler that attention
+never sees, and adding a token would change the vocabulary that released weights were trained
+with. The fingerprint is the sha256 of the canonical tokenizer JSON; corpora and checkpoints record
+it and refuse to mix tokenizers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +36,10 @@ PAD_NAMES = (PAD_TOKEN, "[PAD]", "<pad>", "<|finetune_right_pad_id|>")
 class TokenizerInfo:
     vocab_size: int
     mask_id: int
+    """-1: none (an imported ARM's tokenizer)."""
     eos_id: int
     pad_id: int
+    """The pad token, or eos when the tokenizer has none."""
     sha256: str
     added: tuple[str, ...] = ()
     """Special tokens mdmctl had to add to a loaded tokenizer."""
@@ -62,15 +69,48 @@ def _nonempty(texts: Iterable[str]) -> Iterator[str]:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    p = Path(path)
+    """A ``tokenizer.json``, or a folder holding one (the Hugging Face layout)."""
+    return Tokenizer.from_file(str(tokenizer_file(path)))
+
+
+def tokenizer_file(spec: str | Path) -> Path:
+    """The ``tokenizer.json`` a ``--tokenizer`` value names: a file, a folder holding one, or a
+    Hugging Face hub name (``TinyLlama/TinyLlama_v1.1``; downloaded once into the HF cache)."""
+    p = Path(spec)
     if p.is_dir():
         p = p / "tokenizer.json"
+        if not p.is_file():
+            raise TokenizerError(
+                f"{p}: not found (mdmctl reads tokenizer.json; a folder with only a SentencePiece "
+                "tokenizer.model needs converting: "
+                "AutoTokenizer.from_pretrained(dir).save_pretrained(dir))"
+            )
+    elif not p.exists() and _HUB_NAME.fullmatch(str(spec)) and not str(spec).endswith(".json"):
+        p = _download(str(spec))
     if not p.is_file():
         raise TokenizerError(f"{p}: tokenizer file not found")
     try:
-        return Tokenizer.from_file(str(p))
+        Tokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises plain Exception subclasses
         raise TokenizerError(f"{p}: not a valid tokenizer.json ({e})") from e
+    return p
+
+
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _download(repo_id: str) -> Path:
+    """``tokenizer.json`` of a hub model, through huggingface_hub (honours HF_HUB_OFFLINE and the
+    cache, so an offline machine uses a copy downloaded earlier)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, "tokenizer.json"))
+    except Exception as e:  # offline, unknown repo, gated repo, no tokenizer.json: one message
+        raise TokenizerError(
+            f"--tokenizer {repo_id}: no local file or folder of that name, and the Hugging Face "
+            f"hub did not provide its tokenizer.json ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
 
 
 def _find(tok: Tokenizer, names: Iterable[str]) -> int | None:
@@ -87,11 +127,13 @@ def prepare(
     eos_token: str | None = None,
     mask_token: str | None = None,
     add_missing: bool = True,
+    need_mask: bool = True,
 ) -> TokenizerInfo:
     """Resolve (and if allowed add) the special tokens mdmctl needs; mutates ``tok``.
 
-    eos is required: it separates packed documents and ends samples. A missing mask or pad token is
-    added as a new special token when ``add_missing`` (a tokenizer file given by the user).
+    eos is required: it separates packed documents and ends samples. A missing mask token is added
+    as a new special token when ``add_missing`` (a tokenizer file given by the user); without
+    ``need_mask`` (an ARM's tokenizer) a missing one is left out (mask_id -1). No pad token: eos.
     """
     added: list[str] = []
     eos_id = _find(tok, [eos_token] if eos_token else EOS_NAMES)
@@ -101,25 +143,18 @@ def prepare(
             f"tokenizer has no end-of-text token ({want}); name it with --eos-token"
         )
     mask_id = _find(tok, [mask_token] if mask_token else MASK_NAMES)
-    if mask_id is None:
+    if mask_id is None and need_mask:
         if not add_missing:
             raise TokenizerError("tokenizer has no mask token; re-run 'mdmctl tokenize' to add one")
         tok.add_special_tokens([mask_token or MASK_TOKEN])
         mask_id = tok.token_to_id(mask_token or MASK_TOKEN)
         added.append(mask_token or MASK_TOKEN)
     pad_id = _find(tok, PAD_NAMES)
-    if pad_id is None:
-        if not add_missing:
-            raise TokenizerError("tokenizer has no pad token; re-run 'mdmctl tokenize'")
-        tok.add_special_tokens([PAD_TOKEN])
-        pad_id = tok.token_to_id(PAD_TOKEN)
-        added.append(PAD_TOKEN)
-    assert mask_id is not None and pad_id is not None
     return TokenizerInfo(
         vocab_size=tok.get_vocab_size(with_added_tokens=True),
-        mask_id=mask_id,
+        mask_id=-1 if mask_id is None else mask_id,
         eos_id=eos_id,
-        pad_id=pad_id,
+        pad_id=eos_id if pad_id is None else pad_id,
         sha256=fingerprint(tok),
         added=tuple(added),
     )
@@ -131,7 +166,8 @@ def fingerprint(tok: Tokenizer) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def info_from_file(path: str | Path) -> tuple[Tokenizer, TokenizerInfo]:
-    """Load a tokenizer that mdmctl wrote (corpus or checkpoint); nothing is added."""
+def info_from_file(path: str | Path, need_mask: bool = True) -> tuple[Tokenizer, TokenizerInfo]:
+    """Load a tokenizer that mdmctl wrote (corpus or checkpoint); nothing is added. An imported
+    ARM's tokenizer may lack a mask token (``need_mask=False``)."""
     tok = load_tokenizer(path)
-    return tok, prepare(tok, add_missing=False)
+    return tok, prepare(tok, add_missing=False, need_mask=need_mask)

@@ -26,10 +26,12 @@ def tokenize(
     text_field: str = typer.Option(
         "text", "--text-field", help="Field holding the text (jsonl, parquet, hub)."
     ),
-    tokenizer: Path | None = typer.Option(
+    tokenizer: str | None = typer.Option(
         None,
         "--tokenizer",
-        help="Existing tokenizer.json (or a folder with one). Default: train a byte-level BPE.",
+        help="Existing tokenizer: a tokenizer.json, a folder holding one (Hugging Face layout) or "
+        "a hub name such as TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T (online). A missing mask token is added. "
+        "Default: train a byte-level BPE.",
     ),
     vocab_size: int | None = typer.Option(
         None,

@@ -104,7 +104,7 @@ def load_model(checkpoint: str | None, device: str = "auto", attention: str = "a
 
     step_dir = ckpt.resolve_checkpoint(checkpoint, log=log)
     loaded = ckpt.load_checkpoint(step_dir)
-    tok, info = info_from_file(step_dir / "tokenizer.json")
+    tok, info = info_from_file(step_dir / "tokenizer.json", loaded.model_cfg.objective == "mdm")
     if info.sha256 != loaded.tokenizer_sha256:
         raise CompatibilityError(
             f"{step_dir}: tokenizer.json ({info.sha256[:12]}) is not the tokenizer the weights were "

@@ -1,0 +1,310 @@
+"""mdmctl export / import: the Hugging Face layout both ways, SMDM's released layout, tokenizers.
+
+All weights are synthetic or from the tiny session checkpoints: no download."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from mdmctl.errors import CheckpointError, CompatibilityError, ConfigError, TokenizerError
+from mdmctl.interop import export_hf, import_model
+from mdmctl.interop.files import parse_size, read_weights
+from mdmctl.interop.keys import smdm_qkv_to_stacked
+from mdmctl.sampling import load_model
+from mdmctl.tokenizer import MASK_TOKEN, prepare, tokenizer_file
+
+from .conftest import run
+
+transformers = pytest.importorskip("transformers", reason="transformers is a test-only extra")
+
+
+def _logits(step_dir, idx):
+    model, *_ = load_model(str(step_dir), device="cpu", attention="sdpa")
+    with torch.no_grad():
+        return model(idx)
+
+
+def _idx(vocab: int, shape=(2, 12)) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("objective", ["mdm", "arm"])
+def test_round_trip_is_bit_identical(ckpts, tmp_path, objective):
+    src = ckpts[objective]
+    hf_dir = export_hf(str(src), tmp_path / "hf").out
+    back = import_model(hf_dir, tmp_path / "back")
+    assert back.step_dir.name == src.name  # the step travels in config.json
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (back.step_dir / name).read_bytes() == (src / name).read_bytes(), name
+
+
+def test_export_layout_and_sharding(ckpts, tmp_path):
+    out = export_hf(str(ckpts["mdm"]), tmp_path / "one").out
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["model_type"] == "llama" and conf["is_causal"] is False
+    assert conf["mask_token_id"] == conf["mdmctl"]["model_config"]["mask_id"]
+    assert "LlamaModel" in conf["mdmctl"]["how_to_load"]
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["mask_token_id"] == conf["mask_token_id"] and gen["sampler"] == "confidence"
+    sharded = export_hf(str(ckpts["mdm"]), tmp_path / "shards", max_shard_size="60KB").out
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert not (sharded / "model.safetensors").exists()
+    one, many = read_weights(out), read_weights(sharded)
+    assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in one.values())
+    assert one.keys() == many.keys() and all(torch.equal(one[k], many[k]) for k in one)
+    back = import_model(sharded, tmp_path / "back")
+    assert (back.step_dir / "model.safetensors").read_bytes() == (
+        ckpts["mdm"] / "model.safetensors"
+    ).read_bytes()
+
+
+def test_exported_arm_is_llama_for_causal_lm(ckpts, tmp_path):
+    out = export_hf(str(ckpts["arm"]), tmp_path / "hf").out
+    llama = transformers.LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    idx = _idx(llama.config.vocab_size)
+    with torch.no_grad():
+        theirs = llama(idx).logits
+    torch.testing.assert_close(theirs, _logits(ckpts["arm"], idx), atol=1e-5, rtol=1e-5)
+    # The tokenizer files load as a fast tokenizer with the same ids.
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    ours = Tokenizer.from_file(str(out / "tokenizer.json"))
+    text = "the cat sat on the mat."
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text).ids
+    assert hf_tok.eos_token_id == llama.config.eos_token_id
+
+
+def test_exported_mdm_through_llama_model_with_a_bidirectional_mask(ckpts, tmp_path):
+    out = export_hf(str(ckpts["mdm"]), tmp_path / "hf").out
+    conf = json.loads((out / "config.json").read_text())
+    body = transformers.LlamaModel.from_pretrained(out, attn_implementation="eager").eval()
+    head = read_weights(out)["lm_head.weight"]
+    idx = _idx(conf["vocab_size"])
+    idx[:, 3:7] = conf["mask_token_id"]
+    full = torch.zeros(idx.shape[0], 1, idx.shape[1], idx.shape[1])  # attend everywhere
+    with torch.no_grad():
+        theirs = body(idx, attention_mask=full).last_hidden_state @ head.T
+        causal = body(idx).last_hidden_state @ head.T
+    theirs[..., conf["mask_token_id"]] = float("-inf")
+    ours = _logits(ckpts["mdm"], idx)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(causal[:, :-1, :5], ours[:, :-1, :5], atol=1e-3)  # the mask matters
+
+
+def test_import_plain_hf_llama(tmp_path, ckpts):
+    """A Llama written by transformers (tied embeddings, no mdmctl block) imports as an ARM."""
+    src = ckpts["arm"]
+    vocab = Tokenizer.from_file(str(src / "tokenizer.json")).get_vocab_size()
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=48, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(3)
+    llama = transformers.LlamaForCausalLM(cfg).eval()
+    llama.save_pretrained(tmp_path / "llama")
+    (tmp_path / "llama" / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+    r = import_model(tmp_path / "llama", tmp_path / "imported")
+    assert r.model["objective"] == "arm" and r.model["seq_len"] == 48 and r.added_rows == 0
+    idx = _idx(vocab)
+    with torch.no_grad():
+        theirs = llama(idx).logits
+    torch.testing.assert_close(_logits(r.step_dir, idx), theirs, atol=1e-5, rtol=1e-5)
+    # The same weights as the start of an MDM: the tokenizer keeps its mask, no row is added.
+    m = import_model(tmp_path / "llama", tmp_path / "as-mdm", objective="mdm")
+    assert m.model["objective"] == "mdm" and m.model["mask_id"] >= 0
+
+
+def test_import_refuses_what_mdmctl_cannot_run(tmp_path, ckpts):
+    out = export_hf(str(ckpts["arm"]), tmp_path / "hf").out
+    conf = json.loads((out / "config.json").read_text())
+    del conf["mdmctl"]
+    for field, value, match in [
+        ("num_key_value_heads", 1, "grouped-query"),
+        ("model_type", "mistral", "model_type"),
+        ("mlp_bias", True, "biases"),
+        ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}, "rope_type"),
+    ]:
+        (out / "config.json").write_text(json.dumps({**conf, field: value}))
+        with pytest.raises(CompatibilityError, match=match):
+            import_model(out, tmp_path / f"x-{field}")
+        assert not (tmp_path / f"x-{field}").exists()
+
+
+# --- SMDM ----------------------------------------------------------------------------------------
+
+V, D, H, FF, LAYERS = 40, 32, 4, 64, 2  # a custom SMDM-shaped MDM: embedding V + 1 rows, head V
+
+
+def _smdm_state(mdm: bool = True) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+
+    def w(*shape):
+        return torch.randn(*shape, generator=g) * 0.2
+
+    sm = {"transformer.wte.weight": w(V + mdm, D), "transformer.ln_f.weight": 1 + w(D),
+          "lm_head.weight": w(V, D)}  # fmt: skip
+    for i in range(LAYERS):
+        p = f"transformer.h.{i}."
+        sm |= {p + "norm_1.weight": 1 + w(D), p + "attn.attn.weight": w(3 * D, D),
+               p + "attn.proj.weight": w(D, D), p + "norm_2.weight": 1 + w(D),
+               p + "mlp.swiglu.w1.weight": w(FF, D), p + "mlp.swiglu.w2.weight": w(FF, D),
+               p + "mlp.swiglu.w3.weight": w(D, FF)}  # fmt: skip
+    return sm
+
+
+def _smdm_forward(sm, idx, causal=False, eps=1e-5, base=10000.0):
+    """SMDM's TransEncoder written out: the fused QKV viewed per query group (groups = heads, so
+    (H, q_per_kv + 2 = 3, hs)), flash-attn's non-interleaved rotary, xformers' SwiGLU."""
+    B, T = idx.shape
+    hs = D // H
+    inv = 1.0 / base ** (torch.arange(0, hs, 2).float() / hs)
+    ang = torch.outer(torch.arange(T).float(), inv)[None, :, None]  # (1, T, 1, hs/2)
+
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    def rope(t):
+        a, b = t[..., : hs // 2], t[..., hs // 2 :]
+        return torch.cat([a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos()], -1)
+
+    x = sm["transformer.wte.weight"][idx]
+    for i in range(LAYERS):
+        p = f"transformer.h.{i}."
+        qkv = (rms(x, sm[p + "norm_1.weight"]) @ sm[p + "attn.attn.weight"].T).view(B, T, H, 3, hs)
+        q, k, v = rope(qkv[..., 0, :]), rope(qkv[..., 1, :]), qkv[..., 2, :]
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hs)
+        if causal:
+            s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        y = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v).reshape(B, T, D)
+        x = x + y @ sm[p + "attn.proj.weight"].T
+        h = rms(x, sm[p + "norm_2.weight"])
+        gate, up = h @ sm[p + "mlp.swiglu.w1.weight"].T, h @ sm[p + "mlp.swiglu.w2.weight"].T
+        x = x + (F.silu(gate) * up) @ sm[p + "mlp.swiglu.w3.weight"].T
+    return rms(x, sm["transformer.ln_f.weight"]) @ sm["lm_head.weight"].T
+
+
+def _llama_like_tokenizer(tmp_path):
+    """V tokens with Llama-2's specials and no mask token (the mask becomes id V, as in SMDM)."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, V)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    return tmp_path / "tokenizer.json"
+
+
+@pytest.mark.parametrize("mdm", [True, False])
+def test_smdm_import_matches_a_forward_written_the_smdm_way(tmp_path, mdm):
+    sm = _smdm_state(mdm)
+    save_file(sm, str(tmp_path / "smdm.safetensors"))
+    tok = _llama_like_tokenizer(tmp_path)
+    r = import_model(tmp_path / "smdm.safetensors", tmp_path / "run", tokenizer=str(tok),
+                     n_heads=H, seq_len=32)  # fmt: skip
+    assert r.layout == "smdm" and r.model["objective"] == ("mdm" if mdm else "arm")
+    assert r.model["mask_id"] == (V if mdm else -1) and r.model["vocab_size"] == V + mdm
+    assert r.added_tokens == ([MASK_TOKEN] if mdm else []) and r.added_rows == 0
+    idx = _idx(V, (2, 16))
+    if mdm:
+        idx[:, 4:9] = V  # the mask id
+    ours = _logits(r.step_dir, idx)
+    torch.testing.assert_close(ours[..., :V], _smdm_forward(sm, idx, causal=not mdm),
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
+    if mdm:
+        assert torch.isneginf(ours[..., V]).all()
+
+
+def test_smdm_qkv_is_per_head_not_three_blocks():
+    # Row r of head h's q / k / v slice holds the value 100·h + 10·j + r, j = 0, 1, 2 for q, k, v.
+    heads, hs = 2, 2
+    rows = [100 * h + 10 * j + r for h in range(heads) for j in range(3) for r in range(hs)]
+    w = torch.tensor(rows, dtype=torch.float32)[:, None].expand(-1, heads * hs)
+    stacked = smdm_qkv_to_stacked(w, heads)[:, 0].tolist()
+    assert stacked == [0, 1, 100, 101, 10, 11, 110, 111, 20, 21, 120, 121]
+    with pytest.raises(CompatibilityError, match="grouped-query"):
+        smdm_qkv_to_stacked(torch.zeros(10, 4), 2)
+
+
+def test_smdm_import_errors(tmp_path):
+    save_file(_smdm_state(), str(tmp_path / "smdm.safetensors"))
+    tok = str(_llama_like_tokenizer(tmp_path))
+    with pytest.raises(ConfigError, match="no SMDM size; pass --n-heads"):
+        import_model(tmp_path / "smdm.safetensors", tmp_path / "a", tokenizer=tok)
+    with pytest.raises(ConfigError, match="pass --tokenizer"):
+        import_model(tmp_path / "smdm.safetensors", tmp_path / "b", n_heads=H)
+    with pytest.raises(ConfigError, match="holds an SMDM MDM"):
+        import_model(tmp_path / "smdm.safetensors", tmp_path / "c", tokenizer=tok, n_heads=H,
+                     objective="arm")  # fmt: skip
+    (tmp_path / "w.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(CheckpointError, match="pickle"):
+        import_model(tmp_path / "w.bin", tmp_path / "d", tokenizer=tok)
+
+
+def test_smdm_family_sizes_are_recognised():
+    from mdmctl.config import SMDM_SIZES
+    from mdmctl.interop.hf import smdm_size_name
+
+    for name, (n_layers, d, _, ff) in SMDM_SIZES.items():
+        assert smdm_size_name(n_layers, d, ff) == name
+    assert smdm_size_name(3, 32, 64) == "custom"
+
+
+# --- tokenizers, sizes, CLI ----------------------------------------------------------------------
+
+
+def test_tokenizer_spec_file_folder_and_hub(tmp_path, monkeypatch):
+    tok = _llama_like_tokenizer(tmp_path)
+    assert tokenizer_file(tok) == tok and tokenizer_file(tmp_path) == tok
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TokenizerError, match="tokenizer.model needs converting"):
+        tokenizer_file(tmp_path / "empty")
+    # A hub name goes through huggingface_hub (offline here: a typed error, not a traceback) ...
+    with pytest.raises(TokenizerError, match="did not provide its tokenizer.json"):
+        tokenizer_file("no-such-org/no-such-model")
+    # ... and uses the file it returns.
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: str(tok))
+    assert tokenizer_file("TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T") == tok
+
+
+def test_missing_pad_is_eos_and_only_the_mask_is_added(tmp_path):
+    tok = Tokenizer.from_file(str(_llama_like_tokenizer(tmp_path)))
+    info = prepare(tok)
+    assert info.added == (MASK_TOKEN,) and info.mask_id == V and info.pad_id == info.eos_id == 2
+    arm = prepare(Tokenizer.from_file(str(tmp_path / "tokenizer.json")), need_mask=False)
+    assert arm.added == () and arm.mask_id == -1 and arm.vocab_size == V
+
+
+def test_parse_size():
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30
+    assert parse_size("1.5MB") == 1_500_000 and parse_size("4096") == 4096
+    with pytest.raises(ConfigError, match="--max-shard-size"):
+        parse_size("lots")
+
+
+def test_cli_export_import(ckpts, tmp_path):
+    r = run("export", "--checkpoint", ckpts["mdm"], "--out", tmp_path / "hf", "--json")
+    assert json.loads(r.stdout)["objective"] == "mdm"
+    run("export", "--checkpoint", ckpts["mdm"], "--out", tmp_path / "hf", code=2)  # exists
+    r = run("import", tmp_path / "hf", "--out", tmp_path / "back", "--json")
+    assert json.loads(r.stdout)["layout"] == "hf"
+    before = (tmp_path / "back" / "config.json").read_bytes()
+    # A failed import over an existing run leaves it as it was.
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    run("import", tmp_path / "bad", "--out", tmp_path / "back", "--overwrite", code=4)
+    assert (tmp_path / "back" / "config.json").read_bytes() == before
+    run("sample", "--checkpoint", tmp_path / "back", "--length", "4", "--device", "cpu")
+    r = run("runs", tmp_path, "--json")
+    assert {x["kind"] for x in json.loads(r.stdout)} == {"import"}
