@@ -177,7 +177,6 @@ def test_mdm_greedy_flag_matches_the_confidence_sampler():
         mask_id=MASK,
         pad_id=MASK - 1,
         generator=torch.Generator().manual_seed(0),
-        temperature=0.0,
     )
     y = out.tokens[0].tolist()
     other = y[:2] + [(y[2] + 1) % (MASK - 1)] + y[3:]

@@ -6,7 +6,7 @@ import torch
 from mdmctl.config import ModelConfig
 from mdmctl.model import Transformer
 from mdmctl.sampling.arm import sample_arm
-from mdmctl.sampling.mdm import cfg_logits, sample_mdm
+from mdmctl.sampling.mdm import Decoding, cfg_logits, sample_mdm
 from mdmctl.sampling.select import gumbel_argmax
 
 MASK, PAD = 96, 95
@@ -20,7 +20,8 @@ def mdm(tiny_cfg):
 
 @pytest.mark.parametrize("sampler", ["ancestral", "confidence"])
 def test_no_mask_left_and_seeded(mdm, sampler):
-    kw = dict(length=10, steps=5, mask_id=MASK, pad_id=PAD, sampler=sampler, temperature=1.0)
+    dec = Decoding(sampler=sampler, temperature=1.0)
+    kw = dict(length=10, steps=5, mask_id=MASK, pad_id=PAD, decoding=dec)
     a = sample_mdm(mdm, [[1, 2, 3], [4]], generator=torch.Generator().manual_seed(1), **kw)
     b = sample_mdm(mdm, [[1, 2, 3], [4]], generator=torch.Generator().manual_seed(1), **kw)
     assert a.tokens.shape == (2, 10) and not (a.tokens == MASK).any()
@@ -44,7 +45,6 @@ def test_confidence_reveals_on_schedule(mdm):
         mask_id=MASK,
         pad_id=PAD,
         generator=torch.Generator().manual_seed(0),
-        temperature=0.0,
     )
     masked = [int((x == MASK).sum()) for x in seen]
     assert masked == [16, 12, 8, 4]
@@ -55,7 +55,7 @@ def test_confidence_reveals_on_schedule(mdm):
 
 def test_ragged_batch_equals_alone(mdm):
     """A prompt's sample is identical alone and in a ragged batch (padding never leaks in)."""
-    kw = dict(length=8, steps=8, mask_id=MASK, pad_id=PAD, temperature=0.0, cfg=0.5)
+    kw = dict(length=8, steps=8, mask_id=MASK, pad_id=PAD, decoding=Decoding(cfg=0.5))
     alone = sample_mdm(mdm, [[7, 8]], generator=torch.Generator().manual_seed(0), **kw).tokens
     batch = sample_mdm(
         mdm, [[1, 2, 3, 4, 5, 6], [7, 8]], generator=torch.Generator().manual_seed(0), **kw
@@ -124,8 +124,7 @@ def test_cfg_unconditional_pass_masks_exactly_each_rows_prompt(mdm):
         mask_id=MASK,
         pad_id=PAD,
         generator=torch.Generator().manual_seed(0),
-        temperature=0.0,
-        cfg=1.0,
+        decoding=Decoding(cfg=1.0),
     )
     x, d = seen[0]
     cond, unc = x.chunk(2)

@@ -295,7 +295,6 @@ def _toy_stop_run(batching: str, steps: int = 600) -> int:
         mask_id=MASK,
         pad_id=PAD,
         generator=torch.Generator().manual_seed(0),
-        temperature=0.0,
     ).tokens.tolist()
     return sum(row == [A] * k + [EOS] * (9 - k) for k, row in zip(range(1, 9), out, strict=True))
 

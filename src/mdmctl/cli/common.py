@@ -145,6 +145,85 @@ class SamplerName(str, Enum):
     confidence = "confidence"
 
 
+class RemaskingName(str, Enum):
+    low_confidence = "low-confidence"
+    margin = "margin"
+    entropy = "entropy"
+    random = "random"
+
+
+def decoding_options() -> dict[str, Any]:
+    """The decoding-rule options shared by ``sample``, ``eval gsm8k`` and ``eval reverse-curse``
+    (mdmctl.sampling.mdm.Decoding), by parameter name."""
+    return {
+        "remasking": typer.Option(
+            RemaskingName.low_confidence,
+            "--remasking",
+            help="MDM confidence sampler: which masked tokens are revealed first. "
+            "low-confidence: the chosen token's probability (LLaDA low_confidence, Dream "
+            "maskgit_plus); margin: top-1 minus top-2 probability (Dream topk_margin); entropy: "
+            "the lowest entropy; random (LLaDA random).",
+        ),
+        "block_length": typer.Option(
+            None,
+            "--block-length",
+            min=1,
+            help="MDM semi-autoregressive decoding (LLaDA block_length): blocks of this many "
+            "generated tokens, left to right, the steps spread evenly over them. Default: one "
+            "block.",
+        ),
+        "threshold": typer.Option(
+            None,
+            "--threshold",
+            min=0,
+            max=1,
+            help="MDM parallel decoding (Fast-dLLM threshold): each step reveals every masked "
+            "token of the block whose probability exceeds this, at least one; the model, not "
+            "--steps, sets the step count. Default: off.",
+        ),
+        "factor": typer.Option(
+            None,
+            "--factor",
+            min=0,
+            help="MDM parallel decoding, Fast-dLLM's factor rule: the n-th most confident token "
+            "is revealed while its probability is at least 1 - factor / (n + 1). Default: off.",
+        ),
+        "top_k": typer.Option(
+            None, "--top-k", min=1, help="Sample among the k most likely tokens. Default: all."
+        ),
+        "top_p": typer.Option(
+            None,
+            "--top-p",
+            min=0,
+            max=1,
+            help="Nucleus sampling: among the fewest tokens whose probability reaches p. "
+            "Default: 1 (all).",
+        ),
+        "min_length": typer.Option(
+            0, "--min-length", min=0, help="No end-of-text before this many generated tokens."
+        ),
+    }
+
+
+def decoding_option(name: str) -> Any:
+    """A fresh option object per command (see ``decoding_options``)."""
+    return decoding_options()[name]
+
+
+def decoding_kwargs(
+    remasking: RemaskingName,
+    block_length: int | None,
+    threshold: float | None,
+    factor: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    min_length: int,
+) -> dict[str, Any]:
+    """SampleConfig fields from the decoding options."""
+    return dict(remasking=remasking.value, block_length=block_length, threshold=threshold,
+                factor=factor, top_k=top_k, top_p=top_p, min_length=min_length)  # fmt: skip
+
+
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
     """MdmctlError -> 'error: ...' + its exit code; Ctrl-C -> 130. Tracebacks only with --debug."""

@@ -10,12 +10,15 @@ import typer
 from mdmctl.cli.common import (
     SAMPLER_HELP,
     Attention,
+    RemaskingName,
     SamplerName,
     _finite,
     _log,
     attention_option,
     checkpoint_option,
     cli_errors,
+    decoding_kwargs,
+    decoding_option,
     device_option,
     eval_app,
     json_option,
@@ -107,6 +110,13 @@ def eval_gsm8k(
         help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg.",
         callback=_finite,
     ),
+    remasking: RemaskingName = decoding_option("remasking"),
+    block_length: int | None = decoding_option("block_length"),
+    threshold: float | None = decoding_option("threshold"),
+    factor: float | None = decoding_option("factor"),
+    top_k: int | None = decoding_option("top_k"),
+    top_p: float | None = decoding_option("top_p"),
+    min_length: int = decoding_option("min_length"),
     batch_size: int = typer.Option(
         32, "--batch-size", min=1, help="Sequences generated together in one batch (SMDM: 64)."
     ),
@@ -132,6 +142,7 @@ def eval_gsm8k(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
+            **decoding_kwargs(remasking, block_length, threshold, factor, top_k, top_p, min_length),
         )
         r = evaluate_gsm8k(
             data=data,

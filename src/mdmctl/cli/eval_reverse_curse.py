@@ -11,6 +11,7 @@ import typer
 from mdmctl.cli.common import (
     SAMPLER_HELP,
     Attention,
+    RemaskingName,
     SamplerName,
     _finite,
     _log,
@@ -18,6 +19,8 @@ from mdmctl.cli.common import (
     canonical_name,
     checkpoint_option,
     cli_errors,
+    decoding_kwargs,
+    decoding_option,
     device_option,
     eval_app,
     json_option,
@@ -72,6 +75,13 @@ def eval_reverse_curse(
         help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0).",
         callback=_finite,
     ),
+    remasking: RemaskingName = decoding_option("remasking"),
+    block_length: int | None = decoding_option("block_length"),
+    threshold: float | None = decoding_option("threshold"),
+    factor: float | None = decoding_option("factor"),
+    top_k: int | None = decoding_option("top_k"),
+    top_p: float | None = decoding_option("top_p"),
+    min_length: int = decoding_option("min_length"),
     batch_size: int = typer.Option(
         64,
         "--batch-size",
@@ -101,6 +111,7 @@ def eval_reverse_curse(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
+            **decoding_kwargs(remasking, block_length, threshold, factor, top_k, top_p, min_length),
         )
         res = evaluate_reverse_curse(
             data_dir=str(data_dir),

@@ -11,6 +11,7 @@ from mdmctl.cli.common import (
     GEN_BATCH_HELP,
     SAMPLER_HELP,
     Attention,
+    RemaskingName,
     SamplerName,
     _finite,
     _log,
@@ -18,6 +19,8 @@ from mdmctl.cli.common import (
     attention_option,
     checkpoint_option,
     cli_errors,
+    decoding_kwargs,
+    decoding_option,
     device_option,
     json_option,
     seed_option,
@@ -59,6 +62,13 @@ def sample(
         help="Unsupervised classifier-free guidance scale (MDM).",
         callback=_finite,
     ),
+    remasking: RemaskingName = decoding_option("remasking"),
+    block_length: int | None = decoding_option("block_length"),
+    threshold: float | None = decoding_option("threshold"),
+    factor: float | None = decoding_option("factor"),
+    top_k: int | None = decoding_option("top_k"),
+    top_p: float | None = decoding_option("top_p"),
+    min_length: int = decoding_option("min_length"),
     seed: int = seed_option("Seed of the sampling noise."),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="Samples per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help=GEN_BATCH_HELP),
@@ -98,6 +108,7 @@ def sample(
             device=device,
             attention=attention.value,
             stop_at_eos=stop_at_eos,
+            **decoding_kwargs(remasking, block_length, threshold, factor, top_k, top_p, min_length),
         )
         res = sample_from_checkpoint(scfg, log=_log)
         _warn_ignored_mdm_options(res.objective, steps=steps, sampler=sampler.value)

@@ -6,7 +6,8 @@
 or ``mdmctl eval lm-eval --tasks ...``. Model arguments: ``checkpoint``, ``estimator`` (mc |
 chain-rule), ``mc_num`` (MC samples), ``cfg``, ``greedy`` (compute ``is_greedy`` for MDMs),
 ``batch_size``, ``seed``, ``device``, ``attention``, and for generation ``steps``, ``sampler``,
-``temperature``, ``max_gen_toks``.
+``temperature``, ``max_gen_toks``, ``remasking``, ``block_length``, ``threshold``, ``factor``,
+``top_k``, ``top_p`` (as ``mdmctl sample``'s options).
 
 - ``loglikelihood``: the likelihood engine (``evaluation.likelihood``), lm-eval's tokenisation of
   the pair; ``is_greedy`` from the greedy check (MDM) or next-token argmax (ARM).
@@ -57,6 +58,12 @@ class MdmctlLM(LM):
         sampler: str = "confidence",
         temperature: float = 0.0,
         max_gen_toks: int = 256,
+        remasking: str = "low-confidence",
+        block_length: int | str | None = None,
+        threshold: float | str | None = None,
+        factor: float | str | None = None,
+        top_k: int | str | None = None,
+        top_p: float | str | None = None,
         max_batch_size: int | None = None,  # lm-eval passes it to every model; batches are fixed
     ) -> None:
         super().__init__()
@@ -83,6 +90,16 @@ class MdmctlLM(LM):
         self.steps, self.sampler = (int(steps) if steps else None), sampler
         self.temperature, self.max_gen_toks = float(temperature), int(max_gen_toks)
         self.cfg_scale = float(cfg) if self.mdm else 0.0
+        # Decoding rules for generate_until (docs/cli.md, "mdmctl sample"); model_args are strings.
+        num = lambda v, kind: None if v in (None, "", "None") else kind(v)  # noqa: E731
+        self.decoding = dict(
+            remasking=remasking,
+            block_length=num(block_length, int),
+            threshold=num(threshold, float),
+            factor=num(factor, float),
+            top_k=num(top_k, int),
+            top_p=num(top_p, float),
+        )
 
     def _encode(self, text: str) -> list[int]:
         from mdmctl.sampling import encode_literal
@@ -149,6 +166,7 @@ class MdmctlLM(LM):
                 cfg=self.cfg_scale,
                 seed=self.score_cfg.seed,
                 batch_size=self.score_cfg.batch_size,
+                **self.decoding,
             )
             g = generate(
                 self.model, self.tok, self.info, [""] * len(idx), scfg, self._device, prompt_ids=ids

@@ -35,6 +35,17 @@ class SampleConfig:
     device: str = "auto"
     attention: str = "auto"
     stop_at_eos: bool = True
+    # Decoding rules (MDM unless noted; mdmctl.sampling.mdm.Decoding, docs/cli.md).
+    remasking: str = "low-confidence"
+    block_length: int | None = None
+    threshold: float | None = None
+    factor: float | None = None
+    top_k: int | None = None
+    """Both objectives."""
+    top_p: float | None = None
+    """Both objectives."""
+    min_length: int = 0
+    """Both objectives: eos is not sampled before this many generated tokens."""
 
     def __post_init__(self) -> None:
         check_finite(self, "--")
@@ -51,6 +62,51 @@ class SampleConfig:
             raise ConfigError(f"--seed: must be in [0, 2**63), got {self.seed}")
         if self.sampler not in ("ancestral", "confidence"):
             raise ConfigError(f"--sampler: expected ancestral or confidence, got {self.sampler!r}")
+        _check_decoding(self)
+
+
+def _check_decoding(c: SampleConfig) -> None:
+    """Field-and-rule errors for the decoding options (exit 2)."""
+    from mdmctl.sampling.mdm import REMASKING
+
+    if c.remasking not in REMASKING:
+        raise ConfigError(
+            f"--remasking: expected one of {', '.join(REMASKING)}, got {c.remasking!r}"
+        )
+    for name in ("block_length", "top_k"):
+        if getattr(c, name) is not None and getattr(c, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(c, name)}")
+    if c.min_length < 0:
+        raise ConfigError(f"--min-length: must be >= 0, got {c.min_length}")
+    if c.top_p is not None and not 0 < c.top_p <= 1:
+        raise ConfigError(f"--top-p: must be in (0, 1], got {c.top_p}")
+    if c.threshold is not None and not 0 <= c.threshold <= 1:
+        raise ConfigError(f"--threshold: must be in [0, 1], got {c.threshold}")
+    if c.factor is not None and c.factor <= 0:
+        raise ConfigError(f"--factor: must be > 0, got {c.factor}")
+    if c.threshold is not None and c.factor is not None:
+        raise ConfigError("--threshold and --factor are two rules for one choice: pass one")
+    if c.sampler == "ancestral" and (
+        c.threshold is not None or c.factor is not None or c.remasking != "low-confidence"
+    ):
+        raise ConfigError(
+            "--threshold, --factor and --remasking choose what the confidence sampler reveals; "
+            "the ancestral sampler reveals at random by construction"
+        )
+
+
+MDM_ONLY = ("block_length", "threshold", "factor")
+
+
+def _check_arm_options(c: SampleConfig) -> None:
+    """An ARM refuses MDM-only decoding options instead of ignoring them."""
+    given = [f"--{n.replace('_', '-')}" for n in MDM_ONLY if getattr(c, n) is not None]
+    given += ["--cfg"] if c.cfg != 0 else []
+    given += ["--remasking"] if c.remasking != "low-confidence" else []
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} apply to objective 'mdm'; checkpoint objective is 'arm'"
+        )
 
 
 DEFAULT_MAX_LENGTH = 256
@@ -135,6 +191,27 @@ def encode_literal(tok, text: str) -> list[int]:
         tok.encode_special_tokens = False
 
 
+def decoding(cfg: SampleConfig, eos_id: int):
+    """The MDM sampler settings of a SampleConfig. With eos-truncated output a batch stops once
+    every row has finished (exact for what is returned)."""
+    from mdmctl.sampling.mdm import Decoding
+
+    return Decoding(
+        sampler=cfg.sampler,
+        temperature=cfg.temperature,
+        cfg=cfg.cfg,
+        remasking=cfg.remasking,  # type: ignore[arg-type]
+        block_length=cfg.block_length,
+        threshold=cfg.threshold,
+        factor=cfg.factor,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        min_length=cfg.min_length,
+        eos_id=eos_id,
+        stop_at_eos=cfg.stop_at_eos,
+    )
+
+
 def generate(
     model,
     tok,
@@ -152,8 +229,8 @@ def generate(
     from mdmctl.sampling.mdm import sample_mdm
 
     mc = model.cfg
-    if mc.objective == "arm" and cfg.cfg != 0:
-        raise ConfigError("--cfg applies to objective 'mdm'; checkpoint objective is 'arm'")
+    if mc.objective == "arm":
+        _check_arm_options(cfg)
     # device may be given as a string by library callers
     check_eval_batch(
         mc, cfg.batch_size, torch.device(device).type, rows_per_item=2 if cfg.cfg else 1
@@ -195,9 +272,7 @@ def generate(
                     mask_id=mc.mask_id,
                     pad_id=info.pad_id,
                     generator=gen,
-                    sampler=cfg.sampler,
-                    temperature=cfg.temperature,
-                    cfg=cfg.cfg,
+                    decoding=decoding(cfg, info.eos_id),
                     device=device,
                 )
                 got, n = o.tokens.tolist(), o.nfe
@@ -211,6 +286,9 @@ def generate(
                     temperature=cfg.temperature,
                     device=device,
                     stop_at_eos=cfg.stop_at_eos,
+                    top_k=cfg.top_k,
+                    top_p=cfg.top_p,
+                    min_length=cfg.min_length,
                 )
             for r, t in zip(rows, got, strict=True):
                 out_ids[r] = t

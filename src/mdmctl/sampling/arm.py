@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from mdmctl.model import Transformer
-from mdmctl.sampling.select import gumbel_argmax
+from mdmctl.sampling.select import filter_logits, gumbel_argmax
 
 
 @torch.no_grad()
@@ -23,8 +23,12 @@ def sample_arm(
     temperature: float = 0.0,
     device: torch.device | str = "cpu",
     stop_at_eos: bool = True,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_length: int = 0,
 ) -> tuple[list[list[int]], int]:
-    """Generated ids per prompt (up to ``length``) and the number of forward passes."""
+    """Generated ids per prompt (up to ``length``) and the number of forward passes. ``top_k`` /
+    ``top_p`` filter each distribution; eos is not sampled before ``min_length`` tokens."""
     out: list[list[int]] = [[] for _ in prompts]
     nfe = 0
     by_len: dict[int, list[int]] = {}
@@ -38,6 +42,9 @@ def sample_arm(
         done = torch.zeros(len(rows), dtype=torch.bool, device=device)
         gen = []
         for k in range(length):
+            if k < min_length:
+                logits[:, eos_id] = float("-inf")
+            logits = filter_logits(logits, top_k, top_p)
             nxt = gumbel_argmax(logits, temperature, generator)  # (B,)
             gen.append(nxt)
             done |= nxt == eos_id

@@ -4,7 +4,20 @@ The time grid runs from t = 1 to 0 in ``steps`` steps. At step k (t -> s):
 - ``ancestral`` (the true reverse process): each masked position is revealed with probability
   (t - s)/t, its token drawn from the model; at the last step everything left is revealed.
 - ``confidence`` (MaskGIT-style): a candidate is drawn for every masked position and the
-  n_masked·(1 - s/t) most confident are revealed; the rest stay masked.
+  n_masked·(1 - s/t) highest-scoring are revealed (``remasking``: the candidate's probability,
+  the top-1 minus top-2 margin, minus the entropy, or a random order); the rest stay masked.
+
+Decoding rules from LLaDA and Fast-dLLM (peers.md), all off by default:
+- ``block_length``: semi-autoregressive blocks of the generation, decoded left to right, the
+  steps spread over the blocks as evenly as possible and each block revealed on its own schedule.
+  One block is the plain sampler, token for token.
+- ``threshold``: instead of the schedule, reveal every masked token of the block whose probability
+  exceeds the threshold, at least one (the highest-scoring) per step; ``factor``: Fast-dLLM's
+  rule, the n-th best token is revealed while its probability is at least 1 - factor / (n + 1).
+- ``top_k`` / ``top_p`` filter each position's distribution before sampling (and scoring);
+  ``min_length`` forbids eos at the first generated positions; with ``stop_at_eos`` a batch stops
+  as soon as every row's first eos is revealed with nothing masked before it. Tokens after a row's
+  first eos are cut from its output, so this changes no visible token; they are filled with eos.
 
 Unsupervised CFG: guided = uncond + (w + 1)(cond - uncond) with the prompt replaced by mask tokens
 in the unconditional pass; both passes run as one batched forward. Ragged prompts are right-padded
@@ -15,15 +28,23 @@ token changed reuses the previous logits (MDLM's cache) without a forward pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from mdmctl.sampling.select import gumbel_argmax, token_confidence
+from mdmctl.sampling.select import (
+    filter_logits,
+    gumbel_argmax,
+    remask_score,
+    token_confidence,
+)
 
 Sampler = Literal["ancestral", "confidence"]
+Remasking = Literal["low-confidence", "random", "margin", "entropy"]
+REMASKING: tuple[str, ...] = ("low-confidence", "random", "margin", "entropy")
 ModelFn = Callable[
     [torch.Tensor, torch.Tensor], torch.Tensor
 ]  # (x (B, L), doc_ids (B, L)) -> logits
@@ -56,6 +77,62 @@ def cfg_logits(
     return torch.where(torch.isinf(cond) & (cond < 0), cond, guided)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Decoding:
+    """How the canvas is revealed; the defaults are the plain samplers of method.md §5."""
+
+    sampler: Sampler = "confidence"
+    temperature: float = 0.0
+    cfg: float = 0.0
+    remasking: Remasking = "low-confidence"
+    block_length: int | None = None
+    threshold: float | None = None
+    factor: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_length: int = 0
+    eos_id: int = -1
+    """For ``min_length`` and ``stop_at_eos``."""
+    stop_at_eos: bool = False
+    """Stop a batch once every row has finished (see the module docstring)."""
+
+    @property
+    def parallel(self) -> bool:
+        return self.threshold is not None or self.factor is not None
+
+
+@dataclass
+class _Canvas:
+    x: torch.Tensor  # (B, total) prompt, masks, right padding
+    doc_ids: torch.Tensor | None  # (B, total) padding is segment 1; None without padding
+    prompt_mask: torch.Tensor  # (B, total)
+    gen_pos: torch.Tensor  # (B, total) the generated slots
+    rel: torch.Tensor  # (B, total) position relative to the row's first generated slot
+
+
+def _canvas(prompts: list[list[int]], length: int, mask_id: int, pad_id: int, device) -> _Canvas:
+    B = len(prompts)
+    plens = torch.tensor([len(p) for p in prompts])
+    total = int(plens.max()) + length
+    x = torch.full((B, total), pad_id, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        x[b, : len(p)] = torch.tensor(p, dtype=torch.long)
+        x[b, len(p) : len(p) + length] = mask_id
+    pos = torch.arange(total)
+    rel = pos[None, :] - plens[:, None]
+    gen_pos = (rel >= 0) & (rel < length)
+    real = rel < length
+    # Padding is its own attention segment. Without padding no mask is built at all, which keeps
+    # the attention kernel on its fast maskless path.
+    doc_ids = (~real).long().to(device) if bool((~real).any()) else None
+    return _Canvas(x.to(device), doc_ids, (rel < 0).to(device), gen_pos.to(device), rel.to(device))
+
+
+def _spread(steps: int, n_blocks: int) -> list[int]:
+    """Steps per block, as even as possible (the first blocks take the remainder), at least 1."""
+    return [max(1, steps // n_blocks + (i < steps % n_blocks)) for i in range(n_blocks)]
+
+
 @torch.no_grad()
 def sample_mdm(
     model: ModelFn,
@@ -66,65 +143,95 @@ def sample_mdm(
     mask_id: int,
     pad_id: int,
     generator: torch.Generator,
-    sampler: Sampler = "confidence",
-    temperature: float = 0.0,
-    cfg: float = 0.0,
+    decoding: Decoding | None = None,
     device: torch.device | str = "cpu",
 ) -> MDMSampleOutput:
     """Generate ``length`` tokens after each prompt; returns the generated ids and the NFE."""
-    B = len(prompts)
-    plens = torch.tensor([len(p) for p in prompts])
-    total = int(plens.max()) + length
-    x = torch.full((B, total), pad_id, dtype=torch.long)
-    gen_pos = torch.zeros(B, total, dtype=torch.bool)
-    for b, p in enumerate(prompts):
-        x[b, : len(p)] = torch.tensor(p, dtype=torch.long)
-        x[b, len(p) : len(p) + length] = mask_id
-        gen_pos[b, len(p) : len(p) + length] = True
-    pos = torch.arange(total)
-    real = pos[None, :] < (plens + length)[:, None]  # (B, total)
-    # Padding is its own attention segment. Without padding no mask is built at all, which keeps
-    # the attention kernel on its fast maskless path.
-    doc_ids = (~real).long() if bool((~real).any()) else None
-    prompt_mask = pos[None, :] < plens[:, None]
-    x, prompt_mask, gen_pos = (t.to(device) for t in (x, prompt_mask, gen_pos))
-    if doc_ids is not None:
-        doc_ids = doc_ids.to(device)
+    d = decoding or Decoding()
+    c = _canvas(prompts, length, mask_id, pad_id, device)
+    block = d.block_length or length
+    x, logits, nfe = c.x, None, 0
+    for j, block_steps in enumerate(_spread(steps, math.ceil(length / block))):
+        in_block = c.gen_pos & (c.rel.div(block, rounding_mode="floor") == j)
+        size = min(block, length - j * block)
+        for k in range(size if d.parallel else block_steps):
+            masked = (x == mask_id) & in_block  # pads and prompt are never mask_id
+            if not bool(masked.any()):
+                break
+            if d.stop_at_eos and d.eos_id >= 0 and _finished(x, c, mask_id, d.eos_id):
+                return _output(torch.where(x == mask_id, d.eos_id, x), c, nfe)
+            if logits is None:
+                logits = cfg_logits(model, x, c.doc_ids, c.prompt_mask, mask_id, d.cfg)
+                nfe += 1
+            t, s = 1.0 - k / block_steps, 1.0 - (k + 1) / block_steps
+            x, changed = _step(x, logits, masked, c, d, size, t, s, generator)
+            if changed:
+                logits = None  # otherwise the same canvas: reuse the logits, no forward pass
+    return _output(x, c, nfe)
 
-    nfe = 0
-    logits = None
-    changed = True
-    for k in range(steps):
-        t, s = 1.0 - k / steps, 1.0 - (k + 1) / steps
-        masked = x == mask_id  # (B, total); pads and prompt are never mask_id
-        if not bool(masked.any()):
-            break
-        if changed or logits is None:
-            logits = cfg_logits(model, x, doc_ids, prompt_mask, mask_id, cfg)
-            nfe += 1
-        idx = masked.nonzero(as_tuple=True)
-        cand = gumbel_argmax(logits[idx], temperature, generator)  # (N,) candidates at masked slots
-        if sampler == "ancestral":
-            if k == steps - 1:
-                reveal = torch.ones_like(cand, dtype=torch.bool)
-            else:
-                u = torch.rand(cand.shape, generator=generator, device=generator.device)
-                reveal = u.to(cand.device) < (t - s) / t
-        else:
-            conf = torch.full(x.shape, -1.0, device=x.device)
-            conf[idx] = token_confidence(logits[idx], cand)
-            n_masked = masked.sum(1)  # (B,)
-            # Remaining after this step follows the schedule: round(length · s) of the gen slots.
-            n_reveal = (n_masked - round(length * s)).clamp(min=0)
-            order = conf.argsort(dim=1, descending=True)  # masked slots first (conf >= 0)
-            rank = torch.empty_like(order)
-            rank.scatter_(1, order, torch.arange(total, device=x.device).expand(B, total))
-            chosen = (rank < n_reveal[:, None]) & masked  # (B, total)
-            reveal = chosen[idx]
-        new = x.clone()
-        new[idx[0][reveal], idx[1][reveal]] = cand[reveal]
-        changed = bool(reveal.any())
-        x = new
+
+def _output(x: torch.Tensor, c: _Canvas, nfe: int) -> MDMSampleOutput:
     # A schedule with steps < 1 per token never leaves masks: the last step reveals all.
-    out = torch.stack([x[b, gen_pos[b]] for b in range(B)])  # (B, length)
+    out = torch.stack([x[b, c.gen_pos[b]] for b in range(x.shape[0])])  # (B, length)
     return MDMSampleOutput(out.cpu(), nfe)
+
+
+def _finished(x: torch.Tensor, c: _Canvas, mask_id: int, eos_id: int) -> bool:
+    """Every row's first generated eos is revealed and no mask precedes it."""
+    big = torch.iinfo(c.rel.dtype).max
+    first_eos = torch.where(c.gen_pos & (x == eos_id), c.rel, big).min(dim=1).values  # (B,)
+    return not bool(((x == mask_id) & (c.rel < first_eos[:, None])).any())
+
+
+def _step(x, logits, masked, c: _Canvas, d: Decoding, size: int, t: float, s: float, generator):
+    """Reveal this step's tokens among ``masked`` (B, total); returns (new x, anything revealed)."""
+    idx = masked.nonzero(as_tuple=True)
+    lg = logits[idx]  # (N, V), a copy: masked positions only
+    if d.min_length and d.eos_id >= 0:
+        lg[c.rel[idx] < d.min_length, d.eos_id] = float("-inf")
+    lg = filter_logits(lg, d.top_k, d.top_p)
+    cand = gumbel_argmax(lg, d.temperature, generator)  # (N,) candidates at masked slots
+    if d.sampler == "ancestral":
+        if s <= 0:
+            reveal = torch.ones_like(cand, dtype=torch.bool)
+        else:
+            u = torch.rand(cand.shape, generator=generator, device=generator.device)
+            reveal = u.to(cand.device) < (t - s) / t
+    else:
+        score = torch.full(x.shape, float("-inf"), device=x.device)
+        score[idx] = remask_score(lg, cand, d.remasking, generator)
+        rank = _ranks(score)  # (B, total): 0 = revealed first
+        if d.parallel:
+            prob = torch.zeros(x.shape, device=x.device)
+            prob[idx] = token_confidence(lg, cand)
+            chosen = _parallel(prob, rank, masked, d)
+        else:
+            # Remaining after this step follows the block's schedule: round(size · s) masked.
+            n_reveal = (masked.sum(1) - round(size * s)).clamp(min=0)  # (B,)
+            chosen = rank < n_reveal[:, None]
+        reveal = (chosen & masked)[idx]
+    new = x.clone()
+    new[idx[0][reveal], idx[1][reveal]] = cand[reveal]
+    return new, bool(reveal.any())
+
+
+def _ranks(score: torch.Tensor) -> torch.Tensor:
+    """Rank of each position by descending score within its row. score (B, total)."""
+    order = score.argsort(dim=1, descending=True)
+    rank = torch.empty_like(order)
+    positions = torch.arange(score.shape[1], device=score.device).expand_as(order)
+    return rank.scatter_(1, order, positions)
+
+
+def _parallel(prob: torch.Tensor, rank: torch.Tensor, masked: torch.Tensor, d: Decoding):
+    """Threshold or factor rule: which masked positions to reveal (the best-ranked always)."""
+    if d.threshold is not None:
+        return (prob > d.threshold) | (rank == 0)
+    # Factor rule, walking the tokens in rank order: the n-th (from 1) passes while
+    # p_n >= 1 - factor / (n + 1); the leading run of passes is revealed.
+    by_rank = torch.zeros_like(prob).scatter_(1, rank, prob)  # (B, total) probs in rank order
+    n = torch.arange(1, prob.shape[1] + 1, device=prob.device, dtype=prob.dtype)
+    ok = by_rank >= 1.0 - d.factor / (n + 1.0)
+    ok[:, 0] = True
+    count = ok.long().cumprod(dim=1).sum(dim=1)  # (B,)
+    return rank < count[:, None]

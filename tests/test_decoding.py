@@ -1,0 +1,189 @@
+"""The MDM decoding rules: blocks, remasking orders, threshold and factor parallel decoding,
+top-k / top-p, eos rules; and an ARM refusing MDM-only options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mdmctl.config import ModelConfig
+from mdmctl.errors import ConfigError
+from mdmctl.model import Transformer
+from mdmctl.sampling import SampleConfig
+from mdmctl.sampling.mdm import Decoding, _parallel, _spread, sample_mdm
+from mdmctl.sampling.select import filter_logits, remask_score
+
+MASK, PAD, EOS = 96, 95, 0
+VARIANTS = {
+    "plain": Decoding(),
+    "blocks": Decoding(block_length=4),
+    "random": Decoding(remasking="random", block_length=3),
+    "margin": Decoding(remasking="margin"),
+    "entropy": Decoding(remasking="entropy", block_length=5),
+    "threshold": Decoding(threshold=0.05, block_length=4),
+    "factor": Decoding(factor=1.0),
+    "top-k-p": Decoding(temperature=1.0, top_k=5, top_p=0.8),
+    "ancestral-blocks": Decoding(sampler="ancestral", block_length=4, temperature=1.0),
+    "eos-rules": Decoding(min_length=3, eos_id=EOS, stop_at_eos=True),
+    "cfg-blocks": Decoding(cfg=0.5, block_length=4),
+}
+
+
+@pytest.fixture(scope="module")
+def mdm():
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig.from_name("tiny", vocab_size=97, mask_id=MASK, seq_len=48)).eval()
+    return lambda x, d: m(x, doc_ids=d)
+
+
+def _run(model, prompts, dec, length=12, steps=6, seed=1):
+    return sample_mdm(model, prompts, length=length, steps=steps, mask_id=MASK, pad_id=PAD,
+                      generator=torch.Generator().manual_seed(seed), decoding=dec)  # fmt: skip
+
+
+def _spy(model, seen):
+    def f(x, d):
+        seen.append(x.clone())
+        return model(x, d)
+
+    return f
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_variant_fills_the_canvas_keeps_the_prompt_and_is_seeded(mdm, name):
+    dec, seen = VARIANTS[name], []
+    a = _run(_spy(mdm, seen), [[1, 2, 3], [4]], dec)
+    b = _run(mdm, [[1, 2, 3], [4]], dec)
+    assert a.tokens.shape == (2, 12) and not (a.tokens == MASK).any()
+    assert torch.equal(a.tokens, b.tokens) and a.nfe == b.nfe
+    assert all(x[0, :3].tolist() == [1, 2, 3] and x[1, 0] == 4 for x in seen)
+
+
+@pytest.mark.parametrize("name", [n for n, d in VARIANTS.items() if d.temperature == 0])
+def test_ragged_batch_equals_alone(mdm, name):
+    alone = _run(mdm, [[7, 8]], VARIANTS[name]).tokens
+    batch = _run(mdm, [[1, 2, 3, 4, 5, 6], [7, 8]], VARIANTS[name]).tokens
+    assert torch.equal(batch[1], alone[0])
+
+
+@pytest.mark.parametrize("sampler", ["confidence", "ancestral"])
+def test_one_block_is_the_plain_sampler(mdm, sampler):
+    """Token for token and forward for forward (the plain sampler was checked equal to mdmctl's
+    earlier implementation on 144 settings when blocks were added: tokens and NFE)."""
+    base = dict(sampler=sampler, temperature=1.0, cfg=0.3)
+    plain = _run(mdm, [[1, 2], [3, 4, 5]], Decoding(**base), steps=5)
+    for block in (12, 50):
+        one = _run(mdm, [[1, 2], [3, 4, 5]], Decoding(**base, block_length=block), steps=5)
+        assert torch.equal(one.tokens, plain.tokens) and one.nfe == plain.nfe
+
+
+def test_blocks_are_decoded_left_to_right_on_their_own_schedule(mdm):
+    seen = []
+    _run(_spy(mdm, seen), [[1, 2]], Decoding(block_length=4), length=12, steps=6)
+    gen = [x[0, 2:] for x in seen]
+    # 3 blocks x 2 steps: 2 tokens revealed per step, block by block.
+    assert [int((g == MASK).sum()) for g in gen] == [12, 10, 8, 6, 4, 2]
+    for g in gen:
+        open_blocks = [bool((g[i : i + 4] == MASK).any()) for i in (0, 4, 8)]
+        assert open_blocks == sorted(open_blocks)  # a later block never ahead of an earlier one
+    assert _spread(10, 3) == [4, 3, 3] and _spread(2, 4) == [1, 1, 1, 1]
+
+
+def test_threshold_one_reveals_one_token_per_step(mdm):
+    seen = []
+    out = _run(_spy(mdm, seen), [[1, 2]], Decoding(threshold=1.0), length=8, steps=2)
+    assert out.nfe == 8 and [int((x == MASK).sum()) for x in seen] == list(range(8, 0, -1))
+    low = _run(mdm, [[1, 2]], Decoding(threshold=0.0), length=8, steps=8)
+    assert low.nfe == 1  # every token above 0: the whole canvas in one step
+
+
+def test_factor_rule_reveals_the_leading_run_that_passes():
+    # Probabilities in rank order 0.99, 0.8, 0.7, 0.2; factor 1: thresholds -, 0.667, 0.75, 0.8.
+    prob = torch.tensor([[0.99, 0.8, 0.7, 0.2]])
+    rank = torch.tensor([[0, 1, 2, 3]])
+    got = _parallel(prob, rank, torch.ones(1, 4, dtype=torch.bool), Decoding(factor=1.0))
+    assert got.tolist() == [[True, True, False, False]]
+    low = torch.tensor([[0.1, 0.05, 0.9, 0.9]])  # the first always goes; a failure stops the run
+    got = _parallel(low, rank, torch.ones(1, 4, dtype=torch.bool), Decoding(factor=1.0))
+    assert got.tolist() == [[True, False, False, False]]
+
+
+def test_remask_scores():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]).log_softmax(-1)
+    ids = torch.tensor([1, 0])
+    g = torch.Generator().manual_seed(0)
+    p = logits.exp()
+    assert torch.allclose(remask_score(logits, ids, "low-confidence", g), p[[0, 1], ids])
+    assert torch.allclose(remask_score(logits, ids, "margin", g), torch.stack(
+        [p[0, 0] - p[0, 1], torch.tensor(0.0)]), atol=1e-6)  # fmt: skip
+    ent = remask_score(logits, ids, "entropy", g)
+    assert ent[1] == pytest.approx(-torch.log(torch.tensor(3.0)).item(), abs=1e-6)
+    assert ent[0] > ent[1]  # the peaked position is the more certain
+    r = remask_score(logits, ids, "random", g)
+    assert ((0 <= r) & (r < 1)).all()
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    assert torch.isinf(filter_logits(logits, 2, None)[0, 2:]).all()
+    assert not torch.isinf(filter_logits(logits, 2, None)[0, :2]).any()
+    # softmax = 0.644, 0.237, 0.087, 0.032: top-p 0.8 keeps the first two, 0.5 only the first.
+    assert torch.isinf(filter_logits(logits, None, 0.8)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, None, 0.5)).tolist() == [[False, True, True, True]]
+    assert torch.equal(filter_logits(logits, None, 1.0), logits)
+
+
+def _eos_model(first_eos: int):
+    """A stand-in MDM: position p prefers token 10 + p, and eos from ``first_eos`` on (the
+    earliest eos the most confident), less sure of eos than of the tokens before it."""
+
+    def f(x, d):
+        B, L = x.shape
+        logits = torch.zeros(B, L, 97)
+        pos = torch.arange(L)
+        logits[:, pos, (10 + pos).clamp(max=90)] = 9.0
+        logits[:, first_eos:, (10 + pos[first_eos:]).clamp(max=90)] = 5.0
+        logits[:, first_eos:, EOS] = 8.0 - 0.1 * pos[first_eos:]
+        logits[..., MASK] = float("-inf")
+        return logits
+
+    return f
+
+
+def test_eos_rules():
+    model = _eos_model(first_eos=4)  # canvas positions: prompt [1], then 12 generated
+    full = _run(model, [[1]], Decoding(eos_id=EOS), length=12, steps=12)
+    early = _run(model, [[1]], Decoding(eos_id=EOS, stop_at_eos=True), length=12, steps=12)
+    assert early.nfe < full.nfe
+    cut = full.tokens[0].tolist().index(EOS)
+    assert early.tokens[0].tolist()[: cut + 1] == full.tokens[0].tolist()[: cut + 1]
+    assert set(early.tokens[0].tolist()[cut:]) == {EOS}
+    late = _run(model, [[1]], Decoding(eos_id=EOS, min_length=6), length=12, steps=12)
+    assert EOS not in late.tokens[0, :6].tolist() and EOS in late.tokens[0, 6:].tolist()
+
+
+def test_sample_config_rules():
+    for kw, match in [
+        (dict(remasking="lowest"), "--remasking"),
+        (dict(threshold=1.5), "--threshold"),
+        (dict(threshold=0.9, factor=1.0), "pass one"),
+        (dict(top_p=0.0), "--top-p"),
+        (dict(block_length=0), "--block-length"),
+        (dict(sampler="ancestral", threshold=0.9), "ancestral"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            SampleConfig(**kw)
+
+
+def test_cli_decoding_options_and_arm_refusal(ckpts):
+    from .conftest import run
+
+    run("sample", "--checkpoint", ckpts["mdm"], "--length", "6", "--block-length", "2",
+        "--threshold", "0.5", "--remasking", "margin", "--top-k", "8", "--min-length", "2",
+        "--device", "cpu")  # fmt: skip
+    run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--top-p", "0.9", "--min-length",
+        "2", "--device", "cpu")  # fmt: skip
+    r = run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--block-length", "2",
+            "--factor", "1", "--device", "cpu", code=2)  # fmt: skip
+    assert "--block-length, --factor apply to objective 'mdm'" in r.stdout + r.stderr
+    run("sample", "--checkpoint", ckpts["mdm"], "--threshold", "0.5", "--factor", "1", code=2)
