@@ -180,10 +180,61 @@ def test_cli_decoding_options_and_arm_refusal(ckpts):
 
     run("sample", "--checkpoint", ckpts["mdm"], "--length", "6", "--block-length", "2",
         "--threshold", "0.5", "--remasking", "margin", "--top-k", "8", "--min-length", "2",
-        "--device", "cpu")  # fmt: skip
+        "--cache", "dual", "--device", "cpu")  # fmt: skip
     run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--top-p", "0.9", "--min-length",
         "2", "--device", "cpu")  # fmt: skip
     r = run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--block-length", "2",
             "--factor", "1", "--device", "cpu", code=2)  # fmt: skip
     assert "--block-length, --factor apply to objective 'mdm'" in r.stdout + r.stderr
     run("sample", "--checkpoint", ckpts["mdm"], "--threshold", "0.5", "--factor", "1", code=2)
+
+
+# --- KV caches --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_mdm():
+    torch.manual_seed(0)
+    return Transformer(ModelConfig.from_name("tiny", vocab_size=97, mask_id=MASK, seq_len=48)).eval()
+
+
+@pytest.mark.parametrize("dec", [Decoding(block_length=4), Decoding(block_length=4, cfg=0.5)])
+def test_cache_none_is_exact(tiny_mdm, dec):
+    from mdmctl.sampling.cache import CachedMDM
+
+    plain = _run(lambda x, d: tiny_mdm(x, doc_ids=d), [[1, 2, 3], [4]], dec)
+    none = _run(CachedMDM(tiny_mdm, "none"), [[1, 2, 3], [4]], dec)
+    assert torch.equal(none.tokens, plain.tokens) and none.nfe == plain.nfe
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cached_window_right_after_a_refresh_equals_the_full_forward(tiny_mdm, mode):
+    """Nothing changed since the refresh: the cached keys and values are exact, so the window's
+    logits equal a full forward's (ragged rows, padding as its own segment)."""
+    from mdmctl.sampling.cache import CachedMDM
+
+    x = torch.tensor([[1, 2, 3, 9, MASK, MASK, MASK, MASK], [4, 7, MASK, MASK, MASK, MASK, PAD, PAD]])
+    docs = (x == PAD).long()
+    own = torch.zeros_like(x, dtype=torch.bool)
+    own[0, 4:6], own[1, 2:4] = True, True
+    cm = CachedMDM(tiny_mdm, mode)
+    cm.begin_block(own)
+    full = cm(x, docs)
+    window = cm(x, docs)
+    a, b = cm.window
+    assert (cm.forwards_full, cm.forwards_window) == (1, 1) and a == 2
+    assert b == (8 if mode == "prefix" else 6)
+    torch.testing.assert_close(window[:, a:b], full[:, a:b], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cached_modes_fill_the_canvas_and_are_batch_invariant(tiny_mdm, mode):
+    from mdmctl.sampling.cache import CachedMDM
+
+    dec = Decoding(block_length=4, cfg=0.5)
+    cm = CachedMDM(tiny_mdm, mode)
+    out = _run(cm, [[1, 2, 3, 4, 5, 6], [7, 8]], dec, length=12, steps=12)
+    assert not (out.tokens == MASK).any() and out.nfe == 12
+    assert cm.forwards_full == 3 and cm.forwards_window == 9  # one refresh per block
+    alone = _run(CachedMDM(tiny_mdm, mode), [[7, 8]], dec, length=12, steps=12)
+    assert torch.equal(out.tokens[1], alone.tokens[0])

@@ -69,24 +69,32 @@ def attention(
     *,
     causal: bool,
     doc_ids: torch.Tensor | None = None,
+    kv_doc_ids: torch.Tensor | None = None,
     backend: Backend = "sdpa",
 ) -> torch.Tensor:
     """Multi-head attention. q: (B, Lq, H, Dh); k, v: (B, Lk, H, Dh) -> (B, Lq, H, Dh).
 
     ``doc_ids`` (B, L), contiguous runs of equal ids: tokens attend only within their run (packed
     documents). ``causal`` with Lq < Lk aligns the queries to the end of the keys (KV-cache decode).
+    ``kv_doc_ids`` (B, Lk): the keys' ids when they differ from the queries' (an MDM window over a
+    cached canvas); then ``doc_ids`` are the queries' (B, Lq).
     """
+    if kv_doc_ids is not None:
+        # A query window against the whole canvas: a dense mask, which xformers' block-diagonal
+        # biases cannot express, so SDPA on every device.
+        return _sdpa(q, k, v, causal=causal, doc_ids=doc_ids, kv_doc_ids=kv_doc_ids)
     if backend == "xformers":
         return _xformers(q, k, v, causal=causal, doc_ids=doc_ids)
     return _sdpa(q, k, v, causal=causal, doc_ids=doc_ids)
 
 
-def _sdpa(q, k, v, *, causal: bool, doc_ids: torch.Tensor | None) -> torch.Tensor:
+def _sdpa(q, k, v, *, causal: bool, doc_ids, kv_doc_ids=None) -> torch.Tensor:
     Lq, Lk = q.shape[1], k.shape[1]
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, L, H, Dh) -> (B, H, L, Dh)
     mask = None
     if doc_ids is not None:
-        mask = (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]  # (B, 1, L, L)
+        keys = doc_ids if kv_doc_ids is None else kv_doc_ids
+        mask = (doc_ids[:, :, None] == keys[:, None, :])[:, None]  # (B, 1, Lq, Lk)
     if causal and (mask is not None or Lq != Lk):
         tri = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)  # (Lq, Lk)
         mask = tri if mask is None else mask & tri

@@ -58,11 +58,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class KVCache:
-    """Per-layer keys and values for left-to-right ARM decoding. k, v: (B, Lmax, H, Dh)."""
+    """Per-layer keys and values (after RoPE). k, v: (B, Lmax, H, Dh).
+
+    ARM (left to right): a forward of L tokens writes positions [length, length + L), attends to
+    [0, length + L) causally and advances ``length``. ``bidirectional`` (MDM block decoding,
+    sampling/cache.py): the same write, but the queries attend to every cached position; the
+    caller sets ``length`` to the window's start before each forward."""
 
     k: list[torch.Tensor] = field(default_factory=list)
     v: list[torch.Tensor] = field(default_factory=list)
     length: int = 0
+    bidirectional: bool = False
+    write: torch.Tensor | None = None
+    """(B, L) bool: write only these positions of the next forward (the rest keep their cached
+    keys and values), so each row of a batch refreshes only its own block."""
 
 
 class Block(nn.Module):
@@ -96,12 +105,22 @@ class Block(nn.Module):
         q, k, v = self.wqkv(self.attn_norm(x)).split(D, dim=-1)
         q, k, v = (t.view(B, L, self.n_heads, self.head_dim) for t in (q, k, v))  # (B, L, H, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        kv_doc_ids = None
         if cache is not None:
             start = cache.length
+            if cache.write is not None:
+                keep = ~cache.write[:, :, None, None]  # (B, L, 1, 1)
+                k = torch.where(keep, cache.k[layer][:, start : start + L], k)
+                v = torch.where(keep, cache.v[layer][:, start : start + L], v)
             cache.k[layer][:, start : start + L] = k
             cache.v[layer][:, start : start + L] = v
-            k, v = cache.k[layer][:, : start + L], cache.v[layer][:, : start + L]
-        y = attention(q, k, v, causal=causal, doc_ids=doc_ids, backend=backend).reshape(B, L, D)
+            end = cache.k[layer].shape[1] if cache.bidirectional else start + L
+            k, v = cache.k[layer][:, :end], cache.v[layer][:, :end]
+            if cache.bidirectional and doc_ids is not None:  # doc_ids cover the whole canvas
+                doc_ids, kv_doc_ids = doc_ids[:, start : start + L], doc_ids
+        y = attention(
+            q, k, v, causal=causal, doc_ids=doc_ids, kv_doc_ids=kv_doc_ids, backend=backend
+        ).reshape(B, L, D)
         if select is not None:
             x, y = x[select], y[select]  # (N, D)
         x = x + self.wo(y)
@@ -191,7 +210,11 @@ class Transformer(nn.Module):
             logits[..., self.cfg.mask_id] = float("-inf")
         return logits
 
-    def new_cache(self, batch: int, device, dtype: torch.dtype) -> KVCache:
-        shape = (batch, self.cfg.seq_len, self.cfg.n_heads, self.cfg.head_dim)
+    def new_cache(
+        self, batch: int, device, dtype: torch.dtype, length: int | None = None
+    ) -> KVCache:
+        """An empty cache of ``length`` positions (default: the context). A cache of fewer
+        positions than the context is an MDM canvas: bidirectional."""
+        shape = (batch, length or self.cfg.seq_len, self.cfg.n_heads, self.cfg.head_dim)
         z = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks]
-        return KVCache(k=z, v=[t.clone() for t in z])
+        return KVCache(k=z, v=[t.clone() for t in z], bidirectional=not self.causal)

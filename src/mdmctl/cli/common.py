@@ -145,6 +145,12 @@ class SamplerName(str, Enum):
     confidence = "confidence"
 
 
+class CacheName(str, Enum):
+    none = "none"
+    prefix = "prefix"
+    dual = "dual"
+
+
 class RemaskingName(str, Enum):
     low_confidence = "low-confidence"
     margin = "margin"
@@ -202,6 +208,14 @@ def decoding_options() -> dict[str, Any]:
         "min_length": typer.Option(
             0, "--min-length", min=0, help="No end-of-text before this many generated tokens."
         ),
+        "cache": typer.Option(
+            CacheName.none,
+            "--cache",
+            help="MDM KV cache for block decoding (Fast-dLLM): none (exact: the whole canvas "
+            "every step), prefix (the positions before the block reuse keys and values from the "
+            "block's first step) or dual (the positions after it too). prefix and dual are "
+            "approximations: a bidirectional model's keys change with every revealed token.",
+        ),
     }
 
 
@@ -218,10 +232,12 @@ def decoding_kwargs(
     top_k: int | None,
     top_p: float | None,
     min_length: int,
+    cache: CacheName,
 ) -> dict[str, Any]:
     """SampleConfig fields from the decoding options."""
     return dict(remasking=remasking.value, block_length=block_length, threshold=threshold,
-                factor=factor, top_k=top_k, top_p=top_p, min_length=min_length)  # fmt: skip
+                factor=factor, top_k=top_k, top_p=top_p, min_length=min_length,
+                cache=cache.value)  # fmt: skip
 
 
 @contextlib.contextmanager

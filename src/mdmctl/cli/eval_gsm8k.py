@@ -10,6 +10,7 @@ import typer
 from mdmctl.cli.common import (
     SAMPLER_HELP,
     Attention,
+    CacheName,
     RemaskingName,
     SamplerName,
     _finite,
@@ -117,6 +118,7 @@ def eval_gsm8k(
     top_k: int | None = decoding_option("top_k"),
     top_p: float | None = decoding_option("top_p"),
     min_length: int = decoding_option("min_length"),
+    cache: CacheName = decoding_option("cache"),
     batch_size: int = typer.Option(
         32, "--batch-size", min=1, help="Sequences generated together in one batch (SMDM: 64)."
     ),
@@ -142,7 +144,9 @@ def eval_gsm8k(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
-            **decoding_kwargs(remasking, block_length, threshold, factor, top_k, top_p, min_length),
+            **decoding_kwargs(
+                remasking, block_length, threshold, factor, top_k, top_p, min_length, cache
+            ),
         )
         r = evaluate_gsm8k(
             data=data,

@@ -11,6 +11,7 @@ import typer
 from mdmctl.cli.common import (
     SAMPLER_HELP,
     Attention,
+    CacheName,
     RemaskingName,
     SamplerName,
     _finite,
@@ -82,6 +83,7 @@ def eval_reverse_curse(
     top_k: int | None = decoding_option("top_k"),
     top_p: float | None = decoding_option("top_p"),
     min_length: int = decoding_option("min_length"),
+    cache: CacheName = decoding_option("cache"),
     batch_size: int = typer.Option(
         64,
         "--batch-size",
@@ -111,7 +113,9 @@ def eval_reverse_curse(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
-            **decoding_kwargs(remasking, block_length, threshold, factor, top_k, top_p, min_length),
+            **decoding_kwargs(
+                remasking, block_length, threshold, factor, top_k, top_p, min_length, cache
+            ),
         )
         res = evaluate_reverse_curse(
             data_dir=str(data_dir),

@@ -11,6 +11,7 @@ from mdmctl.cli.common import (
     GEN_BATCH_HELP,
     SAMPLER_HELP,
     Attention,
+    CacheName,
     RemaskingName,
     SamplerName,
     _finite,
@@ -69,6 +70,7 @@ def sample(
     top_k: int | None = decoding_option("top_k"),
     top_p: float | None = decoding_option("top_p"),
     min_length: int = decoding_option("min_length"),
+    cache: CacheName = decoding_option("cache"),
     seed: int = seed_option("Seed of the sampling noise."),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="Samples per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help=GEN_BATCH_HELP),
@@ -108,7 +110,9 @@ def sample(
             device=device,
             attention=attention.value,
             stop_at_eos=stop_at_eos,
-            **decoding_kwargs(remasking, block_length, threshold, factor, top_k, top_p, min_length),
+            **decoding_kwargs(
+                remasking, block_length, threshold, factor, top_k, top_p, min_length, cache
+            ),
         )
         res = sample_from_checkpoint(scfg, log=_log)
         _warn_ignored_mdm_options(res.objective, steps=steps, sampler=sampler.value)

@@ -7,7 +7,7 @@ or ``mdmctl eval lm-eval --tasks ...``. Model arguments: ``checkpoint``, ``estim
 chain-rule), ``mc_num`` (MC samples), ``cfg``, ``greedy`` (compute ``is_greedy`` for MDMs),
 ``batch_size``, ``seed``, ``device``, ``attention``, and for generation ``steps``, ``sampler``,
 ``temperature``, ``max_gen_toks``, ``remasking``, ``block_length``, ``threshold``, ``factor``,
-``top_k``, ``top_p`` (as ``mdmctl sample``'s options).
+``top_k``, ``top_p``, ``cache`` (as ``mdmctl sample``'s options).
 
 - ``loglikelihood``: the likelihood engine (``evaluation.likelihood``), lm-eval's tokenisation of
   the pair; ``is_greedy`` from the greedy check (MDM) or next-token argmax (ARM).
@@ -64,6 +64,7 @@ class MdmctlLM(LM):
         factor: float | str | None = None,
         top_k: int | str | None = None,
         top_p: float | str | None = None,
+        cache: str = "none",
         max_batch_size: int | None = None,  # lm-eval passes it to every model; batches are fixed
     ) -> None:
         super().__init__()
@@ -99,6 +100,7 @@ class MdmctlLM(LM):
             factor=num(factor, float),
             top_k=num(top_k, int),
             top_p=num(top_p, float),
+            cache=cache,
         )
 
     def _encode(self, text: str) -> list[int]:

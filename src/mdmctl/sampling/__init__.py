@@ -46,6 +46,8 @@ class SampleConfig:
     """Both objectives."""
     min_length: int = 0
     """Both objectives: eos is not sampled before this many generated tokens."""
+    cache: str = "none"
+    """MDM KV cache: none (exact), prefix or dual (approximations; sampling/cache.py)."""
 
     def __post_init__(self) -> None:
         check_finite(self, "--")
@@ -76,6 +78,10 @@ def _check_decoding(c: SampleConfig) -> None:
     for name in ("block_length", "top_k"):
         if getattr(c, name) is not None and getattr(c, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(c, name)}")
+    from mdmctl.sampling.cache import CACHE_MODES
+
+    if c.cache not in CACHE_MODES:
+        raise ConfigError(f"--cache: expected one of {', '.join(CACHE_MODES)}, got {c.cache!r}")
     if c.min_length < 0:
         raise ConfigError(f"--min-length: must be >= 0, got {c.min_length}")
     if c.top_p is not None and not 0 < c.top_p <= 1:
@@ -103,6 +109,7 @@ def _check_arm_options(c: SampleConfig) -> None:
     given = [f"--{n.replace('_', '-')}" for n in MDM_ONLY if getattr(c, n) is not None]
     given += ["--cfg"] if c.cfg != 0 else []
     given += ["--remasking"] if c.remasking != "low-confidence" else []
+    given += ["--cache"] if c.cache != "none" else []
     if given:
         raise ConfigError(
             f"{', '.join(given)} apply to objective 'mdm'; checkpoint objective is 'arm'"
@@ -226,6 +233,7 @@ def generate(
     and the generation tasks). ``length`` overrides ``cfg.length``, optionally per prompt;
     ``prompt_ids`` gives the prompts already tokenized (e.g. truncated to fit)."""
     from mdmctl.sampling.arm import sample_arm
+    from mdmctl.sampling.cache import CachedMDM
     from mdmctl.sampling.mdm import sample_mdm
 
     mc = model.cfg
@@ -250,6 +258,9 @@ def generate(
                 f"(gen length {n}): shorten the prompt or --length"
             )
     gen = torch.Generator().manual_seed(cfg.seed)
+    mdm_fn = (
+        (lambda x, d: model(x, doc_ids=d)) if cfg.cache == "none" else CachedMDM(model, cfg.cache)
+    )
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]
     nfe = 0
@@ -265,7 +276,7 @@ def generate(
             chunk = [ids[r] for r in rows]
             if mc.objective == "mdm":
                 o = sample_mdm(
-                    lambda x, d: model(x, doc_ids=d),
+                    mdm_fn,
                     chunk,
                     length=n_gen,
                     steps=cfg.steps or n_gen,

@@ -154,6 +154,9 @@ def sample_mdm(
     for j, block_steps in enumerate(_spread(steps, math.ceil(length / block))):
         in_block = c.gen_pos & (c.rel.div(block, rounding_mode="floor") == j)
         size = min(block, length - j * block)
+        if hasattr(model, "begin_block"):  # a KV cache (sampling/cache.py): refill it
+            model.begin_block(in_block)
+            logits = None
         for k in range(size if d.parallel else block_steps):
             masked = (x == mask_id) & in_block  # pads and prompt are never mask_id
             if not bool(masked.any()):

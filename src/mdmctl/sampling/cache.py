@@ -1,0 +1,75 @@
+"""KV caches for MDM block decoding (Fast-dLLM's prefix and dual caches), and what they approximate.
+
+An MDM attends bidirectionally, so every position's keys and values at every layer depend on the
+whole canvas, which changes at each step. A cache therefore reuses stale keys and values: it is an
+approximation, never exact, and ``none`` (recompute the whole canvas every step) is the exact mode.
+
+- ``prefix``: at the first step of each block the whole canvas runs and every layer's keys and
+  values are kept; at the block's later steps only the block and everything after it run, and the
+  positions before the block (prompt and finished blocks) use the kept keys and values. What is
+  approximated: the prefix's keys and values do not see the tokens revealed since the block began.
+- ``dual``: as ``prefix``, but only the block runs; the positions after it (still masked, later
+  blocks) use kept keys and values too. Approximated as well: the suffix does not see the block's
+  new tokens.
+
+With a CFG scale the conditional and unconditional rows share one cache of 2B rows. Rows start
+their generation at their own prompt length, so the window run is the union of the rows' blocks;
+each row writes fresh keys and values only for its own block (prefix: its block and what follows)
+and keeps the cached ones elsewhere, so a row's sample does not depend on its batch neighbours.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from mdmctl.model import KVCache, Transformer
+
+CacheMode = Literal["none", "prefix", "dual"]
+CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
+
+
+class CachedMDM:
+    """``model(x, doc_ids) -> logits`` with a cache refreshed at each block's first step.
+
+    The sampler calls ``begin_block(start, end)`` (the block's canvas columns) before the block's
+    steps. Logits outside the recomputed window are zeros: the sampler reads only the block."""
+
+    def __init__(self, model: Transformer, mode: CacheMode) -> None:
+        self.model, self.mode = model, mode
+        self.cache: KVCache | None = None
+        self.window: tuple[int, int] | None = None
+        self.refresh = True  # the next call runs the whole canvas and refills the cache
+        self.forwards_full = self.forwards_window = 0
+
+    def begin_block(self, own: torch.Tensor) -> None:
+        """``own`` (B, L) bool: each row's columns of the block about to be decoded."""
+        if self.mode == "prefix":  # a row's block and everything after it run fresh
+            own = own.long().cummax(dim=1).values.bool()
+        cols = own.any(0).nonzero().flatten()
+        self.own, self.window, self.refresh = own, (int(cols[0]), int(cols[-1]) + 1), True
+
+    def __call__(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        if self.mode == "none" or self.window is None or self.refresh:
+            return self._full(x, doc_ids)
+        start, end = self.window
+        own = self.own if x.shape[0] == self.own.shape[0] else torch.cat([self.own, self.own])
+        self.cache.length, self.cache.write = start, own[:, start:end]  # CFG: 2B rows
+        part = self.model(x[:, start:end], doc_ids=doc_ids, cache=self.cache)  # (B, end-start, V)
+        self.cache.write = None
+        self.forwards_window += 1
+        logits = part.new_zeros(*x.shape, part.shape[-1])
+        logits[:, start:end] = part
+        return logits
+
+    def _full(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        self.forwards_full += 1
+        if self.mode == "none":
+            return self.model(x, doc_ids=doc_ids)
+        B, L = x.shape
+        if self.cache is None or self.cache.k[0].shape[:2] != (B, L):
+            self.cache = self.model.new_cache(B, x.device, self.model.tok_emb.weight.dtype, L)
+        self.cache.length = 0
+        self.refresh = False
+        return self.model(x, doc_ids=doc_ids, cache=self.cache)
