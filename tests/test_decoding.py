@@ -195,7 +195,9 @@ def test_cli_decoding_options_and_arm_refusal(ckpts):
 @pytest.fixture(scope="module")
 def tiny_mdm():
     torch.manual_seed(0)
-    return Transformer(ModelConfig.from_name("tiny", vocab_size=97, mask_id=MASK, seq_len=48)).eval()
+    return Transformer(
+        ModelConfig.from_name("tiny", vocab_size=97, mask_id=MASK, seq_len=48)
+    ).eval()
 
 
 @pytest.mark.parametrize("dec", [Decoding(block_length=4), Decoding(block_length=4, cfg=0.5)])
@@ -213,7 +215,9 @@ def test_cached_window_right_after_a_refresh_equals_the_full_forward(tiny_mdm, m
     logits equal a full forward's (ragged rows, padding as its own segment)."""
     from mdmctl.sampling.cache import CachedMDM
 
-    x = torch.tensor([[1, 2, 3, 9, MASK, MASK, MASK, MASK], [4, 7, MASK, MASK, MASK, MASK, PAD, PAD]])
+    x = torch.tensor(
+        [[1, 2, 3, 9, MASK, MASK, MASK, MASK], [4, 7, MASK, MASK, MASK, MASK, PAD, PAD]]
+    )
     docs = (x == PAD).long()
     own = torch.zeros_like(x, dtype=torch.bool)
     own[0, 4:6], own[1, 2:4] = True, True
@@ -238,3 +242,20 @@ def test_cached_modes_fill_the_canvas_and_are_batch_invariant(tiny_mdm, mode):
     assert cm.forwards_full == 3 and cm.forwards_window == 9  # one refresh per block
     alone = _run(CachedMDM(tiny_mdm, mode), [[7, 8]], dec, length=12, steps=12)
     assert torch.equal(out.tokens[1], alone.tokens[0])
+
+
+def test_bench_sample_runs_every_setting(ckpts):
+    from mdmctl.bench import MDM_SETTINGS, bench_sample
+
+    from .conftest import SHARED
+
+    data = SHARED / "reversal_curse"
+    if not data.is_dir():
+        pytest.skip(f"{data} is absent (the reversal-curse files)")
+    rows = bench_sample(mdm=str(ckpts["mdm"]), arm=str(ckpts["arm"]), data_dir=str(data),
+                        batch_size=4, latency_prompts=2, limit=3, device="cpu")  # fmt: skip
+    assert [r.setting for r in rows] == [*MDM_SETTINGS, "ARM, KV cache"]
+    naive = rows[0]
+    assert naive.agreement == 1.0 and naive.speedup == 1.0 and naive.nfe_per_prompt >= 8
+    assert all(r.prompts_per_s > 0 and 0 <= r.accuracy <= 1 for r in rows)
+    assert rows[1].agreement == 1.0  # the eos stop changes no returned token

@@ -10,6 +10,7 @@ One module per command group, each a thin layer over the library:
 - ``scaling``: ``scaling plan`` and ``scaling fit`` (IsoFLOP sweeps)
 - ``runs``: ``mdmctl runs`` (list the training runs in a folder)
 - ``interop``: ``mdmctl export`` (Hugging Face layout) and ``mdmctl import`` (HF or SMDM weights)
+- ``bench``: ``mdmctl bench sample`` (sampler speed and quality against the naive sampler and the ARM)
 - ``progress``: progress bars on a terminal, periodic lines in a log file
 
 Heavy imports (torch, tokenizers, datasets) happen inside command bodies so ``--help`` stays fast.
@@ -26,7 +27,7 @@ from mdmctl.cli.train_common import _render_train_summary
 from mdmctl.cli import tokenize_cmd, pretrain, finetune, sample  # noqa: F401
 from mdmctl.cli import eval_ppl, eval_gsm8k, eval_reverse_curse  # noqa: F401
 from mdmctl.cli import eval_zero_shot, eval_lm_eval  # noqa: F401
-from mdmctl.cli import scaling, runs, interop  # noqa: F401
+from mdmctl.cli import scaling, runs, interop, bench  # noqa: F401
 # isort: on
 
 __all__ = ["_render_train_summary", "app", "eval_app", "main"]

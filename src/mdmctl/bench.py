@@ -1,0 +1,144 @@
+"""``mdmctl bench sample``: sampling speed and quality in one table (docs/benchmarks.md).
+
+On the reversal-curse test files in the trained direction (``p2d_same``, ``d2p_same``; SMDM's
+canvas: prompt + generation = 52 tokens, temperature 0) a fine-tuned MDM runs
+
+- the naive reference sampler: one token per step, the whole canvas every step, no early stop;
+- mdmctl's decoding settings (eos early stop, semi-autoregressive blocks, threshold / factor
+  parallel decoding, prefix / dual KV caches),
+
+and a fine-tuned ARM of the same size runs with its KV cache. Per setting: throughput at a large
+batch (prompts/s; returned tokens/s, i.e. the eos-truncated answer plus its eos; forwards per
+prompt), latency at batch 1 (seconds per prompt over the first prompts), accuracy (the reference
+appears in the answer) with its standard error, and for the MDM the share of answers identical to
+the naive sampler's. Speed ratios are to the naive sampler, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mdmctl.errors import DataError
+
+SPLITS = ("p2d_same", "d2p_same")
+MDM_SETTINGS: dict[str, dict[str, Any]] = {
+    "naive (1 token/step, full canvas)": {"stop_at_eos": False},
+    "1 token/step, eos stop": {},
+    "threshold 0.9": {"threshold": 0.9},
+    "blocks 8, threshold 0.9": {"block_length": 8, "threshold": 0.9},
+    "blocks 8, threshold 0.9, prefix cache": {
+        "block_length": 8,
+        "threshold": 0.9,
+        "cache": "prefix",
+    },
+    "blocks 8, threshold 0.9, dual cache": {"block_length": 8, "threshold": 0.9, "cache": "dual"},
+    "blocks 8, factor 1": {"block_length": 8, "factor": 1.0},
+    "blocks 8, factor 1, dual cache": {"block_length": 8, "factor": 1.0, "cache": "dual"},
+}
+NAIVE = next(iter(MDM_SETTINGS))
+
+
+@dataclass
+class BenchRow:
+    setting: str
+    objective: str
+    prompts_per_s: float
+    tokens_per_s: float
+    nfe_per_prompt: float  # forward passes per answer, at batch 1
+    latency_s: float  # batch 1, seconds per prompt
+    accuracy: float
+    stderr: float
+    agreement: float | None  # MDM: answers identical to the naive sampler's
+    speedup: float = 1.0  # prompts/s over the naive sampler's
+    latency_speedup: float = 1.0
+
+
+def _prompts(data_dir: Path, limit: int | None) -> tuple[list[str], list[str]]:
+    from mdmctl.evaluation.generation import read_jsonl
+    from mdmctl.evaluation.reverse_curse import SPLITS as FILES
+
+    prompts, refs = [], []
+    for name in SPLITS:
+        path = data_dir / FILES[name][0]
+        if not path.is_file():
+            raise DataError(f"{path}: not found (the reversal-curse test files)")
+        rows = read_jsonl(path)[:limit] if limit else read_jsonl(path)
+        prompts += [r["prompt"] for r in rows]
+        refs += [r["completion"] for r in rows]
+    return prompts, refs
+
+
+def _answers(ids: list[list[int]], tok, eos_id: int) -> tuple[list[str], int]:
+    """eos-truncated answers and the returned token count (answer plus its eos)."""
+    cut = [i[: i.index(eos_id) + 1] if eos_id in i else i for i in ids]
+    return [tok.decode(c, skip_special_tokens=True) for c in cut], sum(map(len, cut))
+
+
+def _measure(loaded, prompts, refs, scfg, latency_prompts: int) -> tuple[dict, list[str]]:
+    from mdmctl.evaluation.generation import binomial_stderr
+    from mdmctl.evaluation.reverse_curse import is_hit
+    from mdmctl.sampling import encode_literal, generate
+
+    model, tok, info, device = loaded
+    # SMDM's canvas: prompt + generation = 52 tokens, at least 8 generated; a prompt too long
+    # for the model's context keeps its end.
+    L = model.cfg.seq_len
+    ids = [encode_literal(tok, p)[-(L - 8) :] for p in prompts]
+    lengths = [max(8, min(52, L) - len(i)) for i in ids]
+    g = generate(model, tok, info, prompts, scfg, device, lengths, prompt_ids=ids)
+    answers, n_tok = _answers(g.ids, tok, info.eos_id)
+    k = min(latency_prompts, len(prompts))
+    t0 = time.perf_counter()
+    one = generate(model, tok, info, prompts[:k], replace(scfg, batch_size=1), device, lengths[:k],
+                   prompt_ids=ids[:k])  # fmt: skip
+    latency = (time.perf_counter() - t0) / k
+    hits = sum(is_hit(a, r) for a, r in zip(answers, refs, strict=True))
+    n = len(prompts)
+    stats = dict(prompts_per_s=n / g.seconds, tokens_per_s=n_tok / g.seconds,
+                 nfe_per_prompt=one.nfe / k, latency_s=latency, accuracy=hits / n,
+                 stderr=binomial_stderr(hits, n))  # fmt: skip
+    return stats, answers
+
+
+def bench_sample(
+    *,
+    mdm: str,
+    arm: str | None,
+    data_dir: str,
+    batch_size: int = 64,
+    latency_prompts: int = 16,
+    limit: int | None = None,
+    cfg: float = 0.0,
+    device: str = "auto",
+    log=lambda msg: None,
+) -> list[BenchRow]:
+    from mdmctl.sampling import SampleConfig, load_model
+
+    prompts, refs = _prompts(Path(data_dir), limit)
+    base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
+    rows, naive_answers = [], None
+    model, tok, info, _, dev = load_model(mdm, device)
+    for name, kw in MDM_SETTINGS.items():
+        stats, answers = _measure((model, tok, info, dev), prompts, refs,
+                                  replace(base, **kw), latency_prompts)  # fmt: skip
+        naive_answers = naive_answers or answers
+        same = sum(a == b for a, b in zip(answers, naive_answers, strict=True)) / len(answers)
+        rows.append(BenchRow(name, "mdm", agreement=same, **stats))
+        log(f"{name}: {stats['prompts_per_s']:.1f} prompts/s, accuracy {stats['accuracy']:.3f}")
+    if arm:
+        model, tok, info, _, dev = load_model(arm, device)
+        stats, _ = _measure((model, tok, info, dev), prompts, refs, replace(base, cfg=0.0),
+                            latency_prompts)  # fmt: skip
+        rows.append(BenchRow("ARM, KV cache", "arm", agreement=None, **stats))
+    ref = rows[0]
+    for r in rows:
+        r.speedup = r.prompts_per_s / ref.prompts_per_s
+        r.latency_speedup = ref.latency_s / r.latency_s
+    return rows
+
+
+def as_dicts(rows: list[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -1,0 +1,65 @@
+"""``mdmctl bench sample``: a thin layer over ``mdmctl.bench.bench_sample``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mdmctl.cli.common import _finite, _log, app, cli_errors, device_option, json_option
+
+bench_app = typer.Typer(help="Benchmarks that run on your machine.", no_args_is_help=True,
+                        rich_markup_mode=None)  # fmt: skip
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("sample")
+def bench_sample_cmd(
+    mdm: Path = typer.Option(
+        ..., "--mdm", help="A fine-tuned MDM checkpoint (run or step folder)."
+    ),
+    arm: Path | None = typer.Option(
+        None, "--arm", help="An ARM of the same size fine-tuned on the same data. Default: none."
+    ),
+    data_dir: Path = typer.Option(
+        ..., "--data-dir", help="The reversal-curse test files (../shared/data/reversal_curse)."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Batch of the throughput runs."),
+    latency_prompts: int = typer.Option(
+        16, "--latency-prompts", min=1, help="Prompts decoded one at a time for the latency."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="First N prompts of each file. Default: all 300."
+    ),
+    cfg: float = typer.Option(
+        0.0, "--cfg", min=0, help="MDM unsupervised CFG for every setting.", callback=_finite
+    ),
+    device: str = device_option(),
+    json_out: bool = json_option("Print the rows as JSON on stdout."),
+) -> None:
+    """MDM samplers (the naive reference, mdmctl's settings) and an ARM with its KV cache:
+    throughput, latency, forwards and accuracy in one table of ratios."""
+    with cli_errors():
+        from rich.table import Table
+
+        from mdmctl.bench import as_dicts, bench_sample
+        from mdmctl.log import results_console
+
+        rows = bench_sample(mdm=str(mdm), arm=str(arm) if arm else None, data_dir=str(data_dir),
+                            batch_size=batch_size, latency_prompts=latency_prompts, limit=limit,
+                            cfg=cfg, device=device, log=_log)  # fmt: skip
+        if json_out:
+            print(json.dumps(as_dicts(rows), indent=1))
+            return
+        t = Table(title=f"sampling on reversal-curse p2d_same + d2p_same (batch {batch_size})")
+        for col in ("setting", "prompts/s", "x naive", "tokens/s", "NFE/answer",
+                    "latency s", "x naive", "accuracy", "same as naive"):  # fmt: skip
+            t.add_column(col)
+        for r in rows:
+            same = "" if r.agreement is None else f"{r.agreement:.3f}"
+            acc = f"{r.accuracy:.3f} ± {r.stderr:.3f}"
+            t.add_row(r.setting, f"{r.prompts_per_s:.1f}", f"{r.speedup:.2f}",
+                      f"{r.tokens_per_s:.0f}", f"{r.nfe_per_prompt:.1f}", f"{r.latency_s:.4f}",
+                      f"{r.latency_speedup:.2f}", acc, same)  # fmt: skip
+        results_console().print(t)
