@@ -259,3 +259,11 @@ def test_bench_sample_runs_every_setting(ckpts):
     assert naive.agreement == 1.0 and naive.speedup == 1.0 and naive.nfe_per_prompt >= 8
     assert all(r.prompts_per_s > 0 and 0 <= r.accuracy <= 1 for r in rows)
     assert rows[1].agreement == 1.0  # the eos stop changes no returned token
+
+
+def test_steps_fewer_than_blocks_is_an_error(mdm):
+    with pytest.raises(ConfigError, match="fewer than the 3 blocks"):
+        _run(mdm, [[1]], Decoding(block_length=4), length=12, steps=2)
+    assert not (
+        _run(mdm, [[1]], Decoding(block_length=4, threshold=0.5), steps=1).tokens == MASK
+    ).any()

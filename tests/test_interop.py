@@ -308,3 +308,17 @@ def test_cli_export_import(ckpts, tmp_path):
     run("sample", "--checkpoint", tmp_path / "back", "--length", "4", "--device", "cpu")
     r = run("runs", tmp_path, "--json")
     assert {x["kind"] for x in json.loads(r.stdout)} == {"import"}
+
+
+def test_out_never_replaces_the_source(ckpts, tmp_path):
+    run_dir = ckpts["mdm"].parent.parent
+    with pytest.raises(ConfigError, match="holds the source"):
+        export_hf(str(ckpts["mdm"]), run_dir, overwrite=True)
+    assert (ckpts["mdm"] / "model.safetensors").is_file()
+    out = export_hf(str(ckpts["mdm"]), tmp_path / "hf").out
+    with pytest.raises(ConfigError, match="holds the source"):
+        import_model(out, tmp_path, overwrite=True)
+    save_file(_smdm_state(), str(tmp_path / "smdm.safetensors"))
+    with pytest.raises(ConfigError, match="even head size"):
+        import_model(tmp_path / "smdm.safetensors", tmp_path / "x", n_heads=3,
+                     tokenizer=str(_llama_like_tokenizer(tmp_path)))  # fmt: skip

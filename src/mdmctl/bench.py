@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mdmctl.errors import DataError
+from mdmctl.errors import ConfigError, DataError
 
 SPLITS = ("p2d_same", "d2p_same")
 MDM_SETTINGS: dict[str, dict[str, Any]] = {
@@ -72,7 +72,8 @@ def _prompts(data_dir: Path, limit: int | None) -> tuple[list[str], list[str]]:
 
 
 def _answers(ids: list[list[int]], tok, eos_id: int) -> tuple[list[str], int]:
-    """eos-truncated answers and the returned token count (answer plus its eos)."""
+    """eos-truncated answers and the returned token count (answer plus its eos). ``ids`` may be
+    truncated already (``stop_at_eos``: the eos is cut) or not (the naive sampler)."""
     cut = [i[: i.index(eos_id) + 1] if eos_id in i else i for i in ids]
     return [tok.decode(c, skip_special_tokens=True) for c in cut], sum(map(len, cut))
 
@@ -90,6 +91,8 @@ def _measure(loaded, prompts, refs, scfg, latency_prompts: int) -> tuple[dict, l
     lengths = [max(8, min(52, L) - len(i)) for i in ids]
     g = generate(model, tok, info, prompts, scfg, device, lengths, prompt_ids=ids)
     answers, n_tok = _answers(g.ids, tok, info.eos_id)
+    if scfg.stop_at_eos:  # generate() cut each stopped answer's eos: count it as the naive row does
+        n_tok += sum(g.stopped)
     k = min(latency_prompts, len(prompts))
     t0 = time.perf_counter()
     one = generate(model, tok, info, prompts[:k], replace(scfg, batch_size=1), device, lengths[:k],
@@ -121,6 +124,7 @@ def bench_sample(
     base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
     rows, naive_answers = [], None
     model, tok, info, _, dev = load_model(mdm, device)
+    _check_objective(model, "mdm", mdm)
     for name, kw in MDM_SETTINGS.items():
         stats, answers = _measure((model, tok, info, dev), prompts, refs,
                                   replace(base, **kw), latency_prompts)  # fmt: skip
@@ -130,6 +134,7 @@ def bench_sample(
         log(f"{name}: {stats['prompts_per_s']:.1f} prompts/s, accuracy {stats['accuracy']:.3f}")
     if arm:
         model, tok, info, _, dev = load_model(arm, device)
+        _check_objective(model, "arm", arm)
         stats, _ = _measure((model, tok, info, dev), prompts, refs, replace(base, cfg=0.0),
                             latency_prompts)  # fmt: skip
         rows.append(BenchRow("ARM, KV cache", "arm", agreement=None, **stats))
@@ -138,6 +143,14 @@ def bench_sample(
         r.speedup = r.prompts_per_s / ref.prompts_per_s
         r.latency_speedup = ref.latency_s / r.latency_s
     return rows
+
+
+def _check_objective(model, want: str, path: str) -> None:
+    if model.cfg.objective != want:
+        raise ConfigError(
+            f"--{want} {path}: an {model.cfg.objective.upper()} checkpoint, expected an "
+            f"{want.upper()}"
+        )
 
 
 def as_dicts(rows: list[BenchRow]) -> list[dict]:

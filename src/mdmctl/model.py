@@ -116,8 +116,8 @@ class Block(nn.Module):
             cache.v[layer][:, start : start + L] = v
             end = cache.k[layer].shape[1] if cache.bidirectional else start + L
             k, v = cache.k[layer][:, :end], cache.v[layer][:, :end]
-            if cache.bidirectional and doc_ids is not None:  # doc_ids cover the whole canvas
-                doc_ids, kv_doc_ids = doc_ids[:, start : start + L], doc_ids
+            if cache.bidirectional and doc_ids is not None and L < end:  # a window: doc_ids
+                doc_ids, kv_doc_ids = doc_ids[:, start : start + L], doc_ids  # cover the canvas
         y = attention(
             q, k, v, causal=causal, doc_ids=doc_ids, kv_doc_ids=kv_doc_ids, backend=backend
         ).reshape(B, L, D)
@@ -213,8 +213,8 @@ class Transformer(nn.Module):
     def new_cache(
         self, batch: int, device, dtype: torch.dtype, length: int | None = None
     ) -> KVCache:
-        """An empty cache of ``length`` positions (default: the context). A cache of fewer
-        positions than the context is an MDM canvas: bidirectional."""
+        """An empty cache of ``length`` positions (default: the context): left to right for an
+        ARM, bidirectional (the MDM's canvas, sampling/cache.py) for an MDM."""
         shape = (batch, length or self.cfg.seq_len, self.cfg.n_heads, self.cfg.head_dim)
         z = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks]
         return KVCache(k=z, v=[t.clone() for t in z], bidirectional=not self.causal)

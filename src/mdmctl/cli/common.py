@@ -225,6 +225,7 @@ def decoding_option(name: str) -> Any:
 
 
 def decoding_kwargs(
+    *,
     remasking: RemaskingName,
     block_length: int | None,
     threshold: float | None,

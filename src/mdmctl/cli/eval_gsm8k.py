@@ -145,7 +145,14 @@ def eval_gsm8k(
             device=device,
             attention=attention.value,
             **decoding_kwargs(
-                remasking, block_length, threshold, factor, top_k, top_p, min_length, cache
+                remasking=remasking,
+                block_length=block_length,
+                threshold=threshold,
+                factor=factor,
+                top_k=top_k,
+                top_p=top_p,
+                min_length=min_length,
+                cache=cache,
             ),
         )
         r = evaluate_gsm8k(

@@ -114,7 +114,14 @@ def eval_reverse_curse(
             device=device,
             attention=attention.value,
             **decoding_kwargs(
-                remasking, block_length, threshold, factor, top_k, top_p, min_length, cache
+                remasking=remasking,
+                block_length=block_length,
+                threshold=threshold,
+                factor=factor,
+                top_k=top_k,
+                top_p=top_p,
+                min_length=min_length,
+                cache=cache,
             ),
         )
         res = evaluate_reverse_curse(

@@ -111,7 +111,14 @@ def sample(
             attention=attention.value,
             stop_at_eos=stop_at_eos,
             **decoding_kwargs(
-                remasking, block_length, threshold, factor, top_k, top_p, min_length, cache
+                remasking=remasking,
+                block_length=block_length,
+                threshold=threshold,
+                factor=factor,
+                top_k=top_k,
+                top_p=top_p,
+                min_length=min_length,
+                cache=cache,
             ),
         )
         res = sample_from_checkpoint(scfg, log=_log)

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from mdmctl import checkpoint as ckpt
 from mdmctl.config import SMDM_SIZES, ModelConfig
 from mdmctl.errors import CheckpointError, CompatibilityError, ConfigError, TokenizerError
-from mdmctl.fileio import fsync_dir
+from mdmctl.fileio import fsync_dir, is_write_failure, write_failure
 from mdmctl.interop import files, hf, keys
 from mdmctl.tokenizer import TokenizerInfo, info_from_file, prepare, tokenizer_file
 
@@ -73,7 +73,7 @@ def export_hf(
     }
     special = hf.SpecialTokens.of(tok, info)
     step = int(step_dir.name.removeprefix(ckpt.STEP_PREFIX))
-    with _staged(out, overwrite) as tmp:
+    with _staged(out, overwrite, step_dir) as tmp:
         written = files.write_weights(tensors, tmp, max_bytes)
         conf = hf.config_json(cfg, special, dtype=dtype, step=step, tokenizer_sha256=info.sha256)
         files.write_json(tmp / "config.json", conf)
@@ -104,11 +104,13 @@ def import_model(
     t0 = time.perf_counter()
     if seq_len is not None and seq_len < 1:
         raise ConfigError(f"--seq-len: must be >= 1, got {seq_len}")
+    if not source.exists():
+        raise CheckpointError(f"{source}: not found")
     if source.is_dir():
         layout, tok_spec = "hf", tokenizer or str(source)
         cfg, state, step = _read_hf(source, objective, seq_len)
     else:
-        if tokenizer is None and source.suffix == ".safetensors":
+        if tokenizer is None and source.suffix not in _PICKLE:
             raise ConfigError(
                 f"{source}: SMDM weights carry no tokenizer; pass --tokenizer (SMDM uses "
                 "TinyLlama's Llama-2 tokenizer: a tokenizer.json, its folder, or the hub name "
@@ -123,7 +125,7 @@ def import_model(
         log(f"tokenizer had no {name!r}: added it as id {tok.token_to_id(name)}")
     state, cfg, grown = _fit_vocab(state, cfg, info, log)
     out = out or Path("runs") / f"import-{source.stem if source.is_file() else source.name}"
-    with tempfile.TemporaryDirectory() as scratch, _staged(out, overwrite) as tmp:
+    with tempfile.TemporaryDirectory() as scratch, _staged(out, overwrite, source) as tmp:
         if info.added:  # the tokenizer as mdmctl will use it, with the tokens it gained
             tok_path = Path(scratch) / "tokenizer.json"
             tok.save(str(tok_path))
@@ -167,6 +169,7 @@ def _read_smdm(path: Path, objective: str | None, n_heads: int | None, seq_len: 
         hint = " (an HF layout: import its folder)" if "model.embed_tokens.weight" in sm else ""
         raise CompatibilityError(f"{path}: no transformer.wte.weight, not an SMDM checkpoint{hint}")
     n_layers = keys.count_layers(sm, "transformer.h.")
+    keys.check_smdm(sm, n_layers)
     emb_rows, d = sm["transformer.wte.weight"].shape
     head_rows = sm["lm_head.weight"].shape[0]
     d_ff = sm["transformer.h.0.mlp.swiglu.w1.weight"].shape[0]
@@ -178,6 +181,8 @@ def _read_smdm(path: Path, objective: str | None, n_heads: int | None, seq_len: 
     if name != "custom" and n_heads not in (None, SMDM_SIZES[name][2]):
         raise ConfigError(f"--n-heads {n_heads}: SMDM's {name} has {SMDM_SIZES[name][2]} heads")
     heads = n_heads or SMDM_SIZES[name][2]
+    if d % heads or (d // heads) % 2:
+        raise ConfigError(f"--n-heads {heads}: must divide the width {d} into an even head size")
     # SMDM's MDM embeds one more token than it predicts: the mask, id = head rows (32000).
     found = "mdm" if emb_rows == head_rows + 1 else "arm" if emb_rows == head_rows else None
     if found is None:
@@ -228,24 +233,36 @@ def _save(tmp: Path, step: int, cfg, state, tok_path: Path, info: TokenizerInfo,
 
 
 @contextmanager
-def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
+def _staged(out: Path, overwrite: bool, source: Path) -> Iterator[Path]:
     """A fresh folder beside ``out``, renamed to ``out`` when the block succeeds (an existing
-    ``out`` is replaced only with ``overwrite``, and only then); removed when it fails."""
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out {out}: exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ``out`` is replaced only with ``overwrite``, and only then); removed when it fails, with
+    ``out`` as it was. Write failures are ``OutputError`` (exit 4)."""
+    _check_out(out, overwrite, source)
     tmp = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    old = out.with_name(f".old-{out.name}-{uuid.uuid4().hex[:8]}")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         yield tmp
         fsync_dir(tmp)
-        old = out.with_name(f".old-{out.name}-{uuid.uuid4().hex[:8]}")
         if out.exists():
             out.rename(old)
         tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)  # put the previous folder back
+        if is_write_failure(e):
+            raise write_failure(e, out) from None
         raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_out(out: Path, overwrite: bool, source: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out}: exists; pass --overwrite to replace it")
+    o, src = out.resolve(), source.resolve()
+    if o == src or o in src.parents:
+        raise ConfigError(f"--out {out}: holds the source {source}; choose another folder")

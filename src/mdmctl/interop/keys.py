@@ -95,12 +95,17 @@ def from_hf(hf: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
     return out
 
 
-def from_smdm(sm: dict[str, Tensor], n_layers: int, n_heads: int) -> dict[str, Tensor]:
-    """SMDM (lit_gpt) names -> mdmctl, unpacking the per-head fused QKV into [q; k; v]."""
+def check_smdm(sm: dict[str, Tensor], n_layers: int) -> None:
+    """Every SMDM name present for ``n_layers`` blocks, and nothing else."""
     want = [*SMDM_TOP.values()] + [
         f"transformer.h.{i}.{n}" for i in range(n_layers) for n in (SMDM_QKV, *SMDM_LAYER.values())
     ]
     _check_keys(sm, want, "SMDM")
+
+
+def from_smdm(sm: dict[str, Tensor], n_layers: int, n_heads: int) -> dict[str, Tensor]:
+    """SMDM (lit_gpt) names -> mdmctl, unpacking the per-head fused QKV into [q; k; v]."""
+    check_smdm(sm, n_layers)
     out = {a: sm[b] for a, b in SMDM_TOP.items()}
     for i in range(n_layers):
         ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."

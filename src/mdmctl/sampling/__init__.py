@@ -198,6 +198,9 @@ def encode_literal(tok, text: str) -> list[int]:
         tok.encode_special_tokens = False
 
 
+_STREAM = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct, well-spread seeds per batch
+
+
 def decoding(cfg: SampleConfig, eos_id: int):
     """The MDM sampler settings of a SampleConfig. With eos-truncated output a batch stops once
     every row has finished (exact for what is returned)."""
@@ -257,7 +260,6 @@ def generate(
                 f"prompt is {len(i)} tokens; model context is {mc.seq_len} "
                 f"(gen length {n}): shorten the prompt or --length"
             )
-    gen = torch.Generator().manual_seed(cfg.seed)
     mdm_fn = (
         (lambda x, d: model(x, doc_ids=d)) if cfg.cache == "none" else CachedMDM(model, cfg.cache)
     )
@@ -268,11 +270,16 @@ def generate(
     by_len: dict[int, list[int]] = {}  # a batch shares one canvas, so one generation length
     for i, n in enumerate(lengths):
         by_len.setdefault(n, []).append(i)
+    n_batches = 0
     for n_gen, members in sorted(by_len.items()):
         # Similar prompt lengths together: less padding (results do not depend on the batch).
         members = sorted(members, key=lambda i: len(ids[i]))
         for s in range(0, len(members), cfg.batch_size):
             rows = members[s : s + cfg.batch_size]
+            # Each batch draws from its own stream: stopping one early (eos) leaves the noise of
+            # the others as it was. The first batch's stream is the seed's.
+            gen = torch.Generator().manual_seed((cfg.seed + n_batches * _STREAM) % 2**63)
+            n_batches += 1
             chunk = [ids[r] for r in rows]
             if mc.objective == "mdm":
                 o = sample_mdm(

@@ -33,7 +33,7 @@ CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
 class CachedMDM:
     """``model(x, doc_ids) -> logits`` with a cache refreshed at each block's first step.
 
-    The sampler calls ``begin_block(start, end)`` (the block's canvas columns) before the block's
+    The sampler calls ``begin_block(own)`` (each row's columns of the block) before the block's
     steps. Logits outside the recomputed window are zeros: the sampler reads only the block."""
 
     def __init__(self, model: Transformer, mode: CacheMode) -> None:
@@ -56,8 +56,10 @@ class CachedMDM:
         start, end = self.window
         own = self.own if x.shape[0] == self.own.shape[0] else torch.cat([self.own, self.own])
         self.cache.length, self.cache.write = start, own[:, start:end]  # CFG: 2B rows
-        part = self.model(x[:, start:end], doc_ids=doc_ids, cache=self.cache)  # (B, end-start, V)
-        self.cache.write = None
+        try:
+            part = self.model(x[:, start:end], doc_ids=doc_ids, cache=self.cache)  # (B, w, V)
+        finally:
+            self.cache.write = None
         self.forwards_window += 1
         logits = part.new_zeros(*x.shape, part.shape[-1])
         logits[:, start:end] = part

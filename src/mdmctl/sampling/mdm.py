@@ -35,6 +35,7 @@ from typing import Literal
 
 import torch
 
+from mdmctl.errors import ConfigError
 from mdmctl.sampling.select import (
     filter_logits,
     gumbel_argmax,
@@ -129,7 +130,8 @@ def _canvas(prompts: list[list[int]], length: int, mask_id: int, pad_id: int, de
 
 
 def _spread(steps: int, n_blocks: int) -> list[int]:
-    """Steps per block, as even as possible (the first blocks take the remainder), at least 1."""
+    """Steps per block, as even as possible (the first blocks take the remainder); at least 1
+    (parallel decoding does not follow the schedule)."""
     return [max(1, steps // n_blocks + (i < steps % n_blocks)) for i in range(n_blocks)]
 
 
@@ -150,8 +152,14 @@ def sample_mdm(
     d = decoding or Decoding()
     c = _canvas(prompts, length, mask_id, pad_id, device)
     block = d.block_length or length
+    n_blocks = math.ceil(length / block)
+    if steps < n_blocks and not d.parallel:
+        raise ConfigError(
+            f"--steps {steps} is fewer than the {n_blocks} blocks of --block-length {block}: "
+            "each block needs at least one step"
+        )
     x, logits, nfe = c.x, None, 0
-    for j, block_steps in enumerate(_spread(steps, math.ceil(length / block))):
+    for j, block_steps in enumerate(_spread(steps, n_blocks)):
         in_block = c.gen_pos & (c.rel.div(block, rounding_mode="floor") == j)
         size = min(block, length - j * block)
         if hasattr(model, "begin_block"):  # a KV cache (sampling/cache.py): refill it
@@ -220,7 +228,9 @@ def _step(x, logits, masked, c: _Canvas, d: Decoding, size: int, t: float, s: fl
 
 def _ranks(score: torch.Tensor) -> torch.Tensor:
     """Rank of each position by descending score within its row. score (B, total)."""
-    order = score.argsort(dim=1, descending=True)
+    # Stable: ties (probability 1.0 in fp32 is common at temperature 0) go to the earlier position,
+    # whatever the canvas width or device.
+    order = score.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
     positions = torch.arange(score.shape[1], device=score.device).expand_as(order)
     return rank.scatter_(1, order, positions)
