@@ -7,7 +7,8 @@
 #
 # Defaults: ../shared/data/reversal_curse, 60, 20, SMDM's 6M size (6 layers, d 256). Writes
 # work/reverse_curse/ under the current directory and ends with a summary table
-# (work/reverse_curse/summary.md). Timing on 2 CPU cores: docs/results.md.
+# (work/reverse_curse/summary.md). About 79 minutes on 2 CPU cores (measured end to end;
+# docs/results.md).
 #
 # The recipe follows SMDM's sft/finetune_mdm_reverse.py: prompt + completion as one sequence,
 # the unconditional loss on all of it, global batch 64 in micro-batches of 16 drawn at random, each
