@@ -111,8 +111,9 @@ def _check_arm_options(c: SampleConfig) -> None:
     given += ["--remasking"] if c.remasking != "low-confidence" else []
     given += ["--cache"] if c.cache != "none" else []
     if given:
+        verb = "applies" if len(given) == 1 else "apply"
         raise ConfigError(
-            f"{', '.join(given)} apply to objective 'mdm'; checkpoint objective is 'arm'"
+            f"{', '.join(given)} {verb} to objective 'mdm'; checkpoint objective is 'arm'"
         )
 
 
