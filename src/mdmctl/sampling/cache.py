@@ -34,7 +34,8 @@ class CachedMDM:
     """``model(x, doc_ids) -> logits`` with a cache refreshed at each block's first step.
 
     The sampler calls ``begin_block(own)`` (each row's columns of the block) before the block's
-    steps. Logits outside the recomputed window are zeros: the sampler reads only the block."""
+    steps. Logits outside the recomputed window are the last refresh's: the sampler reads only the
+    block."""
 
     def __init__(self, model: Transformer, mode: CacheMode) -> None:
         self.model, self.mode = model, mode
@@ -61,9 +62,10 @@ class CachedMDM:
         finally:
             self.cache.write = None
         self.forwards_window += 1
-        logits = part.new_zeros(*x.shape, part.shape[-1])
-        logits[:, start:end] = part
-        return logits
+        # The refresh's logits buffer, updated in the window: no (B, L, V) allocation per step.
+        # Outside the window it holds the refresh's values, which the sampler does not read.
+        self.logits[:, start:end] = part
+        return self.logits
 
     def _full(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
         self.forwards_full += 1
@@ -74,4 +76,5 @@ class CachedMDM:
             self.cache = self.model.new_cache(B, x.device, self.model.tok_emb.weight.dtype, L)
         self.cache.length = 0
         self.refresh = False
-        return self.model(x, doc_ids=doc_ids, cache=self.cache)
+        self.logits = self.model(x, doc_ids=doc_ids, cache=self.cache)  # (B, L, V)
+        return self.logits
