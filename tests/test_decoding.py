@@ -66,6 +66,31 @@ def test_ragged_batch_equals_alone(mdm, name):
     assert torch.equal(batch[1], alone[0])
 
 
+@pytest.mark.parametrize(
+    "name", [n for n, d in VARIANTS.items() if d.temperature == 0 and d.remasking != "random"]
+)
+def test_rows_of_different_lengths_and_steps_share_one_canvas(mdm, name):
+    """Each row on its own schedule: the batch gives every row what it gets alone."""
+    prompts, lengths, steps = [[1, 2, 3, 4, 5, 6], [7, 8], [9]], [5, 12, 9], [5, 6, 3]
+    out = _run(mdm, prompts, VARIANTS[name], length=lengths, steps=steps)
+    assert out.tokens.shape == (3, 12) and out.lengths == lengths
+    for b, row in enumerate(out.rows()):
+        alone = _run(mdm, [prompts[b]], VARIANTS[name], length=lengths[b], steps=steps[b])
+        assert row == alone.tokens[0].tolist() and MASK not in row
+
+
+def test_cached_modes_with_rows_of_different_lengths(tiny_mdm):
+    from mdmctl.sampling.cache import CachedMDM
+
+    dec = Decoding(block_length=4, threshold=0.05)
+    prompts, lengths = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]], [12, 6]
+    for mode in ("prefix", "dual"):
+        out = _run(CachedMDM(tiny_mdm, mode), prompts, dec, length=lengths, steps=lengths)
+        for b, row in enumerate(out.rows()):
+            alone = _run(CachedMDM(tiny_mdm, mode), [prompts[b]], dec, lengths[b], lengths[b])
+            assert row == alone.tokens[0].tolist()
+
+
 @pytest.mark.parametrize("sampler", ["confidence", "ancestral"])
 def test_one_block_is_the_plain_sampler(mdm, sampler):
     """Token for token and forward for forward (the plain sampler was checked equal to mdmctl's
@@ -223,12 +248,17 @@ def test_cached_window_right_after_a_refresh_equals_the_full_forward(tiny_mdm, m
     own[0, 4:6], own[1, 2:4] = True, True
     cm = CachedMDM(tiny_mdm, mode)
     cm.begin_block(own)
-    full = cm(x, docs)
+    full = cm(x, docs).clone()  # the cache updates its logits buffer in place
     window = cm(x, docs)
-    a, b = cm.window
-    assert (cm.forwards_full, cm.forwards_window) == (1, 1) and a == 2
-    assert b == (8 if mode == "prefix" else 6)
-    torch.testing.assert_close(window[:, a:b], full[:, a:b], atol=1e-5, rtol=1e-5)
+    pos = cm.positions
+    assert (cm.forwards_full, cm.forwards_window) == (1, 1)
+    # Each row's own window (prefix: its block and what follows, as wide as the widest row's).
+    assert pos.tolist() == ([[2, 3, 4, 5, 6, 7]] * 2 if mode == "prefix" else [[4, 5], [2, 3]])
+    at = pos[:, :, None].expand(-1, -1, full.shape[-1])
+    assert not torch.equal(window.gather(1, at), torch.zeros_like(window.gather(1, at)))
+    torch.testing.assert_close(window.gather(1, at), full.gather(1, at), atol=1e-5, rtol=1e-5)
+    cm.logits.zero_()  # the window's logits come from the window's forward, not the buffer
+    torch.testing.assert_close(cm(x, docs).gather(1, at), full.gather(1, at), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
@@ -253,12 +283,22 @@ def test_bench_sample_runs_every_setting(ckpts):
     if not data.is_dir():
         pytest.skip(f"{data} is absent (the reversal-curse files)")
     rows = bench_sample(mdm=str(ckpts["mdm"]), arm=str(ckpts["arm"]), data_dir=str(data),
-                        batch_size=4, latency_prompts=2, limit=3, device="cpu")  # fmt: skip
+                        batch_size=4, latency_prompts=2, limit=3, repeats=2, device="cpu")  # fmt: skip
     assert [r.setting for r in rows] == [*MDM_SETTINGS, "ARM, KV cache"]
     naive = rows[0]
     assert naive.agreement == 1.0 and naive.speedup == 1.0 and naive.nfe_per_prompt >= 8
     assert all(r.prompts_per_s > 0 and 0 <= r.accuracy <= 1 for r in rows)
     assert rows[1].agreement == 1.0  # the eos stop changes no returned token
+    assert (naive.delta, naive.delta_stderr) == (0.0, 0.0)
+    assert rows[1].delta == 0.0 and all(-1 <= r.delta <= 1 for r in rows)
+
+
+def test_paired_difference():
+    from mdmctl.evaluation.generation import paired_difference
+
+    # Differences 0, 1, 0, 0: mean 0.25, sample variance 0.25, s.e. sqrt(0.25 / 4).
+    assert paired_difference([1, 1, 0, 0], [1, 0, 0, 0]) == (0.25, 0.25)
+    assert paired_difference([1, 0, 1], [1, 0, 1]) == (0.0, 0.0)
 
 
 def test_steps_fewer_than_blocks_is_an_error(mdm):

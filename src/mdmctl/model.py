@@ -62,8 +62,8 @@ class KVCache:
 
     ARM (left to right): a forward of L tokens writes positions [length, length + L), attends to
     [0, length + L) causally and advances ``length``. ``bidirectional`` (MDM block decoding,
-    sampling/cache.py): the same write, but the queries attend to every cached position; the
-    caller sets ``length`` to the window's start before each forward."""
+    sampling/cache.py): a forward from ``length`` 0 fills the whole canvas; a forward with
+    ``positions`` runs each row's own window and its queries attend to every cached position."""
 
     k: list[torch.Tensor] = field(default_factory=list)
     v: list[torch.Tensor] = field(default_factory=list)
@@ -72,6 +72,8 @@ class KVCache:
     write: torch.Tensor | None = None
     """(B, L) bool: write only these positions of the next forward (the rest keep their cached
     keys and values), so each row of a batch refreshes only its own block."""
+    positions: torch.Tensor | None = None
+    """(B, L) the canvas position of each token of the next forward, per row (MDM windows)."""
 
 
 class Block(nn.Module):
@@ -106,18 +108,24 @@ class Block(nn.Module):
         q, k, v = (t.view(B, L, self.n_heads, self.head_dim) for t in (q, k, v))  # (B, L, H, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         kv_doc_ids = None
-        if cache is not None:
-            start = cache.length
+        if cache is not None and cache.positions is not None:  # per-row windows of the canvas
+            pos = cache.positions  # (B, L)
+            at = pos[:, :, None, None].expand(B, L, self.n_heads, self.head_dim)
             if cache.write is not None:
                 keep = ~cache.write[:, :, None, None]  # (B, L, 1, 1)
-                k = torch.where(keep, cache.k[layer][:, start : start + L], k)
-                v = torch.where(keep, cache.v[layer][:, start : start + L], v)
+                k = torch.where(keep, cache.k[layer].gather(1, at), k)
+                v = torch.where(keep, cache.v[layer].gather(1, at), v)
+            cache.k[layer].scatter_(1, at, k)
+            cache.v[layer].scatter_(1, at, v)
+            k, v = cache.k[layer], cache.v[layer]
+            if doc_ids is not None:  # doc_ids cover the canvas: the queries' are gathered
+                doc_ids, kv_doc_ids = doc_ids.gather(1, pos), doc_ids
+        elif cache is not None:
+            start = cache.length
             cache.k[layer][:, start : start + L] = k
             cache.v[layer][:, start : start + L] = v
             end = cache.k[layer].shape[1] if cache.bidirectional else start + L
             k, v = cache.k[layer][:, :end], cache.v[layer][:, :end]
-            if cache.bidirectional and doc_ids is not None and L < end:  # a window: doc_ids
-                doc_ids, kv_doc_ids = doc_ids[:, start : start + L], doc_ids  # cover the canvas
         y = attention(
             q, k, v, causal=causal, doc_ids=doc_ids, kv_doc_ids=kv_doc_ids, backend=backend
         ).reshape(B, L, D)
@@ -172,13 +180,15 @@ class Transformer(nn.Module):
         ``select`` (B, L) bool: return logits only at those positions, (N, V) in row-major order.
         Scoring needs a few positions of long rows; the head is skipped everywhere else."""
         B, L = idx.shape
-        start = cache.length if cache is not None else 0
+        windows = cache is not None and cache.positions is not None
+        start = cache.length if cache is not None and not windows else 0
         if start + L > self.cfg.seq_len:
             raise ValueError(f"sequence of {start + L} tokens exceeds seq_len={self.cfg.seq_len}")
-        cos, sin = (
-            self.rope_cos[start : start + L],
-            self.rope_sin[start : start + L],
-        )  # (L, H, Dh/2)
+        if windows:  # positions within the cached canvas, which fits the context
+            cos, sin = self.rope_cos[cache.positions], self.rope_sin[cache.positions]
+        else:
+            cos, sin = self.rope_cos[start : start + L], self.rope_sin[start : start + L]
+        # cos, sin: (L, H, Dh/2), or per row (B, L, H, Dh/2)
         x = self.tok_emb(idx)  # (B, L, D)
         last = len(self.blocks) - 1
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
@@ -202,7 +212,7 @@ class Transformer(nn.Module):
             else:
                 x = block(x, cos, sin, **kwargs)
             # x: (B, L, D); after the last block with select: (N, D)
-        if cache is not None:
+        if cache is not None and not windows:
             cache.length += L
         logits = self.head(self.norm(x)).float()  # (B, L, V) or (N, V); fp32 for log-softmax
         if self.cfg.objective == "mdm":

@@ -35,6 +35,13 @@ def bench_sample_cmd(
     cfg: float = typer.Option(
         0.0, "--cfg", min=0, help="MDM unsupervised CFG for every setting.", callback=_finite
     ),
+    repeats: int = typer.Option(
+        1,
+        "--repeats",
+        min=1,
+        help="Time every setting this many times (in rounds over the settings) and keep the "
+        "fastest: steadier ratios on a shared machine.",
+    ),
     device: str = device_option(),
     json_out: bool = json_option("Print the rows as JSON on stdout."),
 ) -> None:
@@ -48,18 +55,19 @@ def bench_sample_cmd(
 
         rows = bench_sample(mdm=str(mdm), arm=str(arm) if arm else None, data_dir=str(data_dir),
                             batch_size=batch_size, latency_prompts=latency_prompts, limit=limit,
-                            cfg=cfg, device=device, log=_log)  # fmt: skip
+                            cfg=cfg, repeats=repeats, device=device, log=_log)  # fmt: skip
         if json_out:
             print(json.dumps(as_dicts(rows), indent=1))
             return
         t = Table(title=f"sampling on reversal-curse p2d_same + d2p_same (batch {batch_size})")
         for col in ("setting", "prompts/s", "x naive", "tokens/s", "NFE/answer",
-                    "latency s", "x naive", "accuracy", "same as naive"):  # fmt: skip
+                    "latency s", "x naive", "accuracy", "vs naive", "same as naive"):  # fmt: skip
             t.add_column(col)
         for r in rows:
             same = "" if r.agreement is None else f"{r.agreement:.3f}"
             acc = f"{r.accuracy:.3f} ± {r.stderr:.3f}"
+            delta = f"{r.delta:+.3f} ± {r.delta_stderr:.3f}"
             t.add_row(r.setting, f"{r.prompts_per_s:.1f}", f"{r.speedup:.2f}",
                       f"{r.tokens_per_s:.0f}", f"{r.nfe_per_prompt:.1f}", f"{r.latency_s:.4f}",
-                      f"{r.latency_speedup:.2f}", acc, same)  # fmt: skip
+                      f"{r.latency_speedup:.2f}", acc, delta, same)  # fmt: skip
         results_console().print(t)

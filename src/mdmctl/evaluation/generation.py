@@ -19,6 +19,18 @@ def binomial_stderr(correct: int, n: int) -> float:
     return math.sqrt(p * (1 - p) / (n - 1))
 
 
+def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float]:
+    """Accuracy of ``a`` minus that of ``b`` on the same items, and its paired standard error
+    (of the per-item differences): far tighter than two independent errors when both agree on
+    most items."""
+    n = len(a)
+    d = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n)
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """JSON objects of a jsonl file, each with its line number in ``_line``."""
     from mdmctl.data.readers import read_lines

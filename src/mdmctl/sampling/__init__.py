@@ -203,24 +203,14 @@ _STREAM = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct, well-spread seeds
 
 
 def decoding(cfg: SampleConfig, eos_id: int):
-    """The MDM sampler settings of a SampleConfig. With eos-truncated output a batch stops once
-    every row has finished (exact for what is returned)."""
+    """The MDM sampler settings of a SampleConfig (its fields of the same names). With
+    eos-truncated output a batch stops once every row has finished (exact for what is returned)."""
+    from dataclasses import fields
+
     from mdmctl.sampling.mdm import Decoding
 
-    return Decoding(
-        sampler=cfg.sampler,
-        temperature=cfg.temperature,
-        cfg=cfg.cfg,
-        remasking=cfg.remasking,  # type: ignore[arg-type]
-        block_length=cfg.block_length,
-        threshold=cfg.threshold,
-        factor=cfg.factor,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        min_length=cfg.min_length,
-        eos_id=eos_id,
-        stop_at_eos=cfg.stop_at_eos,
-    )
+    same = {f.name: getattr(cfg, f.name) for f in fields(Decoding) if hasattr(cfg, f.name)}
+    return Decoding(**same, eos_id=eos_id)
 
 
 def generate(
@@ -266,54 +256,46 @@ def generate(
     )
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]
-    nfe = 0
-    done = 0
-    by_len: dict[int, list[int]] = {}  # a batch shares one canvas, so one generation length
-    for i, n in enumerate(lengths):
-        by_len.setdefault(n, []).append(i)
-    n_batches = 0
-    for n_gen, members in sorted(by_len.items()):
-        # Similar prompt lengths together: less padding (results do not depend on the batch).
-        members = sorted(members, key=lambda i: len(ids[i]))
-        for s in range(0, len(members), cfg.batch_size):
-            rows = members[s : s + cfg.batch_size]
-            # Each batch draws from its own stream: stopping one early (eos) leaves the noise of
-            # the others as it was. The first batch's stream is the seed's.
-            gen = torch.Generator().manual_seed((cfg.seed + n_batches * _STREAM) % 2**63)
-            n_batches += 1
-            chunk = [ids[r] for r in rows]
-            if mc.objective == "mdm":
-                o = sample_mdm(
-                    mdm_fn,
-                    chunk,
-                    length=n_gen,
-                    steps=cfg.steps or n_gen,
-                    mask_id=mc.mask_id,
-                    pad_id=info.pad_id,
-                    generator=gen,
-                    decoding=decoding(cfg, info.eos_id),
-                    device=device,
-                )
-                got, n = o.tokens.tolist(), o.nfe
-            else:
-                got, n = sample_arm(
-                    model,
-                    chunk,
-                    length=n_gen,
-                    eos_id=info.eos_id,
-                    generator=gen,
-                    temperature=cfg.temperature,
-                    device=device,
-                    stop_at_eos=cfg.stop_at_eos,
-                    top_k=cfg.top_k,
-                    top_p=cfg.top_p,
-                    min_length=cfg.min_length,
-                )
-            for r, t in zip(rows, got, strict=True):
-                out_ids[r] = t
-            nfe += n
-            done += len(rows)
-            report("generating", done, len(ids))
+    nfe = done = n_batches = 0
+    for rows in _batches(ids, lengths, cfg.batch_size, mc.objective):
+        # Each batch draws from its own stream: stopping one early (eos) leaves the noise of the
+        # others as it was. The first batch's stream is the seed's.
+        gen = torch.Generator().manual_seed((cfg.seed + n_batches * _STREAM) % 2**63)
+        n_batches += 1
+        chunk = [ids[r] for r in rows]
+        n_gen = [lengths[r] for r in rows]
+        if mc.objective == "mdm":
+            o = sample_mdm(
+                mdm_fn,
+                chunk,
+                length=n_gen,
+                steps=[cfg.steps or n for n in n_gen],
+                mask_id=mc.mask_id,
+                pad_id=info.pad_id,
+                generator=gen,
+                decoding=decoding(cfg, info.eos_id),
+                device=device,
+            )
+            got, n = o.rows(), o.nfe
+        else:
+            got, n = sample_arm(
+                model,
+                chunk,
+                length=n_gen[0],  # an ARM batch shares its length
+                eos_id=info.eos_id,
+                generator=gen,
+                temperature=cfg.temperature,
+                device=device,
+                stop_at_eos=cfg.stop_at_eos,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                min_length=cfg.min_length,
+            )
+        for r, t in zip(rows, got, strict=True):
+            out_ids[r] = t
+        nfe += n
+        done += len(rows)
+        report("generating", done, len(ids))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -323,6 +305,24 @@ def generate(
         out_ids = [o[: o.index(info.eos_id)] if info.eos_id in o else o for o in out_ids]
     texts = [tok.decode(o, skip_special_tokens=True) for o in out_ids]
     return Generation(out_ids, texts, nfe, seconds, generated, stopped)
+
+
+def _batches(ids: list[list[int]], lengths: list[int], size: int, objective: str):
+    """Rows of each generation batch. An MDM canvas holds rows of any generation length (the
+    shorter right-padded, the padding its own attention segment), so rows of similar canvas width
+    go together; an ARM batch shares one generation length. At temperature 0 (random remasking
+    aside) a row's result does not depend on its batch."""
+    if objective == "mdm":
+        groups = [sorted(range(len(ids)), key=lambda i: (len(ids[i]) + lengths[i], len(ids[i])))]
+    else:
+        by_len: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            by_len.setdefault(n, []).append(i)
+        # Similar prompt lengths together: less padding.
+        groups = [sorted(m, key=lambda i: len(ids[i])) for _, m in sorted(by_len.items())]
+    for members in groups:
+        for s in range(0, len(members), size):
+            yield members[s : s + size]
 
 
 def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:

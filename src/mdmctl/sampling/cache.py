@@ -13,9 +13,11 @@ approximation, never exact, and ``none`` (recompute the whole canvas every step)
   new tokens.
 
 With a CFG scale the conditional and unconditional rows share one cache of 2B rows. Rows start
-their generation at their own prompt length, so the window run is the union of the rows' blocks;
-each row writes fresh keys and values only for its own block (prefix: its block and what follows)
-and keeps the cached ones elsewhere, so a row's sample does not depend on its batch neighbours.
+their generation at their own prompt length, so each row runs its own window: its block (prefix:
+its block and what follows), gathered into one (B, w) batch with per-row positions (w, the widest
+row's window; a narrower row's window is moved left to fit the canvas). Each row writes fresh
+keys and values only for its own block and keeps the cached ones elsewhere, so a row's sample
+does not depend on its batch neighbours.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class CachedMDM:
     def __init__(self, model: Transformer, mode: CacheMode) -> None:
         self.model, self.mode = model, mode
         self.cache: KVCache | None = None
-        self.window: tuple[int, int] | None = None
+        self.positions: torch.Tensor | None = None  # (B, w) each row's window
         self.refresh = True  # the next call runs the whole canvas and refills the cache
         self.forwards_full = self.forwards_window = 0
 
@@ -48,23 +50,29 @@ class CachedMDM:
         """``own`` (B, L) bool: each row's columns of the block about to be decoded."""
         if self.mode == "prefix":  # a row's block and everything after it run fresh
             own = own.long().cummax(dim=1).values.bool()
-        cols = own.any(0).nonzero().flatten()
-        self.own, self.window, self.refresh = own, (int(cols[0]), int(cols[-1]) + 1), True
+        L = own.shape[1]
+        first = own.long().argmax(1)  # (B,) 0 for a row without a block
+        last = torch.where(own.any(1), L - 1 - own.flip(1).long().argmax(1), 0)
+        width = int((last - first + 1).clamp(min=1).max())
+        start = first.clamp(max=L - width)  # (B,)
+        self.own, self.refresh = own, True
+        self.positions = start[:, None] + torch.arange(width, device=own.device)  # (B, w)
 
     def __call__(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
-        if self.mode == "none" or self.window is None or self.refresh:
+        if self.mode == "none" or self.positions is None or self.refresh:
             return self._full(x, doc_ids)
-        start, end = self.window
-        own = self.own if x.shape[0] == self.own.shape[0] else torch.cat([self.own, self.own])
-        self.cache.length, self.cache.write = start, own[:, start:end]  # CFG: 2B rows
+        pos, own = self.positions, self.own
+        if x.shape[0] != pos.shape[0]:  # CFG: the unconditional rows follow the conditional
+            pos, own = torch.cat([pos, pos]), torch.cat([own, own])
+        self.cache.positions, self.cache.write = pos, own.gather(1, pos)
         try:
-            part = self.model(x[:, start:end], doc_ids=doc_ids, cache=self.cache)  # (B, w, V)
+            part = self.model(x.gather(1, pos), doc_ids=doc_ids, cache=self.cache)  # (B, w, V)
         finally:
-            self.cache.write = None
+            self.cache.positions = self.cache.write = None
         self.forwards_window += 1
-        # The refresh's logits buffer, updated in the window: no (B, L, V) allocation per step.
-        # Outside the window it holds the refresh's values, which the sampler does not read.
-        self.logits[:, start:end] = part
+        # The refresh's logits buffer, updated in each row's window: no (B, L, V) allocation per
+        # step. Elsewhere it holds the refresh's values, which the sampler does not read.
+        self.logits.scatter_(1, pos[:, :, None].expand_as(part), part)
         return self.logits
 
     def _full(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:

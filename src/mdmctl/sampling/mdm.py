@@ -28,7 +28,6 @@ token changed reuses the previous logits (MDLM's cache) without a forward pass.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -53,8 +52,13 @@ ModelFn = Callable[
 
 @dataclass
 class MDMSampleOutput:
-    tokens: torch.Tensor  # (B, length) generated ids
+    tokens: torch.Tensor  # (B, max length) generated ids; a shorter row is right-padded
     nfe: int  # forward passes (a CFG step counts one batched pass)
+    lengths: list[int]  # each row's generation length
+
+    def rows(self) -> list[list[int]]:
+        """Each row's generated ids, without the padding of shorter rows."""
+        return [t[:n] for t, n in zip(self.tokens.tolist(), self.lengths, strict=True)]
 
 
 def cfg_logits(
@@ -109,24 +113,29 @@ class _Canvas:
     prompt_mask: torch.Tensor  # (B, total)
     gen_pos: torch.Tensor  # (B, total) the generated slots
     rel: torch.Tensor  # (B, total) position relative to the row's first generated slot
+    length: torch.Tensor  # (B,) each row's generation length
 
 
-def _canvas(prompts: list[list[int]], length: int, mask_id: int, pad_id: int, device) -> _Canvas:
+def _canvas(
+    prompts: list[list[int]], lengths: list[int], mask_id: int, pad_id: int, device
+) -> _Canvas:
     B = len(prompts)
     plens = torch.tensor([len(p) for p in prompts])
-    total = int(plens.max()) + length
+    glens = torch.tensor(lengths)
+    total = int((plens + glens).max())
     x = torch.full((B, total), pad_id, dtype=torch.long)
-    for b, p in enumerate(prompts):
+    for b, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
         x[b, : len(p)] = torch.tensor(p, dtype=torch.long)
-        x[b, len(p) : len(p) + length] = mask_id
+        x[b, len(p) : len(p) + n] = mask_id
     pos = torch.arange(total)
     rel = pos[None, :] - plens[:, None]
-    gen_pos = (rel >= 0) & (rel < length)
-    real = rel < length
+    gen_pos = (rel >= 0) & (rel < glens[:, None])
+    real = rel < glens[:, None]
     # Padding is its own attention segment. Without padding no mask is built at all, which keeps
     # the attention kernel on its fast maskless path.
     doc_ids = (~real).long().to(device) if bool((~real).any()) else None
-    return _Canvas(x.to(device), doc_ids, (rel < 0).to(device), gen_pos.to(device), rel.to(device))
+    return _Canvas(x.to(device), doc_ids, (rel < 0).to(device), gen_pos.to(device),
+                   rel.to(device), glens.to(device))  # fmt: skip
 
 
 def _spread(steps: int, n_blocks: int) -> list[int]:
@@ -135,37 +144,67 @@ def _spread(steps: int, n_blocks: int) -> list[int]:
     return [max(1, steps // n_blocks + (i < steps % n_blocks)) for i in range(n_blocks)]
 
 
+@dataclass
+class _Blocks:
+    """Each row's blocks: rows of different lengths (or steps) share one canvas, each on its own
+    schedule. All (B,) tensors."""
+
+    size: torch.Tensor  # block length (the whole generation without blocks)
+    count: torch.Tensor  # number of blocks
+    steps: torch.Tensor  # denoising steps over all blocks
+
+    def step_counts(self, j: int) -> torch.Tensor:
+        """(B,) steps of block ``j`` as ``_spread`` gives them; 0 for a row with fewer blocks."""
+        spread = (self.steps // self.count + (j < self.steps % self.count)).clamp(min=1)
+        return torch.where(j < self.count, spread, 0)
+
+    def sizes(self, j: int, length: torch.Tensor) -> torch.Tensor:
+        """(B,) tokens in block ``j`` (the last block may be short; 0 past a row's last)."""
+        return (length - j * self.size).clamp(min=0).minimum(self.size)
+
+
+def _blocks(c: _Canvas, steps: list[int], d: Decoding) -> _Blocks:
+    size = torch.full_like(c.length, d.block_length) if d.block_length else c.length.clone()
+    count = (c.length + size - 1) // size
+    st = torch.tensor(steps, device=c.length.device)
+    short = (st < count) & (not d.parallel)
+    if bool(short.any()):
+        b = int(short.nonzero()[0])
+        raise ConfigError(
+            f"--steps {int(st[b])} is fewer than the {int(count[b])} blocks of --block-length "
+            f"{int(size[b])}: each block needs at least one step"
+        )
+    return _Blocks(size, count, st)
+
+
 @torch.no_grad()
 def sample_mdm(
     model: ModelFn,
     prompts: list[list[int]],
     *,
-    length: int,
-    steps: int,
+    length: int | list[int],
+    steps: int | list[int],
     mask_id: int,
     pad_id: int,
     generator: torch.Generator,
     decoding: Decoding | None = None,
     device: torch.device | str = "cpu",
 ) -> MDMSampleOutput:
-    """Generate ``length`` tokens after each prompt; returns the generated ids and the NFE."""
+    """Generate ``length`` tokens after each prompt in ``steps`` steps (each optionally per row:
+    one canvas holds rows of any length, the shorter right-padded); returns the generated ids and
+    the NFE."""
     d = decoding or Decoding()
-    c = _canvas(prompts, length, mask_id, pad_id, device)
-    block = d.block_length or length
-    n_blocks = math.ceil(length / block)
-    if steps < n_blocks and not d.parallel:
-        raise ConfigError(
-            f"--steps {steps} is fewer than the {n_blocks} blocks of --block-length {block}: "
-            "each block needs at least one step"
-        )
+    lengths = length if isinstance(length, list) else [length] * len(prompts)
+    c = _canvas(prompts, lengths, mask_id, pad_id, device)
+    blk = _blocks(c, steps if isinstance(steps, list) else [steps] * len(prompts), d)
     x, logits, nfe = c.x, None, 0
-    for j, block_steps in enumerate(_spread(steps, n_blocks)):
-        in_block = c.gen_pos & (c.rel.div(block, rounding_mode="floor") == j)
-        size = min(block, length - j * block)
+    for j in range(int(blk.count.max())):
+        in_block = c.gen_pos & (c.rel.div(blk.size[:, None], rounding_mode="floor") == j)
+        size, block_steps = blk.sizes(j, c.length), blk.step_counts(j)  # (B,), (B,)
         if hasattr(model, "begin_block"):  # a KV cache (sampling/cache.py): refill it
             model.begin_block(in_block)
             logits = None
-        for k in range(size if d.parallel else block_steps):
+        for k in range(int((size if d.parallel else block_steps).max())):
             masked = (x == mask_id) & in_block  # pads and prompt are never mask_id
             if not bool(masked.any()):
                 break
@@ -174,17 +213,27 @@ def sample_mdm(
             if logits is None:
                 logits = cfg_logits(model, x, c.doc_ids, c.prompt_mask, mask_id, d.cfg)
                 nfe += 1
-            t, s = 1.0 - k / block_steps, 1.0 - (k + 1) / block_steps
-            x, changed = _step(x, logits, masked, c, d, size, t, s, generator)
+            x, changed = _step(x, logits, masked, c, d, size, _times(k, block_steps), generator)
             if changed:
                 logits = None  # otherwise the same canvas: reuse the logits, no forward pass
     return _output(x, c, nfe)
 
 
+def _times(k: int, block_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``k``'s (t, s) per row, t -> s on the block's grid from 1 to 0 (float64, as Python's
+    floats were); s = 0 for a row whose block has no step ``k`` (nothing of it is left masked)."""
+    n = block_steps.clamp(min=1).double()
+    k = torch.full_like(n, k)  # tensor / tensor: ``k / n`` would multiply by 1 / n and round twice
+    return (1.0 - k / n).clamp(min=0.0), (1.0 - (k + 1) / n).clamp(min=0.0)
+
+
 def _output(x: torch.Tensor, c: _Canvas, nfe: int) -> MDMSampleOutput:
     # A schedule with steps < 1 per token never leaves masks: the last step reveals all.
-    out = torch.stack([x[b, c.gen_pos[b]] for b in range(x.shape[0])])  # (B, length)
-    return MDMSampleOutput(out.cpu(), nfe)
+    lengths = c.length.tolist()
+    out = torch.zeros(x.shape[0], max(lengths), dtype=x.dtype, device=x.device)  # (B, max length)
+    for b, n in enumerate(lengths):
+        out[b, :n] = x[b, c.gen_pos[b]]
+    return MDMSampleOutput(out.cpu(), nfe, lengths)
 
 
 def _finished(x: torch.Tensor, c: _Canvas, mask_id: int, eos_id: int) -> bool:
@@ -194,8 +243,10 @@ def _finished(x: torch.Tensor, c: _Canvas, mask_id: int, eos_id: int) -> bool:
     return not bool(((x == mask_id) & (c.rel < first_eos[:, None])).any())
 
 
-def _step(x, logits, masked, c: _Canvas, d: Decoding, size: int, t: float, s: float, generator):
-    """Reveal this step's tokens among ``masked`` (B, total); returns (new x, anything revealed)."""
+def _step(x, logits, masked, c: _Canvas, d: Decoding, size, times, generator):
+    """Reveal this step's tokens among ``masked`` (B, total); ``size`` (B,) each row's block
+    length, ``times`` its (t, s) (B,). Returns (new x, anything revealed)."""
+    t, s = times
     idx = masked.nonzero(as_tuple=True)
     lg = logits[idx]  # (N, V), a copy: masked positions only
     if d.min_length and d.eos_id >= 0:
@@ -203,11 +254,13 @@ def _step(x, logits, masked, c: _Canvas, d: Decoding, size: int, t: float, s: fl
     lg = filter_logits(lg, d.top_k, d.top_p)
     cand = gumbel_argmax(lg, d.temperature, generator)  # (N,) candidates at masked slots
     if d.sampler == "ancestral":
-        if s <= 0:
-            reveal = torch.ones_like(cand, dtype=torch.bool)
-        else:
+        last = (s <= 0)[idx[0]]  # (N,) a row's last step reveals all it has left
+        if bool(last.all()):
+            reveal = last
+        else:  # each masked token with probability (t - s) / t
+            p = ((t - s) / t.clamp(min=1e-12)).float()[idx[0]]  # fp32, as a Python float compared
             u = torch.rand(cand.shape, generator=generator, device=generator.device)
-            reveal = u.to(cand.device) < (t - s) / t
+            reveal = last | (u.to(cand.device) < p)
     else:
         score = torch.full(x.shape, float("-inf"), device=x.device)
         score[idx] = remask_score(lg, cand, d.remasking, generator)
@@ -217,8 +270,9 @@ def _step(x, logits, masked, c: _Canvas, d: Decoding, size: int, t: float, s: fl
             prob[idx] = token_confidence(lg, cand)
             chosen = _parallel(prob, rank, masked, d)
         else:
-            # Remaining after this step follows the block's schedule: round(size · s) masked.
-            n_reveal = (masked.sum(1) - round(size * s)).clamp(min=0)  # (B,)
+            # Remaining after this step follows the block's schedule: round(size · s) masked
+            # (half to even, as Python's round).
+            n_reveal = (masked.sum(1) - (size * s).round().long()).clamp(min=0)  # (B,)
             chosen = rank < n_reveal[:, None]
         reveal = (chosen & masked)[idx]
     new = x.clone()
