@@ -10,7 +10,7 @@ from mdmctl.config import ModelConfig
 from mdmctl.errors import ConfigError
 from mdmctl.model import Transformer
 from mdmctl.sampling import SampleConfig
-from mdmctl.sampling.mdm import Decoding, _parallel, _spread, sample_mdm
+from mdmctl.sampling.mdm import Decoding, _parallel, _spread, cfg_logits, sample_mdm
 from mdmctl.sampling.select import filter_logits, remask_score
 
 MASK, PAD, EOS = 96, 95, 0
@@ -187,6 +187,43 @@ def test_eos_rules():
     assert EOS not in late.tokens[0, :6].tolist() and EOS in late.tokens[0, 6:].tolist()
 
 
+def test_finished_rows_leave_the_batch():
+    model, seen = _eos_model(first_eos=4), []
+
+    def spy(x, d):
+        seen.append(x.shape[0])
+        return model(x, d)
+
+    # Row 1 starts generating past position 4: its first reveal is eos, and it is done.
+    prompts, dec = [[1], [1, 2, 3, 4, 5, 6, 7]], Decoding(eos_id=EOS, stop_at_eos=True)
+    out = _run(spy, prompts, dec, length=12, steps=12)
+    assert seen[0] == 2 and seen[1:] == [1] * (len(seen) - 1) and len(seen) > 1
+    for b, p in enumerate(prompts):
+        assert (
+            out.tokens[b].tolist() == _run(model, [p], dec, length=12, steps=12).tokens[0].tolist()
+        )
+    seen.clear()  # sampling: the batch stays whole, so every row draws what it drew before
+    _run(spy, prompts, Decoding(eos_id=EOS, stop_at_eos=True, temperature=1.0), length=12, steps=12)
+    assert set(seen) == {2}
+
+
+@pytest.mark.parametrize("cfg", [0.0, 0.5])  # CFG: the cache holds the unconditional rows too
+def test_cache_take_keeps_the_rows_it_is_given(tiny_mdm, cfg):
+    from mdmctl.sampling.cache import CachedMDM
+
+    x = torch.tensor([[1, 2, 3, 9, MASK, MASK, MASK, MASK], [4, 7, MASK, MASK, MASK, MASK, 5, 6]])
+    own = torch.zeros_like(x, dtype=torch.bool)
+    own[0, 4:6], own[1, 2:4] = True, True
+    prompt = torch.arange(8).expand(2, 8) < 2  # (B, L)
+    cm = CachedMDM(tiny_mdm, "dual")
+    cm.begin_block(own)
+    cfg_logits(cm, x, None, prompt, MASK, cfg)  # the refresh
+    both = cfg_logits(cm, x, None, prompt, MASK, cfg)  # a window
+    cm.take(torch.tensor([False, True]))
+    one = cfg_logits(cm, x[1:], None, prompt[1:], MASK, cfg)
+    torch.testing.assert_close(one[0, 2:4], both[1, 2:4])
+
+
 def test_sample_config_rules():
     for kw, match in [
         (dict(remasking="lowest"), "--remasking"),
@@ -283,7 +320,8 @@ def test_bench_sample_runs_every_setting(ckpts):
     if not data.is_dir():
         pytest.skip(f"{data} is absent (the reversal-curse files)")
     rows = bench_sample(mdm=str(ckpts["mdm"]), arm=str(ckpts["arm"]), data_dir=str(data),
-                        batch_size=4, latency_prompts=2, limit=3, repeats=2, device="cpu")  # fmt: skip
+                        batch_size=4, latency_prompts=2, limit=3, repeats=2,
+                        device="cpu")  # fmt: skip
     assert [r.setting for r in rows] == [*MDM_SETTINGS, "ARM, KV cache"]
     naive = rows[0]
     assert naive.agreement == 1.0 and naive.speedup == 1.0 and naive.nfe_per_prompt >= 8

@@ -75,6 +75,16 @@ class CachedMDM:
         self.logits.scatter_(1, pos[:, :, None].expand_as(part), part)
         return self.logits
 
+    def take(self, keep: torch.Tensor) -> None:
+        """Keep only the rows where ``keep`` (B,) is true (finished rows leave the batch)."""
+        self.own, self.positions = self.own[keep], self.positions[keep]
+        if self.cache is None:
+            return
+        rows = keep if self.cache.k[0].shape[0] == keep.shape[0] else torch.cat([keep, keep])
+        self.cache.k = [t[rows] for t in self.cache.k]
+        self.cache.v = [t[rows] for t in self.cache.v]
+        self.logits = self.logits[rows]
+
     def _full(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
         self.forwards_full += 1
         if self.mode == "none":

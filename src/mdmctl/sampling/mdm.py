@@ -115,6 +115,10 @@ class _Canvas:
     rel: torch.Tensor  # (B, total) position relative to the row's first generated slot
     length: torch.Tensor  # (B,) each row's generation length
 
+    def take(self, keep: torch.Tensor) -> _Canvas:
+        """The rows where ``keep`` (B,) is true."""
+        return _Canvas(*(None if t is None else t[keep] for t in vars(self).values()))
+
 
 def _canvas(
     prompts: list[list[int]], lengths: list[int], mask_id: int, pad_id: int, device
@@ -162,6 +166,9 @@ class _Blocks:
         """(B,) tokens in block ``j`` (the last block may be short; 0 past a row's last)."""
         return (length - j * self.size).clamp(min=0).minimum(self.size)
 
+    def take(self, keep: torch.Tensor) -> _Blocks:
+        return _Blocks(self.size[keep], self.count[keep], self.steps[keep])
+
 
 def _blocks(c: _Canvas, steps: list[int], d: Decoding) -> _Blocks:
     size = torch.full_like(c.length, d.block_length) if d.block_length else c.length.clone()
@@ -197,26 +204,48 @@ def sample_mdm(
     lengths = length if isinstance(length, list) else [length] * len(prompts)
     c = _canvas(prompts, lengths, mask_id, pad_id, device)
     blk = _blocks(c, steps if isinstance(steps, list) else [steps] * len(prompts), d)
-    x, logits, nfe = c.x, None, 0
+    out = c.x.clone()  # (B, total) each row's canvas once it is final
+    rows = torch.arange(len(prompts), device=c.x.device)  # the rows still decoding
+    canvas, x, logits, nfe = c, c.x, None, 0
+    # A finished row leaves the batch (its later forwards are skipped) where that changes no
+    # other row's draws: deterministic decoding. Otherwise the batch stops when all have finished.
+    drop = d.temperature == 0 and d.sampler == "confidence" and d.remasking != "random"
     for j in range(int(blk.count.max())):
-        in_block = c.gen_pos & (c.rel.div(blk.size[:, None], rounding_mode="floor") == j)
         size, block_steps = blk.sizes(j, c.length), blk.step_counts(j)  # (B,), (B,)
         if hasattr(model, "begin_block"):  # a KV cache (sampling/cache.py): refill it
-            model.begin_block(in_block)
+            model.begin_block(_in_block(c, blk, j))
             logits = None
         for k in range(int((size if d.parallel else block_steps).max())):
-            masked = (x == mask_id) & in_block  # pads and prompt are never mask_id
+            masked = (x == mask_id) & _in_block(c, blk, j)  # pads and prompt are never mask_id
             if not bool(masked.any()):
                 break
-            if d.stop_at_eos and d.eos_id >= 0 and _finished(x, c, mask_id, d.eos_id):
-                return _output(torch.where(x == mask_id, d.eos_id, x), c, nfe)
             if logits is None:
                 logits = cfg_logits(model, x, c.doc_ids, c.prompt_mask, mask_id, d.cfg)
                 nfe += 1
-            x, changed = _step(x, logits, masked, c, d, size, _times(k, block_steps), generator)
+            times = _times(k, blk.step_counts(j))
+            x, changed = _step(x, logits, masked, c, d, blk.sizes(j, c.length), times, generator)
             if changed:
                 logits = None  # otherwise the same canvas: reuse the logits, no forward pass
-    return _output(x, c, nfe)
+            if not (d.stop_at_eos and d.eos_id >= 0):
+                continue
+            done = _finished(x, c, mask_id, d.eos_id)  # (B,)
+            if bool(done.all()) or (drop and bool(done.any())):
+                # Tokens after a row's first eos are cut from its output: fill them with eos.
+                out[rows[done]] = torch.where(x[done] == mask_id, d.eos_id, x[done])
+                if bool(done.all()):
+                    return _output(out, canvas, nfe)
+                keep = ~done
+                x, c, blk, rows = x[keep], c.take(keep), blk.take(keep), rows[keep]
+                logits = None if logits is None else logits[keep]
+                if hasattr(model, "take"):
+                    model.take(keep)
+    out[rows] = x
+    return _output(out, canvas, nfe)
+
+
+def _in_block(c: _Canvas, blk: _Blocks, j: int) -> torch.Tensor:
+    """(B, total) each row's generated slots in its block ``j``."""
+    return c.gen_pos & (c.rel.div(blk.size[:, None], rounding_mode="floor") == j)
 
 
 def _times(k: int, block_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,11 +265,11 @@ def _output(x: torch.Tensor, c: _Canvas, nfe: int) -> MDMSampleOutput:
     return MDMSampleOutput(out.cpu(), nfe, lengths)
 
 
-def _finished(x: torch.Tensor, c: _Canvas, mask_id: int, eos_id: int) -> bool:
-    """Every row's first generated eos is revealed and no mask precedes it."""
+def _finished(x: torch.Tensor, c: _Canvas, mask_id: int, eos_id: int) -> torch.Tensor:
+    """(B,) the row's first generated eos is revealed and no mask precedes it."""
     big = torch.iinfo(c.rel.dtype).max
     first_eos = torch.where(c.gen_pos & (x == eos_id), c.rel, big).min(dim=1).values  # (B,)
-    return not bool(((x == mask_id) & (c.rel < first_eos[:, None])).any())
+    return ~((x == mask_id) & (c.rel < first_eos[:, None])).any(dim=1)
 
 
 def _step(x, logits, masked, c: _Canvas, d: Decoding, size, times, generator):
