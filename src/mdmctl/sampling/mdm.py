@@ -15,14 +15,18 @@ Decoding rules from LLaDA and Fast-dLLM (peers.md), all off by default:
   exceeds the threshold, at least one (the highest-scoring) per step; ``factor``: Fast-dLLM's
   rule, the n-th best token is revealed while its probability is at least 1 - factor / (n + 1).
 - ``top_k`` / ``top_p`` filter each position's distribution before sampling (and scoring);
-  ``min_length`` forbids eos at the first generated positions; with ``stop_at_eos`` a batch stops
-  as soon as every row's first eos is revealed with nothing masked before it. Tokens after a row's
+  ``min_length`` forbids eos at the first generated positions; with ``stop_at_eos`` a row is
+  finished once its first eos is revealed with nothing masked before it. Tokens after a row's
   first eos are cut from its output, so this changes no visible token; they are filled with eos.
+  A finished row leaves the batch when decoding is deterministic (temperature 0, confidence
+  order other than random); otherwise the batch runs until every row has finished, so that no
+  row's noise depends on when its neighbours finished.
 
 Unsupervised CFG: guided = uncond + (w + 1)(cond - uncond) with the prompt replaced by mask tokens
-in the unconditional pass; both passes run as one batched forward. Ragged prompts are right-padded
-and the padding is its own attention segment, so it is never attended and never generated: a row's
-sample does not depend on its batch neighbours. The model is time-agnostic, so a step in which no
+in the unconditional pass; both passes run as one batched forward. Rows may differ in prompt
+length, generation length and steps: each row has its own block schedule, ragged rows are
+right-padded and the padding is its own attention segment, so it is never attended and never
+generated: a row's sample does not depend on its batch neighbours. The model is time-agnostic, so a step in which no
 token changed reuses the previous logits (MDLM's cache) without a forward pass.
 """
 
