@@ -204,7 +204,7 @@ _STREAM = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct, well-spread seeds
 
 def decoding(cfg: SampleConfig, eos_id: int):
     """The MDM sampler settings of a SampleConfig (its fields of the same names). With
-    eos-truncated output a batch stops once every row has finished (exact for what is returned)."""
+    eos-truncated output a row stops once it has finished (exact for what is returned)."""
     from dataclasses import fields
 
     from mdmctl.sampling.mdm import Decoding
@@ -257,6 +257,7 @@ def generate(
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]
     nfe = done = n_batches = 0
+    rules = decoding(cfg, info.eos_id)
     for rows in _batches(ids, lengths, cfg.batch_size, mc.objective):
         # Each batch draws from its own stream: stopping one early (eos) leaves the noise of the
         # others as it was. The first batch's stream is the seed's.
@@ -273,7 +274,7 @@ def generate(
                 mask_id=mc.mask_id,
                 pad_id=info.pad_id,
                 generator=gen,
-                decoding=decoding(cfg, info.eos_id),
+                decoding=rules,
                 device=device,
             )
             got, n = o.rows(), o.nfe

@@ -26,8 +26,9 @@ Unsupervised CFG: guided = uncond + (w + 1)(cond - uncond) with the prompt repla
 in the unconditional pass; both passes run as one batched forward. Rows may differ in prompt
 length, generation length and steps: each row has its own block schedule, ragged rows are
 right-padded and the padding is its own attention segment, so it is never attended and never
-generated: a row's sample does not depend on its batch neighbours. The model is time-agnostic, so a step in which no
-token changed reuses the previous logits (MDLM's cache) without a forward pass.
+generated: a row's sample does not depend on its batch neighbours. The model is time-agnostic,
+so a step in which no token changed reuses the previous logits (MDLM's cache) without a forward
+pass.
 """
 
 from __future__ import annotations
@@ -215,19 +216,23 @@ def sample_mdm(
     # other row's draws: deterministic decoding. Otherwise the batch stops when all have finished.
     drop = d.temperature == 0 and d.sampler == "confidence" and d.remasking != "random"
     for j in range(int(blk.count.max())):
-        size, block_steps = blk.sizes(j, c.length), blk.step_counts(j)  # (B,), (B,)
+        # This block's slots, lengths and steps per row (B, total), (B,), (B,)
+        in_block, size, block_steps = (
+            _in_block(c, blk, j),
+            blk.sizes(j, c.length),
+            blk.step_counts(j),
+        )
         if hasattr(model, "begin_block"):  # a KV cache (sampling/cache.py): refill it
-            model.begin_block(_in_block(c, blk, j))
+            model.begin_block(in_block)
             logits = None
         for k in range(int((size if d.parallel else block_steps).max())):
-            masked = (x == mask_id) & _in_block(c, blk, j)  # pads and prompt are never mask_id
+            masked = (x == mask_id) & in_block  # pads and prompt are never mask_id
             if not bool(masked.any()):
                 break
             if logits is None:
                 logits = cfg_logits(model, x, c.doc_ids, c.prompt_mask, mask_id, d.cfg)
                 nfe += 1
-            times = _times(k, blk.step_counts(j))
-            x, changed = _step(x, logits, masked, c, d, blk.sizes(j, c.length), times, generator)
+            x, changed = _step(x, logits, masked, c, d, size, _times(k, block_steps), generator)
             if changed:
                 logits = None  # otherwise the same canvas: reuse the logits, no forward pass
             if not (d.stop_at_eos and d.eos_id >= 0):
@@ -240,6 +245,7 @@ def sample_mdm(
                     return _output(out, canvas, nfe)
                 keep = ~done
                 x, c, blk, rows = x[keep], c.take(keep), blk.take(keep), rows[keep]
+                in_block, size, block_steps = in_block[keep], size[keep], block_steps[keep]
                 logits = None if logits is None else logits[keep]
                 if hasattr(model, "take"):
                     model.take(keep)
