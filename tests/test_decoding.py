@@ -320,7 +320,7 @@ def test_bench_sample_runs_every_setting(ckpts):
     if not data.is_dir():
         pytest.skip(f"{data} is absent (the reversal-curse files)")
     rows = bench_sample(mdm=str(ckpts["mdm"]), arm=str(ckpts["arm"]), data_dir=str(data),
-                        batch_size=4, latency_prompts=2, limit=3, repeats=2,
+                        batch_size=4, latency_prompts=2, limit=3, repeats=2, compile=False,
                         device="cpu")  # fmt: skip
     assert [r.setting for r in rows] == [*MDM_SETTINGS, "ARM, KV cache"]
     naive = rows[0]
@@ -345,3 +345,39 @@ def test_steps_fewer_than_blocks_is_an_error(mdm):
     assert not (
         _run(mdm, [[1]], Decoding(block_length=4, threshold=0.5), steps=1).tokens == MASK
     ).any()
+
+
+# --- torch.compile ----------------------------------------------------------------------------
+
+
+def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm):
+    """Dual-cache block decoding (full and window forwards, rows leaving) and ragged ARM
+    batches: the compiled model's tokens at temperature 0 are the eager model's."""
+    from mdmctl.sampling import compile_model
+    from mdmctl.sampling.arm import sample_arm
+    from mdmctl.sampling.cache import CachedMDM
+
+    dec = Decoding(block_length=4, threshold=0.5, temperature=0.0, eos_id=5)
+    prompts = [[1, 2, 3, 4, 6, 7], [7, 8], [9, 10, 11]]
+    net = compile_model(tiny_mdm, "cpu")
+    with torch.no_grad():
+        eager = _run(CachedMDM(tiny_mdm, "dual"), prompts, dec, length=12, steps=12)
+        comp = _run(CachedMDM(net, "dual"), prompts, dec, length=12, steps=12)
+    assert torch.equal(comp.tokens, eager.tokens) and comp.nfe == eager.nfe
+    arm = Transformer(ModelConfig.from_name("tiny", objective="arm", vocab_size=97, seq_len=48))
+    kw = dict(length=[6, 9, 4], eos_id=5, generator=torch.Generator(), temperature=0.0)
+    eager_arm = sample_arm(arm.eval(), prompts, **kw)
+    assert sample_arm(compile_model(arm, "cpu"), prompts, **kw) == eager_arm
+
+
+def test_compile_that_cannot_run_is_a_config_error(monkeypatch):
+    import mdmctl.sampling as sampling
+
+    def broken(*a, **k):
+        raise RuntimeError("Compiler: cc is not found\nmore")
+
+    monkeypatch.setattr(sampling, "_COMPILE_ERRORS", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(ConfigError, match="--compile: torch.compile cannot run on cpu: "
+                       "RuntimeError: Compiler: cc is not found$"):  # fmt: skip
+        sampling.compile_model(torch.nn.Linear(2, 2), "cpu")

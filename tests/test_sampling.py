@@ -134,3 +134,51 @@ def test_cfg_unconditional_pass_masks_exactly_each_rows_prompt(mdm):
     ]
     assert unc.tolist() == [[MASK] * 7, [MASK] * 5 + [PAD, PAD]]
     assert d.chunk(2)[0].tolist() == [[0] * 7, [0] * 5 + [1, 1]]  # padding is its own segment
+
+
+def _arm(seq_len: int = 32) -> Transformer:
+    cfg = ModelConfig.from_name("tiny", objective="arm", vocab_size=50, seq_len=seq_len)
+    return Transformer(cfg).eval()
+
+
+def test_arm_left_padded_prefill_equals_each_row_alone():
+    """Ragged prompts in one cache: each row's logits are its logits alone (positions start at
+    its own first token, padding never attended)."""
+    m = _arm()
+    rows = [[0, 3, 4, 5, 6, 7], [0, 8, 9]]
+    x = torch.tensor([rows[0], [0, 0, 0] + rows[1]])
+    cache = m.new_cache(2, "cpu", torch.float32, 10)
+    cache.offset = torch.tensor([0, 3])
+    with torch.no_grad():
+        pre = m(x, cache=cache)[:, -1]
+        nxt = m(torch.tensor([[11], [12]]), cache=cache)[:, -1]
+        for b, (r, tok) in enumerate(zip(rows, (11, 12), strict=True)):
+            alone = m(torch.tensor([r + [tok]]))[0]
+            torch.testing.assert_close(pre[b], alone[-2], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(nxt[b], alone[-1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stop_at_eos", [False, True])
+def test_arm_ragged_batch_equals_alone_and_finished_rows_leave(stop_at_eos):
+    m = _arm()
+    prompts, lengths = [[3, 4, 5, 6, 7], [8], [9, 10, 11]], [3, 9, 6]
+    kw = dict(eos_id=0, temperature=0.0, stop_at_eos=stop_at_eos)
+    widths = []
+    hook = m.register_forward_hook(lambda mod, args, out: widths.append(args[0].shape[0]))
+    together, _ = sample_arm(m, prompts, length=lengths, generator=torch.Generator(), **kw)
+    hook.remove()
+    for p, n, got in zip(prompts, lengths, together, strict=True):
+        alone, _ = sample_arm(m, [p], length=n, generator=torch.Generator(), **kw)
+        assert got == alone[0]
+        assert len(got) == n or (stop_at_eos and got[-1] == 0 and 0 not in got[:-1])
+    assert widths[0] == 3 and widths[-1] == 1  # the shorter rows left the batch
+
+
+def test_arm_eos_stop_keeps_the_eos_and_cuts_after_it():
+    """With every token forced to eos, each row returns exactly its eos, in one forward."""
+    m = _arm()
+    m.register_forward_hook(lambda mod, args, out: out.index_fill(-1, torch.tensor([0]), 1e9))
+    out, nfe = sample_arm(
+        m, [[3, 4], [5]], length=5, eos_id=0, generator=torch.Generator(), temperature=1.0
+    )
+    assert out == [[0], [0]] and nfe == 1

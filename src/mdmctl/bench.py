@@ -5,9 +5,10 @@ canvas: prompt + generation = 52 tokens, temperature 0) a fine-tuned MDM runs
 
 - the naive reference sampler: one token per step, the whole canvas every step, no early stop;
 - mdmctl's decoding settings (eos early stop, semi-autoregressive blocks, threshold / factor
-  parallel decoding, prefix / dual KV caches),
+  parallel decoding, prefix / dual KV caches, ``torch.compile``),
 
-and a fine-tuned ARM of the same size runs with its KV cache. Per setting: throughput at a large
+and a fine-tuned ARM of the same size runs with its KV cache, eager and compiled (compilation
+happens in a warm-up outside the timings). Per setting: throughput at a large
 batch (prompts/s; returned tokens/s, i.e. the eos-truncated answer plus its eos; forwards per
 prompt), latency at batch 1 (seconds per prompt over the first prompts), accuracy (the reference
 appears in the answer) with its standard error, its difference to the naive sampler's accuracy on
@@ -45,6 +46,8 @@ MDM_SETTINGS: dict[str, dict[str, Any]] = {
         "cache": "dual",
     },
 }
+COMPILED = {"blocks 8, threshold 0.9, dual cache, compiled": {
+    "block_length": 8, "threshold": 0.9, "cache": "dual", "compile": True}}  # fmt: skip
 NAIVE = next(iter(MDM_SETTINGS))
 
 
@@ -126,10 +129,12 @@ def bench_sample(
     limit: int | None = None,
     cfg: float = 0.0,
     repeats: int = 1,
+    compile: bool = True,
     device: str = "auto",
     log=lambda msg: None,
 ) -> list[BenchRow]:
-    """One row per setting (the naive sampler first, the ARM last). With ``repeats`` > 1 every
+    """One row per setting (the naive sampler first, the ARM last; ``compile``: also the fastest
+    MDM setting and the ARM through ``torch.compile``). With ``repeats`` > 1 every
     setting is timed that many times, in rounds over all settings so that a slow spell of a
     shared machine touches them alike, and the fastest time is kept (answers do not change at
     temperature 0)."""
@@ -137,15 +142,21 @@ def bench_sample(
 
     prompts, refs = _prompts(Path(data_dir), limit)
     base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
-    runs = [(name, mdm, "mdm", replace(base, **kw)) for name, kw in MDM_SETTINGS.items()]
+    settings = {**MDM_SETTINGS, **(COMPILED if compile else {})}
+    runs = [(name, mdm, "mdm", replace(base, **kw)) for name, kw in settings.items()]
     if arm:
         runs.append(("ARM, KV cache", arm, "arm", replace(base, cfg=0.0)))
+    if arm and compile:
+        runs.append(("ARM, KV cache, compiled", arm, "arm", replace(base, cfg=0.0, compile=True)))
     loaded = {}
     for _, path, objective, _ in runs:
         if path not in loaded:
             model, tok, info, _, dev = load_model(path, device)
             _check_objective(model, objective, path)
             loaded[path] = (model, tok, info, dev)
+    for _, path, _, scfg in runs:  # compile outside the timings: one batch, and batch 1
+        if scfg.compile:
+            _measure(loaded[path], prompts[:batch_size], refs[:batch_size], scfg, 2)
     best: dict[str, tuple[dict, list[str], list[bool]]] = {}
     for _ in range(repeats):
         for name, path, _, scfg in runs:

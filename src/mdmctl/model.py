@@ -74,6 +74,9 @@ class KVCache:
     keys and values), so each row of a batch refreshes only its own block."""
     positions: torch.Tensor | None = None
     """(B, L) the canvas position of each token of the next forward, per row (MDM windows)."""
+    offset: torch.Tensor | None = None
+    """(B,) left padding of each row (ARM batches of ragged prompts): a row's token at cache column
+    c sits at position c - offset, and the padding columns are a segment no row attends to."""
 
 
 class Block(nn.Module):
@@ -126,6 +129,10 @@ class Block(nn.Module):
             cache.v[layer][:, start : start + L] = v
             end = cache.k[layer].shape[1] if cache.bidirectional else start + L
             k, v = cache.k[layer][:, :end], cache.v[layer][:, :end]
+            if cache.offset is not None:  # (B, end): 0 on the padding, 1 on the row
+                cols = torch.arange(end, device=x.device)
+                kv_doc_ids = (cols[None] >= cache.offset[:, None]).long()
+                doc_ids = kv_doc_ids[:, start : start + L]
         y = attention(
             q, k, v, causal=causal, doc_ids=doc_ids, kv_doc_ids=kv_doc_ids, backend=backend
         ).reshape(B, L, D)
@@ -182,10 +189,18 @@ class Transformer(nn.Module):
         B, L = idx.shape
         windows = cache is not None and cache.positions is not None
         start = cache.length if cache is not None and not windows else 0
-        if start + L > self.cfg.seq_len:
-            raise ValueError(f"sequence of {start + L} tokens exceeds seq_len={self.cfg.seq_len}")
+        shifted = cache is not None and not windows and cache.offset is not None
+        first = int(cache.offset.min()) if shifted else 0  # the least padded row's offset
+        if start + L - first > self.cfg.seq_len:
+            raise ValueError(
+                f"sequence of {start + L - first} tokens exceeds seq_len={self.cfg.seq_len}"
+            )
         if windows:  # positions within the cached canvas, which fits the context
             cos, sin = self.rope_cos[cache.positions], self.rope_sin[cache.positions]
+        elif shifted:  # each row from position 0 at its first real column; padding at 0
+            pos = (start + torch.arange(L, device=idx.device))[None] - cache.offset[:, None]
+            pos = pos.clamp(min=0)  # (B, L)
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         else:
             cos, sin = self.rope_cos[start : start + L], self.rope_sin[start : start + L]
         # cos, sin: (L, H, Dh/2), or per row (B, L, H, Dh/2)

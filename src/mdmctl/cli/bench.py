@@ -42,6 +42,12 @@ def bench_sample_cmd(
         help="Time every setting this many times (in rounds over the settings) and keep the "
         "fastest: steadier ratios on a shared machine.",
     ),
+    compile: bool = typer.Option(
+        True,
+        "--compile/--no-compile",
+        help="Also time the fastest MDM setting and the ARM through torch.compile (compiled in "
+        "a warm-up outside the timings).",
+    ),
     device: str = device_option(),
     json_out: bool = json_option("Print the rows as JSON on stdout."),
 ) -> None:
@@ -55,7 +61,8 @@ def bench_sample_cmd(
 
         rows = bench_sample(mdm=str(mdm), arm=str(arm) if arm else None, data_dir=str(data_dir),
                             batch_size=batch_size, latency_prompts=latency_prompts, limit=limit,
-                            cfg=cfg, repeats=repeats, device=device, log=_log)  # fmt: skip
+                            cfg=cfg, repeats=repeats, compile=compile, device=device,
+                            log=_log)  # fmt: skip
         if json_out:
             print(json.dumps(as_dicts(rows), indent=1))
             return

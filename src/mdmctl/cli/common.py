@@ -7,12 +7,14 @@ User errors become one ``error: ...`` line on stderr and a typed exit code (docs
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import typer
 from typer.core import TyperGroup
@@ -160,7 +162,8 @@ class RemaskingName(str, Enum):
 
 def decoding_options() -> dict[str, Any]:
     """The decoding-rule options shared by ``sample``, ``eval gsm8k`` and ``eval reverse-curse``
-    (mdmctl.sampling.mdm.Decoding), by parameter name."""
+    (mdmctl.sampling.mdm.Decoding, and ``--compile``), by parameter name: fresh option objects
+    per command."""
     return {
         "remasking": typer.Option(
             RemaskingName.low_confidence,
@@ -216,29 +219,50 @@ def decoding_options() -> dict[str, Any]:
             "block's first step) or dual (the positions after it too). prefix and dual are "
             "approximations: a bidirectional model's keys change with every revealed token.",
         ),
+        "compile": typer.Option(
+            False,
+            "--compile",
+            help="Run the model through torch.compile (both objectives; dynamic shapes). The "
+            "first batches pay the compilation, about a minute on a CPU. Default: off.",
+        ),
     }
 
 
-def decoding_option(name: str) -> Any:
-    """A fresh option object per command (see ``decoding_options``)."""
-    return decoding_options()[name]
+DECODING_TYPES: dict[str, Any] = {
+    "remasking": RemaskingName,
+    "block_length": int | None,
+    "threshold": float | None,
+    "factor": float | None,
+    "top_k": int | None,
+    "top_p": float | None,
+    "min_length": int,
+    "cache": CacheName,
+    "compile": bool,
+}
 
 
-def decoding_kwargs(
-    *,
-    remasking: RemaskingName,
-    block_length: int | None,
-    threshold: float | None,
-    factor: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    min_length: int,
-    cache: CacheName,
-) -> dict[str, Any]:
-    """SampleConfig fields from the decoding options."""
-    return dict(remasking=remasking.value, block_length=block_length, threshold=threshold,
-                factor=factor, top_k=top_k, top_p=top_p, min_length=min_length,
-                cache=cache.value)  # fmt: skip
+def with_decoding_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the shared decoding options in place of its ``decoding`` parameter,
+    which then receives them as SampleConfig fields: one definition for every generating
+    command, and Typer still sees plain parameters (so --help and the flag tests see them)."""
+    hints = {k: v for k, v in get_type_hints(command).items() if k != "decoding"}
+    options = decoding_options()
+    params: list[inspect.Parameter] = []
+    for p in inspect.signature(command, eval_str=True).parameters.values():
+        params += [p] if p.name != "decoding" else [
+            inspect.Parameter(n, p.POSITIONAL_OR_KEYWORD, default=o, annotation=DECODING_TYPES[n])
+            for n, o in options.items()
+        ]  # fmt: skip
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> None:
+        chosen = {n: kwargs.pop(n) for n in options}
+        enums = {n: v.value for n, v in chosen.items() if isinstance(v, Enum)}
+        command(decoding={**chosen, **enums}, **kwargs)
+
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {**hints, **DECODING_TYPES}
+    return run
 
 
 @contextlib.contextmanager

@@ -4,32 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from mdmctl.cli.common import (
     SAMPLER_HELP,
     Attention,
-    CacheName,
-    RemaskingName,
     SamplerName,
     _finite,
     _log,
     attention_option,
     checkpoint_option,
     cli_errors,
-    decoding_kwargs,
-    decoding_option,
     device_option,
     eval_app,
     json_option,
     seed_option,
+    with_decoding_options,
 )
 from mdmctl.cli.progress import library_progress
 from mdmctl.errors import ConfigError
 
 
 @eval_app.command("gsm8k")
+@with_decoding_options
 def eval_gsm8k(
     checkpoint: Path | None = checkpoint_option(),
     data: str | None = typer.Option(
@@ -111,14 +110,7 @@ def eval_gsm8k(
         help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg.",
         callback=_finite,
     ),
-    remasking: RemaskingName = decoding_option("remasking"),
-    block_length: int | None = decoding_option("block_length"),
-    threshold: float | None = decoding_option("threshold"),
-    factor: float | None = decoding_option("factor"),
-    top_k: int | None = decoding_option("top_k"),
-    top_p: float | None = decoding_option("top_p"),
-    min_length: int = decoding_option("min_length"),
-    cache: CacheName = decoding_option("cache"),
+    decoding: dict[str, Any] | None = None,  # with_decoding_options
     batch_size: int = typer.Option(
         32, "--batch-size", min=1, help="Sequences generated together in one batch (SMDM: 64)."
     ),
@@ -144,16 +136,7 @@ def eval_gsm8k(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
-            **decoding_kwargs(
-                remasking=remasking,
-                block_length=block_length,
-                threshold=threshold,
-                factor=factor,
-                top_k=top_k,
-                top_p=top_p,
-                min_length=min_length,
-                cache=cache,
-            ),
+            **decoding,
         )
         r = evaluate_gsm8k(
             data=data,

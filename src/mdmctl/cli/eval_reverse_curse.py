@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from mdmctl.cli.common import (
     SAMPLER_HELP,
     Attention,
-    CacheName,
-    RemaskingName,
     SamplerName,
     _finite,
     _log,
@@ -20,17 +19,17 @@ from mdmctl.cli.common import (
     canonical_name,
     checkpoint_option,
     cli_errors,
-    decoding_kwargs,
-    decoding_option,
     device_option,
     eval_app,
     json_option,
     seed_option,
+    with_decoding_options,
 )
 from mdmctl.cli.progress import library_progress
 
 
 @eval_app.command("reverse-curse")
+@with_decoding_options
 def eval_reverse_curse(
     checkpoint: Path | None = checkpoint_option(),
     data_dir: Path = typer.Option(
@@ -76,14 +75,7 @@ def eval_reverse_curse(
         help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0).",
         callback=_finite,
     ),
-    remasking: RemaskingName = decoding_option("remasking"),
-    block_length: int | None = decoding_option("block_length"),
-    threshold: float | None = decoding_option("threshold"),
-    factor: float | None = decoding_option("factor"),
-    top_k: int | None = decoding_option("top_k"),
-    top_p: float | None = decoding_option("top_p"),
-    min_length: int = decoding_option("min_length"),
-    cache: CacheName = decoding_option("cache"),
+    decoding: dict[str, Any] | None = None,  # with_decoding_options
     batch_size: int = typer.Option(
         64,
         "--batch-size",
@@ -113,16 +105,7 @@ def eval_reverse_curse(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
-            **decoding_kwargs(
-                remasking=remasking,
-                block_length=block_length,
-                threshold=threshold,
-                factor=factor,
-                top_k=top_k,
-                top_p=top_p,
-                min_length=min_length,
-                cache=cache,
-            ),
+            **decoding,
         )
         res = evaluate_reverse_curse(
             data_dir=str(data_dir),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,8 +12,6 @@ from mdmctl.cli.common import (
     GEN_BATCH_HELP,
     SAMPLER_HELP,
     Attention,
-    CacheName,
-    RemaskingName,
     SamplerName,
     _finite,
     _log,
@@ -20,17 +19,17 @@ from mdmctl.cli.common import (
     attention_option,
     checkpoint_option,
     cli_errors,
-    decoding_kwargs,
-    decoding_option,
     device_option,
     json_option,
     seed_option,
+    with_decoding_options,
 )
 from mdmctl.cli.progress import library_progress
 from mdmctl.errors import ConfigError
 
 
 @app.command()
+@with_decoding_options
 def sample(
     checkpoint: Path | None = checkpoint_option(),
     prompt: list[str] = typer.Option(
@@ -63,14 +62,7 @@ def sample(
         help="Unsupervised classifier-free guidance scale (MDM).",
         callback=_finite,
     ),
-    remasking: RemaskingName = decoding_option("remasking"),
-    block_length: int | None = decoding_option("block_length"),
-    threshold: float | None = decoding_option("threshold"),
-    factor: float | None = decoding_option("factor"),
-    top_k: int | None = decoding_option("top_k"),
-    top_p: float | None = decoding_option("top_p"),
-    min_length: int = decoding_option("min_length"),
-    cache: CacheName = decoding_option("cache"),
+    decoding: dict[str, Any] | None = None,  # with_decoding_options
     seed: int = seed_option("Seed of the sampling noise."),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="Samples per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help=GEN_BATCH_HELP),
@@ -110,16 +102,7 @@ def sample(
             device=device,
             attention=attention.value,
             stop_at_eos=stop_at_eos,
-            **decoding_kwargs(
-                remasking=remasking,
-                block_length=block_length,
-                threshold=threshold,
-                factor=factor,
-                top_k=top_k,
-                top_p=top_p,
-                min_length=min_length,
-                cache=cache,
-            ),
+            **decoding,
         )
         res = sample_from_checkpoint(scfg, log=_log)
         _warn_ignored_mdm_options(res.objective, steps=steps, sampler=sampler.value)

@@ -48,6 +48,8 @@ class SampleConfig:
     """Both objectives: eos is not sampled before this many generated tokens."""
     cache: str = "none"
     """MDM KV cache: none (exact), prefix or dual (approximations; sampling/cache.py)."""
+    compile: bool = False
+    """Both objectives: run the model through ``torch.compile`` (``compile_model``)."""
 
     def __post_init__(self) -> None:
         check_finite(self, "--")
@@ -251,9 +253,8 @@ def generate(
                 f"prompt is {len(i)} tokens; model context is {mc.seq_len} "
                 f"(gen length {n}): shorten the prompt or --length"
             )
-    mdm_fn = (
-        (lambda x, d: model(x, doc_ids=d)) if cfg.cache == "none" else CachedMDM(model, cfg.cache)
-    )
+    net = compile_model(model, device) if cfg.compile else model
+    mdm_fn = (lambda x, d: net(x, doc_ids=d)) if cfg.cache == "none" else CachedMDM(net, cfg.cache)
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]
     nfe = done = n_batches = 0
@@ -280,9 +281,9 @@ def generate(
             got, n = o.rows(), o.nfe
         else:
             got, n = sample_arm(
-                model,
+                net,
                 chunk,
-                length=n_gen[0],  # an ARM batch shares its length
+                length=n_gen,
                 eos_id=info.eos_id,
                 generator=gen,
                 temperature=cfg.temperature,
@@ -308,22 +309,40 @@ def generate(
     return Generation(out_ids, texts, nfe, seconds, generated, stopped)
 
 
+_COMPILE_ERRORS: dict[str, str | None] = {}
+
+
+def compile_model(model, device) -> torch.nn.Module:
+    """``torch.compile(model, dynamic=True)``: dynamic shapes, since batches shrink as rows finish
+    and MDM windows and ARM caches change length, which would otherwise recompile. The first
+    calls pay the compilation (a minute or so on a CPU); compiled code is reused for the same
+    model object. A device where torch.compile cannot run (no C++ compiler for CPU code, no
+    Triton for CUDA) is a ConfigError, found with a one-op probe before any work is done."""
+    kind = torch.device(device).type
+    if kind not in _COMPILE_ERRORS:
+        try:
+            torch.compile(torch.add, dynamic=False)(torch.ones(2, device=device), 1)
+            _COMPILE_ERRORS[kind] = None
+        except Exception as e:  # a missing compiler shows as one of several exception types
+            _COMPILE_ERRORS[kind] = (
+                f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            )
+    if _COMPILE_ERRORS[kind] is not None:
+        raise ConfigError(f"--compile: torch.compile cannot run on {kind}: {_COMPILE_ERRORS[kind]}")
+    return torch.compile(model, dynamic=True)
+
+
 def _batches(ids: list[list[int]], lengths: list[int], size: int, objective: str):
-    """Rows of each generation batch. An MDM canvas holds rows of any generation length (the
-    shorter right-padded, the padding its own attention segment), so rows of similar canvas width
-    go together; an ARM batch shares one generation length. At temperature 0 (random remasking
-    aside) a row's result does not depend on its batch."""
-    if objective == "mdm":
-        groups = [sorted(range(len(ids)), key=lambda i: (len(ids[i]) + lengths[i], len(ids[i])))]
-    else:
-        by_len: dict[int, list[int]] = {}
-        for i, n in enumerate(lengths):
-            by_len.setdefault(n, []).append(i)
-        # Similar prompt lengths together: less padding.
-        groups = [sorted(m, key=lambda i: len(ids[i])) for _, m in sorted(by_len.items())]
-    for members in groups:
-        for s in range(0, len(members), size):
-            yield members[s : s + size]
+    """Rows of each generation batch. A batch holds rows of any prompt and generation length
+    (MDM: right-padded canvases; ARM: left-padded prompts; the padding is its own attention
+    segment either way), so rows of similar widths go together: less padding. At temperature 0
+    (random remasking aside) a row's result does not depend on its batch."""
+    if objective == "mdm":  # the canvas: prompt + generation
+        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]) + lengths[i], len(ids[i])))
+    else:  # the prompt is padded; each row stops at its own length
+        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), lengths[i]))
+    for s in range(0, len(order), size):
+        yield order[s : s + size]
 
 
 def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:

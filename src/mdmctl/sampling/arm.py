@@ -1,7 +1,11 @@
 """ARM baseline sampling: left to right with a KV cache (the fair speed comparison, method.md §5).
 
-Rows are grouped by prompt length so no padding is needed and a row's sample does not depend on its
-batch neighbours. Each prompt is preceded by eos, the document separator the model saw in training.
+Each prompt is preceded by eos, the document separator the model saw in training. Rows of any
+prompt and generation length share one batch: shorter prompts are padded on the left, each row's
+positions start at 0 at its own first token and the padding is an attention segment of its own,
+so a row sees exactly what it sees alone. With deterministic decoding (temperature 0) a row that
+has finished (its eos, or its length reached) leaves the batch; otherwise the batch runs until
+every row has finished, so that no row's noise depends on when its neighbours finished.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ def sample_arm(
     model: Transformer,
     prompts: list[list[int]],
     *,
-    length: int,
+    length: int | list[int],
     eos_id: int,
     generator: torch.Generator,
     temperature: float = 0.0,
@@ -27,32 +31,46 @@ def sample_arm(
     top_p: float | None = None,
     min_length: int = 0,
 ) -> tuple[list[list[int]], int]:
-    """Generated ids per prompt (up to ``length``) and the number of forward passes. ``top_k`` /
-    ``top_p`` filter each distribution; eos is not sampled before ``min_length`` tokens."""
-    out: list[list[int]] = [[] for _ in prompts]
-    nfe = 0
-    by_len: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_len.setdefault(len(p), []).append(i)
-    for plen, rows in sorted(by_len.items()):
-        x = torch.tensor([[eos_id] + prompts[i] for i in rows], dtype=torch.long, device=device)
-        cache = model.new_cache(len(rows), device, model.tok_emb.weight.dtype)
-        logits = model(x, cache=cache)[:, -1]  # prefill: (B, V)
+    """Generated ids per prompt and the number of forward passes. ``length``: tokens to generate,
+    one for all rows or one per row; with ``stop_at_eos`` a row ends at its first eos (kept).
+    ``top_k`` / ``top_p`` filter each distribution; eos is not sampled before ``min_length``."""
+    B = len(prompts)
+    n = torch.tensor([length] * B if isinstance(length, int) else length, device=device)  # (B,)
+    rows = [[eos_id] + p for p in prompts]
+    width = max(len(r) for r in rows)
+    x = torch.tensor([[eos_id] * (width - len(r)) + r for r in rows], device=device)  # (B, P)
+    cache = model.new_cache(B, device, model.tok_emb.weight.dtype, width + int(n.max()) - 1)
+    offset = torch.tensor([width - len(r) for r in rows], device=device)
+    cache.offset = offset if bool(offset.any()) else None  # equal prompts: no mask needed
+    logits = model(x, cache=cache)[:, -1]  # prefill: (B, V)
+    nfe = 1
+    out = torch.full((B, int(n.max())), eos_id, dtype=torch.long, device=device)
+    produced = n.clone()  # (B,) tokens each row returns
+    live = torch.arange(B, device=device)  # batch row -> prompt
+    leave = temperature == 0  # deterministic: a finished row's absence changes no other row
+    for k in range(int(n.max())):
+        if k < min_length:
+            logits[:, eos_id] = float("-inf")
+        logits = filter_logits(logits, top_k, top_p)
+        nxt = gumbel_argmax(logits, temperature, generator)  # (b,)
+        out[live, k] = nxt
+        if stop_at_eos:  # a row still writing ends at its eos
+            produced[live[(nxt == eos_id) & (produced[live] > k)]] = k + 1
+        finished = produced[live] <= k + 1  # (b,)
+        if bool(finished.all()):
+            break
+        if leave and bool(finished.any()):
+            live, nxt = live[~finished], nxt[~finished]
+            _keep_rows(cache, ~finished)
+        logits = model(nxt[:, None], cache=cache)[:, -1]
         nfe += 1
-        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        gen = []
-        for k in range(length):
-            if k < min_length:
-                logits[:, eos_id] = float("-inf")
-            logits = filter_logits(logits, top_k, top_p)
-            nxt = gumbel_argmax(logits, temperature, generator)  # (B,)
-            gen.append(nxt)
-            done |= nxt == eos_id
-            if (stop_at_eos and bool(done.all())) or k == length - 1:
-                break
-            logits = model(nxt[:, None], cache=cache)[:, -1]
-            nfe += 1
-        ids = torch.stack(gen, dim=1).cpu()  # (B, n)
-        for j, i in enumerate(rows):
-            out[i] = ids[j].tolist()
-    return out, nfe
+    out_rows = out.cpu().tolist()
+    return [r[:m] for r, m in zip(out_rows, produced.tolist(), strict=True)], nfe
+
+
+def _keep_rows(cache, keep: torch.Tensor) -> None:
+    """Drop the cache rows where ``keep`` (b,) is false."""
+    cache.k = [t[keep] for t in cache.k]
+    cache.v = [t[keep] for t in cache.v]
+    if cache.offset is not None:
+        cache.offset = cache.offset[keep]
