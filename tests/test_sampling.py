@@ -148,7 +148,7 @@ def test_arm_left_padded_prefill_equals_each_row_alone():
     rows = [[0, 3, 4, 5, 6, 7], [0, 8, 9]]
     x = torch.tensor([rows[0], [0, 0, 0] + rows[1]])
     cache = m.new_cache(2, "cpu", torch.float32, 10)
-    cache.offset = torch.tensor([0, 3])
+    cache.pad_left(torch.tensor([0, 3]))
     with torch.no_grad():
         pre = m(x, cache=cache)[:, -1]
         nxt = m(torch.tensor([[11], [12]]), cache=cache)[:, -1]

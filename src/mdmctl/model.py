@@ -77,6 +77,12 @@ class KVCache:
     offset: torch.Tensor | None = None
     """(B,) left padding of each row (ARM batches of ragged prompts): a row's token at cache column
     c sits at position c - offset, and the padding columns are a segment no row attends to."""
+    offset_min: int = 0
+    """The least padded row's offset, kept as an int: the context check needs no device sync."""
+
+    def pad_left(self, offset: torch.Tensor | None) -> None:
+        """Set each row's left padding (``offset``); None: no row is padded."""
+        self.offset, self.offset_min = offset, 0 if offset is None else int(offset.min())
 
 
 class Block(nn.Module):
@@ -190,7 +196,7 @@ class Transformer(nn.Module):
         windows = cache is not None and cache.positions is not None
         start = cache.length if cache is not None and not windows else 0
         shifted = cache is not None and not windows and cache.offset is not None
-        first = int(cache.offset.min()) if shifted else 0  # the least padded row's offset
+        first = cache.offset_min if shifted else 0  # the least padded row's offset
         if start + L - first > self.cfg.seq_len:
             raise ValueError(
                 f"sequence of {start + L - first} tokens exceeds seq_len={self.cfg.seq_len}"

@@ -41,7 +41,7 @@ def sample_arm(
     x = torch.tensor([[eos_id] * (width - len(r)) + r for r in rows], device=device)  # (B, P)
     cache = model.new_cache(B, device, model.tok_emb.weight.dtype, width + int(n.max()) - 1)
     offset = torch.tensor([width - len(r) for r in rows], device=device)
-    cache.offset = offset if bool(offset.any()) else None  # equal prompts: no mask needed
+    cache.pad_left(offset if bool(offset.any()) else None)  # equal prompts: no mask needed
     logits = model(x, cache=cache)[:, -1]  # prefill: (B, V)
     nfe = 1
     out = torch.full((B, int(n.max())), eos_id, dtype=torch.long, device=device)
@@ -73,4 +73,4 @@ def _keep_rows(cache, keep: torch.Tensor) -> None:
     cache.k = [t[keep] for t in cache.k]
     cache.v = [t[keep] for t in cache.v]
     if cache.offset is not None:
-        cache.offset = cache.offset[keep]
+        cache.pad_left(cache.offset[keep])
