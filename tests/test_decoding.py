@@ -350,6 +350,7 @@ def test_steps_fewer_than_blocks_is_an_error(mdm):
 # --- torch.compile ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # torch.compile of two tiny models: about 40 s on 2 cores
 def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm):
     """Dual-cache block decoding (full and window forwards, rows leaving) and ragged ARM
     batches: the compiled model's tokens at temperature 0 are the eager model's."""

@@ -312,12 +312,12 @@ def generate(
 _COMPILE_ERRORS: dict[str, str | None] = {}
 
 
-def compile_model(model, device) -> torch.nn.Module:
-    """``torch.compile(model, dynamic=True)``: dynamic shapes, since batches shrink as rows finish
-    and MDM windows and ARM caches change length, which would otherwise recompile. The first
-    calls pay the compilation (a minute or so on a CPU); compiled code is reused for the same
-    model object. A device where torch.compile cannot run (no C++ compiler for CPU code, no
-    Triton for CUDA) is a ConfigError, found with a one-op probe before any work is done."""
+def compile_model(model, device) -> Compiled:
+    """``model`` through ``torch.compile`` with dynamic shapes, since batches shrink as rows
+    finish and MDM windows and ARM caches change length. The first calls pay the compilation (a
+    minute or so on a CPU); compiled code is reused for the same model object. A device where
+    torch.compile cannot run (no C++ compiler for CPU code, no Triton for CUDA) is a ConfigError,
+    found with a one-op probe before any work is done."""
     kind = torch.device(device).type
     if kind not in _COMPILE_ERRORS:
         try:
@@ -329,7 +329,36 @@ def compile_model(model, device) -> torch.nn.Module:
             )
     if _COMPILE_ERRORS[kind] is not None:
         raise ConfigError(f"--compile: torch.compile cannot run on {kind}: {_COMPILE_ERRORS[kind]}")
-    return torch.compile(model, dynamic=True)
+    return Compiled(model)
+
+
+class Compiled:
+    """A compiled model that otherwise behaves as the model (attributes pass through).
+
+    Traced without duck shaping: by default equal sizes share one symbol, so a batch of 64 rows
+    was tied to the head dimension (64) and every other batch size recompiled, up to dynamo's
+    limit, after which the model ran uncompiled. Without it a sampler compiles three graphs
+    (MDM: whole canvas, window, a window of one row; ARM: prefill, decode, decode of one row)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.fn = model, torch.compile(model, dynamic=True)
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        with _no_duck_shapes():
+            return self.fn(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+def _no_duck_shapes():
+    import contextlib
+
+    import torch.fx.experimental._config as fx_config
+
+    if not hasattr(fx_config, "use_duck_shape"):  # a torch without the option: trace as it does
+        return contextlib.nullcontext()
+    return fx_config.patch(use_duck_shape=False)
 
 
 def _batches(ids: list[list[int]], lengths: list[int], size: int, objective: str):
