@@ -351,9 +351,12 @@ def test_steps_fewer_than_blocks_is_an_error(mdm):
 
 
 @pytest.mark.slow  # torch.compile of two tiny models: about 40 s on 2 cores
-def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm):
+def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm, caplog):
     """Dual-cache block decoding (full and window forwards, rows leaving) and ragged ARM
-    batches: the compiled model's tokens at temperature 0 are the eager model's."""
+    batches: the compiled model's tokens at temperature 0 are the eager model's, and the
+    graphs of both models (and of uniform ARM batches) fit dynamo's recompile limit."""
+    import logging
+
     from mdmctl.sampling import compile_model
     from mdmctl.sampling.arm import sample_arm
     from mdmctl.sampling.cache import CachedMDM
@@ -368,7 +371,16 @@ def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm):
     arm = Transformer(ModelConfig.from_name("tiny", objective="arm", vocab_size=97, seq_len=48))
     kw = dict(length=[6, 9, 4], eos_id=5, generator=torch.Generator(), temperature=0.0)
     eager_arm = sample_arm(arm.eval(), prompts, **kw)
-    assert sample_arm(compile_model(arm, "cpu"), prompts, **kw) == eager_arm
+    logging.getLogger("torch._dynamo").addHandler(caplog.handler)
+    try:
+        assert sample_arm(compile_model(arm, "cpu"), prompts, **kw) == eager_arm
+        same = [[1, 2], [3, 4]]  # equal prompt lengths: no padding, another graph
+        assert sample_arm(compile_model(arm, "cpu"), same, **kw | {"length": 3}) == sample_arm(
+            arm, same, **kw | {"length": 3}
+        )
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
 
 
 def test_compile_that_cannot_run_is_a_config_error(monkeypatch):

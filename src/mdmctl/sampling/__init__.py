@@ -336,29 +336,24 @@ class Compiled:
     """A compiled model that otherwise behaves as the model (attributes pass through).
 
     Traced without duck shaping: by default equal sizes share one symbol, so a batch of 64 rows
-    was tied to the head dimension (64) and every other batch size recompiled, up to dynamo's
-    limit, after which the model ran uncompiled. Without it a sampler compiles three graphs
-    (MDM: whole canvas, window, a window of one row; ARM: prefill, decode, decode of one row)."""
+    was tied to the head dimension (64) and every other batch size recompiled. A sampler then
+    needs a few graphs per model (MDM: whole canvas, window, a window of one row; ARM: prefill
+    and decode, with and without left padding, and of one row), and dynamo's default limit of 8
+    per function counts every model's graphs together (the MDM and the ARM share
+    ``Transformer.forward``): past it the model would silently run uncompiled, hence 64."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model, self.fn = model, torch.compile(model, dynamic=True)
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
-        with _no_duck_shapes():
+        import torch._dynamo.config as dynamo_config
+        import torch.fx.experimental._config as fx_config
+
+        with fx_config.patch(use_duck_shape=False), dynamo_config.patch(recompile_limit=64):
             return self.fn(*args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
-
-
-def _no_duck_shapes():
-    import contextlib
-
-    import torch.fx.experimental._config as fx_config
-
-    if not hasattr(fx_config, "use_duck_shape"):  # a torch without the option: trace as it does
-        return contextlib.nullcontext()
-    return fx_config.patch(use_duck_shape=False)
 
 
 def _batches(ids: list[list[int]], lengths: list[int], size: int, objective: str):
