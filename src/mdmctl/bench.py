@@ -154,9 +154,9 @@ def bench_sample(
             model, tok, info, _, dev = load_model(path, device)
             _check_objective(model, objective, path)
             loaded[path] = (model, tok, info, dev)
-    for _, path, _, scfg in runs:  # compile outside the timings: one batch, and batch 1
+    for _, path, _, scfg in runs:  # compile outside the timings: every shape the run meets
         if scfg.compile:
-            _measure(loaded[path], prompts[:batch_size], refs[:batch_size], scfg, 2)
+            _measure(loaded[path], prompts, refs, scfg, latency_prompts)
     best: dict[str, tuple[dict, list[str], list[bool]]] = {}
     for _ in range(repeats):
         for name, path, _, scfg in runs:
