@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-call GPU check (docs/benchmarks.md, "GPU"): CUDA-marked tests, xformers-vs-SDPA parity, and
 # training throughput / MFU at 170M and 1028M with both attention kernels, and likelihood scoring
-# (hellaswag-shaped requests, 128 MC samples) at 170M against the naive per-request loop. Prints a short table;
+# (hellaswag-shaped requests, 128 MC samples) at 170M against the naive per-request loop. The CUDA
+# tests include compiled sampling (torch.compile with Triton) against eager. Prints a short table;
 # full logs go to $OUT (or ./gpu-out). Runs in under 8 minutes on one H100.
 #
 # Prepare on the CPU machine (wheels the GPU image lacks; .gpu-wheels/ is git-ignored):
@@ -31,7 +32,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda)
 err = _probe_xformers(torch.device("cuda"))
 print("xformers:", "runs" if err is None else f"cannot run ({err})")
 PY
-python3 -m pytest -m cuda -q tests/test_attention.py 2>&1 | tee "$OUT/pytest-cuda.txt" | tail -3
+python3 -m pytest -m cuda -q tests/test_attention.py tests/test_decoding.py 2>&1 | tee "$OUT/pytest-cuda.txt" | tail -3
 timeout 300 python3 benchmarks/train_throughput.py --device cuda --dtype bf16 --sizes 170M 1028M \
   --batch 4 --seq-len 2048 --vocab 32000 --iters 6 --warmup 2 --attention xformers sdpa \
   --json "$OUT/train_throughput.json" 2>&1 | tee "$OUT/train_throughput.txt"

@@ -394,3 +394,29 @@ def test_compile_that_cannot_run_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match="--compile: torch.compile cannot run on cpu: "
                        "RuntimeError: Compiler: cc is not found$"):  # fmt: skip
         sampling.compile_model(torch.nn.Linear(2, 2), "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_sampling_on_cuda_matches_eager():
+    """The same check on CUDA (Triton kernels): dual-cache MDM and ragged ARM batches."""
+    from mdmctl.sampling import compile_model
+    from mdmctl.sampling.arm import sample_arm
+    from mdmctl.sampling.cache import CachedMDM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny", vocab_size=97, mask_id=MASK, seq_len=48)
+    mdm = Transformer(cfg).cuda().eval()
+    dec = Decoding(block_length=4, threshold=0.5, temperature=0.0, eos_id=5)
+    prompts = [[1, 2, 3, 4, 6, 7], [7, 8], [9, 10, 11]]
+    kw = dict(length=12, steps=12, mask_id=MASK, pad_id=PAD, decoding=dec, device="cuda")
+    with torch.no_grad():
+        runs = [
+            sample_mdm(CachedMDM(m, "dual"), prompts, generator=torch.Generator(), **kw).tokens
+            for m in (mdm, compile_model(mdm, "cuda"))
+        ]
+    assert torch.equal(*runs)
+    arm = Transformer(ModelConfig.from_name("tiny", objective="arm", vocab_size=97, seq_len=48))
+    arm = arm.cuda().eval()
+    akw = dict(length=[6, 9, 4], eos_id=5, generator=torch.Generator(), device="cuda")
+    assert sample_arm(compile_model(arm, "cuda"), prompts, **akw) == sample_arm(arm, prompts, **akw)
