@@ -5,6 +5,10 @@
 # tests include compiled sampling (torch.compile with Triton) against eager. Prints a short table;
 # full logs go to $OUT (or ./gpu-out). Runs in under 8 minutes on one H100.
 #
+# `bash benchmarks/gpu_check.sh sampling` runs instead the sampling table (`mdmctl bench sample`, the
+# naive MDM sampler, mdmctl's settings, compiled rows and the ARM) on a fine-tuned pair prepared
+# by benchmarks/gpu_sampling_pair.sh: carry [".gpu-wheels", ".gpu-carry"].
+#
 # Prepare on the CPU machine (wheels the GPU image lacks; .gpu-wheels/ is git-ignored):
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 -d .gpu-wheels xformers==0.0.35 nvidia-cuda-runtime-cu12
@@ -32,6 +36,29 @@ print("torch", torch.__version__, "cuda", torch.version.cuda)
 err = _probe_xformers(torch.device("cuda"))
 print("xformers:", "runs" if err is None else f"cannot run ({err})")
 PY
+if [ "${1:-core}" = sampling ]; then
+  if [ ! -d .gpu-carry/pair ]; then
+    echo "no .gpu-carry/pair: run benchmarks/gpu_sampling_pair.sh here first"; exit 2
+  fi
+  for o in mdm arm; do
+    python3 -m mdmctl import .gpu-carry/pair/$o --out "$OUT/pair-$o" --overwrite > /dev/null || exit 1
+  done
+  timeout 420 python3 -m mdmctl bench sample --mdm "$OUT/pair-mdm" --arm "$OUT/pair-arm" \
+    --data-dir .gpu-carry/pair/reversal_curse --latency-prompts 32 --repeats 2 --device cuda \
+    --json > "$OUT/bench_sample.json" 2> "$OUT/bench_sample.log"
+  rc=$?
+  rm -rf "$OUT/pair-mdm" "$OUT/pair-arm"  # the weights need not come back
+  tail -20 "$OUT/bench_sample.log"
+  python3 - "$OUT/bench_sample.json" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+print(f"{'setting':48} {'prompts/s':>9} {'x naive':>7} {'lat s':>7} {'acc':>6} {'vs naive':>9}")
+for r in rows:
+    print(f"{r['setting']:48} {r['prompts_per_s']:9.1f} {r['speedup']:7.2f} {r['latency_s']:7.4f} "
+          f"{r['accuracy']:6.3f} {100 * r['delta']:+6.1f} pts")
+PY
+  exit $rc
+fi
 python3 -m pytest -m cuda -q tests/test_attention.py tests/test_decoding.py 2>&1 | tee "$OUT/pytest-cuda.txt" | tail -3
 timeout 300 python3 benchmarks/train_throughput.py --device cuda --dtype bf16 --sizes 170M 1028M \
   --batch 4 --seq-len 2048 --vocab 32000 --iters 6 --warmup 2 --attention xformers sdpa \
