@@ -135,10 +135,8 @@ class Block(nn.Module):
             cache.v[layer][:, start : start + L] = v
             end = cache.k[layer].shape[1] if cache.bidirectional else start + L
             k, v = cache.k[layer][:, :end], cache.v[layer][:, :end]
-            if cache.offset is not None:  # (B, end): 0 on the padding, 1 on the row
-                cols = torch.arange(end, device=x.device)
-                kv_doc_ids = (cols[None] >= cache.offset[:, None]).long()
-                doc_ids = kv_doc_ids[:, start : start + L]
+            if doc_ids is not None and doc_ids.shape[1] != L:  # ids of the cached columns
+                doc_ids, kv_doc_ids = doc_ids[:, start : start + L], doc_ids
         y = attention(
             q, k, v, causal=causal, doc_ids=doc_ids, kv_doc_ids=kv_doc_ids, backend=backend
         ).reshape(B, L, D)
@@ -190,6 +188,10 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """idx (B, L) -> logits (B, L, V) in fp32. The MDM's mask column is -inf.
 
+        With a cache, ``doc_ids`` may cover the cache's columns instead of the input's (MDM
+        windows: the canvas; left-padded ARM rows: [0, length + L), built here from the offsets);
+        the queries' ids are then taken from them.
+
         ``select`` (B, L) bool: return logits only at those positions, (N, V) in row-major order.
         Scoring needs a few positions of long rows; the head is skipped everywhere else."""
         B, L = idx.shape
@@ -207,6 +209,9 @@ class Transformer(nn.Module):
             pos = (start + torch.arange(L, device=idx.device))[None] - cache.offset[:, None]
             pos = pos.clamp(min=0)  # (B, L)
             cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+            # (B, start + L): 0 on the padding, 1 on the row; every layer's keys use them
+            cols = torch.arange(start + L, device=idx.device)
+            doc_ids = (cols[None] >= cache.offset[:, None]).long()
         else:
             cos, sin = self.rope_cos[start : start + L], self.rope_sin[start : start + L]
         # cos, sin: (L, H, Dh/2), or per row (B, L, H, Dh/2)

@@ -57,9 +57,10 @@ def sample_arm(
         if stop_at_eos:  # a row still writing ends at its eos
             produced[live[(nxt == eos_id) & (produced[live] > k)]] = k + 1
         finished = produced[live] <= k + 1  # (b,)
-        if bool(finished.all()):
+        n_finished = int(finished.sum())  # one device sync per step
+        if n_finished == len(live):
             break
-        if leave and bool(finished.any()):
+        if leave and n_finished:
             live, nxt = live[~finished], nxt[~finished]
             _keep_rows(cache, ~finished)
         logits = model(nxt[:, None], cache=cache)[:, -1]

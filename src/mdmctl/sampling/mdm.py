@@ -238,10 +238,11 @@ def sample_mdm(
             if not (d.stop_at_eos and d.eos_id >= 0):
                 continue
             done = _finished(x, c, mask_id, d.eos_id)  # (B,)
-            if bool(done.all()) or (drop and bool(done.any())):
+            n_done = int(done.sum())  # one device sync per step
+            if n_done == len(done) or (drop and n_done):
                 # Tokens after a row's first eos are cut from its output: fill them with eos.
                 out[rows[done]] = torch.where(x[done] == mask_id, d.eos_id, x[done])
-                if bool(done.all()):
+                if n_done == len(done):
                     return _output(out, canvas, nfe)
                 keep = ~done
                 x, c, blk, rows = x[keep], c.take(keep), blk.take(keep), rows[keep]
