@@ -329,6 +329,37 @@ def test_bench_sample_runs_every_setting(ckpts):
     assert rows[1].agreement == 1.0  # the eos stop changes no returned token
     assert (naive.delta, naive.delta_stderr) == (0.0, 0.0)
     assert rows[1].delta == 0.0 and all(-1 <= r.delta <= 1 for r in rows)
+    arm = rows[-1]  # every row is also compared with the ARM
+    assert (arm.vs_arm, arm.arm_tokens_ratio, arm.arm_latency_tokens_ratio) == (0.0, 1.0, 1.0)
+    assert all(r.latency_tokens_per_s > 0 and r.vs_arm is not None for r in rows)
+    assert naive.arm_tokens_ratio == pytest.approx(naive.tokens_per_s / arm.tokens_per_s)
+
+
+def _row(setting, objective, tokens_per_s, delta, vs_arm=None, b1=1.0):
+    from mdmctl.bench import BenchRow
+
+    return BenchRow(setting, objective, prompts_per_s=1.0, tokens_per_s=tokens_per_s,
+                    nfe_per_prompt=1.0, latency_s=1.0, latency_tokens_per_s=b1, accuracy=0.5,
+                    stderr=0.0, agreement=None, delta=delta, vs_arm=vs_arm, vs_arm_stderr=0.01,
+                    arm_tokens_ratio=tokens_per_s / 100, arm_latency_tokens_ratio=b1)  # fmt: skip
+
+
+def test_bench_targets_pick_the_fastest_setting_within_a_point():
+    from mdmctl.bench import targets
+
+    rows = [
+        _row("naive", "mdm", 10, 0.0, -0.05, b1=0.5),
+        _row("fast", "mdm", 80, -0.02, -0.07),
+        _row("ok", "mdm", 50, -0.005, -0.008, b1=1.5),
+        _row("arm", "arm", 100, 0.2, 0.0),
+    ]
+    naive_line, big, one = targets(rows)
+    assert "ok, 5.00x its tokens/s" in naive_line  # "fast" loses 2 points: not equal quality
+    assert "large batch: ok, 0.50x the ARM's" in big and "batch 1: ok, 1.50x" in one
+    rows[2].vs_arm = -0.03
+    assert "within 1 point of the ARM's accuracy (closest: ok, -0.030" in targets(rows)[1]
+    no_arm = targets([_row("naive", "mdm", 10, 0.0), _row("ok", "mdm", 50, -0.005)])
+    assert len(no_arm) == 1 and "ok, 5.00x" in no_arm[0]
 
 
 def test_paired_difference():

@@ -56,7 +56,7 @@ def bench_sample_cmd(
     with cli_errors():
         from rich.table import Table
 
-        from mdmctl.bench import as_dicts, bench_sample
+        from mdmctl.bench import as_dicts, bench_sample, targets
         from mdmctl.log import results_console
 
         rows = bench_sample(mdm=str(mdm), arm=str(arm) if arm else None, data_dir=str(data_dir),
@@ -67,14 +67,25 @@ def bench_sample_cmd(
             print(json.dumps(as_dicts(rows), indent=1))
             return
         t = Table(title=f"sampling on reversal-curse p2d_same + d2p_same (batch {batch_size})")
-        for col in ("setting", "prompts/s", "x naive", "tokens/s", "NFE/answer",
-                    "latency s", "x naive", "accuracy", "vs naive", "same as naive"):  # fmt: skip
+        for col in ("setting", "prompts/s", "x naive", "tokens/s", "x ARM", "NFE/answer",
+                    "latency s", "x naive", "batch-1 tokens/s", "x ARM", "accuracy", "vs naive",
+                    "vs ARM", "same as naive"):  # fmt: skip
             t.add_column(col)
         for r in rows:
-            same = "" if r.agreement is None else f"{r.agreement:.3f}"
-            acc = f"{r.accuracy:.3f} ± {r.stderr:.3f}"
-            delta = f"{r.delta:+.3f} ± {r.delta_stderr:.3f}"
             t.add_row(r.setting, f"{r.prompts_per_s:.1f}", f"{r.speedup:.2f}",
-                      f"{r.tokens_per_s:.0f}", f"{r.nfe_per_prompt:.1f}", f"{r.latency_s:.4f}",
-                      f"{r.latency_speedup:.2f}", acc, delta, same)  # fmt: skip
-        results_console().print(t)
+                      f"{r.tokens_per_s:.0f}", _opt(r.arm_tokens_ratio, ".2f"),
+                      f"{r.nfe_per_prompt:.1f}", f"{r.latency_s:.4f}",
+                      f"{r.latency_speedup:.2f}", f"{r.latency_tokens_per_s:.0f}",
+                      _opt(r.arm_latency_tokens_ratio, ".2f"),
+                      f"{r.accuracy:.3f} ± {r.stderr:.3f}",
+                      f"{r.delta:+.3f} ± {r.delta_stderr:.3f}",
+                      "" if r.vs_arm is None else f"{r.vs_arm:+.3f} ± {r.vs_arm_stderr:.3f}",
+                      _opt(r.agreement, ".3f"))  # fmt: skip
+        console = results_console()
+        console.print(t)
+        for line in targets(rows):
+            console.print(line)
+
+
+def _opt(x: float | None, fmt: str) -> str:
+    return "" if x is None else format(x, fmt)
