@@ -3,6 +3,8 @@ top-k / top-p, eos rules; and an ARM refusing MDM-only options."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -333,6 +335,27 @@ def test_bench_sample_runs_every_setting(ckpts):
     assert (arm.vs_arm, arm.arm_tokens_ratio, arm.arm_latency_tokens_ratio) == (0.0, 1.0, 1.0)
     assert all(r.latency_tokens_per_s > 0 and r.vs_arm is not None for r in rows)
     assert naive.arm_tokens_ratio == pytest.approx(naive.tokens_per_s / arm.tokens_per_s)
+    for r in rows:  # two files of 3 prompts each: the overall accuracy is their mean
+        assert list(r.accuracy_by_file) == ["p2d_same", "d2p_same"]
+        assert sum(r.accuracy_by_file.values()) / 2 == pytest.approx(r.accuracy)
+
+
+def test_bench_sample_cli_prints_the_table_and_the_targets(ckpts):
+    from .conftest import SHARED, run
+
+    data = SHARED / "reversal_curse"
+    if not data.is_dir():
+        pytest.skip(f"{data} is absent (the reversal-curse files)")
+    args = ["bench", "sample", "--mdm", ckpts["mdm"], "--arm", ckpts["arm"], "--data-dir", data,
+            "--limit", "2", "--batch-size", "2", "--latency-prompts", "1", "--no-compile",
+            "--device", "cpu"]  # fmt: skip
+    out = run(*args).stdout
+    assert "accuracy (p2d_same / d2p_same)" in out and "ARM, KV cache" in out
+    assert "below the naive sampler's accuracy" in out and "the ARM's accuracy" in out
+    rows = json.loads(run(*args, "--json").stdout)
+    assert [r["setting"] for r in rows][-1] == "ARM, KV cache" and rows[-1]["vs_arm"] == 0.0
+    wrong = run(*args[:2], "--mdm", ckpts["arm"], *args[4:], code=2)  # an ARM passed as --mdm
+    assert "an ARM checkpoint, expected an MDM" in wrong.stdout + wrong.stderr
 
 
 def _row(setting, objective, tokens_per_s, delta, vs_arm=None, b1=1.0):

@@ -77,13 +77,15 @@ class BenchRow:
     vs_arm_stderr: float | None = None
     arm_tokens_ratio: float | None = None
     arm_latency_tokens_ratio: float | None = None
+    accuracy_by_file: dict[str, float] | None = None  # the accuracy in each of SPLITS
 
 
-def _prompts(data_dir: Path, limit: int | None) -> tuple[list[str], list[str]]:
+def _prompts(data_dir: Path, limit: int | None) -> tuple[list[str], list[str], list[str]]:
+    """Prompts, references and each prompt's file (a name in ``SPLITS``)."""
     from mdmctl.evaluation.generation import read_jsonl
     from mdmctl.evaluation.reverse_curse import SPLITS as FILES
 
-    prompts, refs = [], []
+    prompts, refs, files = [], [], []
     for name in SPLITS:
         path = data_dir / FILES[name][0]
         if not path.is_file():
@@ -91,7 +93,8 @@ def _prompts(data_dir: Path, limit: int | None) -> tuple[list[str], list[str]]:
         rows = read_jsonl(path)[:limit] if limit else read_jsonl(path)
         prompts += [r["prompt"] for r in rows]
         refs += [r["completion"] for r in rows]
-    return prompts, refs
+        files += [name] * len(rows)
+    return prompts, refs, files
 
 
 def _answers(g, tok, eos_id: int, stopped_cut: bool) -> tuple[list[str], int]:
@@ -162,7 +165,7 @@ def bench_sample(
     temperature 0)."""
     from mdmctl.sampling import SampleConfig, load_model
 
-    prompts, refs = _prompts(Path(data_dir), limit)
+    prompts, refs, files = _prompts(Path(data_dir), limit)
     base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
     settings = {**MDM_SETTINGS, **(COMPILED if compile else {})}
     runs = [(name, mdm, "mdm", replace(base, **kw)) for name, kw in settings.items()]
@@ -192,10 +195,10 @@ def bench_sample(
                 stats = dict(stats, latency_s=min(old["latency_s"], stats["latency_s"]), **fast)
             best[name] = (stats, answers, h)
             log(f"{name}: {stats['prompts_per_s']:.1f} prompts/s, accuracy {stats['accuracy']:.3f}")
-    return _rows(runs, best)
+    return _rows(runs, best, files)
 
 
-def _rows(runs, best) -> list[BenchRow]:
+def _rows(runs, best, files: list[str]) -> list[BenchRow]:
     from mdmctl.evaluation.generation import paired_difference
 
     naive_stats, naive_answers, naive_hits = best[NAIVE]
@@ -215,6 +218,10 @@ def _rows(runs, best) -> list[BenchRow]:
             same = sum(a == b for a, b in zip(answers, naive_answers, strict=True))
             row.agreement = same / len(answers)
         row.delta, row.delta_stderr = paired_difference(h, naive_hits)
+        row.accuracy_by_file = {
+            f: sum(x for x, g in zip(h, files, strict=True) if g == f) / files.count(f)
+            for f in SPLITS
+        }
         if arm_stats is not None:
             row.vs_arm, row.vs_arm_stderr = paired_difference(h, arm_hits)
             row.arm_tokens_ratio = stats["tokens_per_s"] / arm_stats["tokens_per_s"]

@@ -56,7 +56,7 @@ def bench_sample_cmd(
     with cli_errors():
         from rich.table import Table
 
-        from mdmctl.bench import as_dicts, bench_sample, targets
+        from mdmctl.bench import SPLITS, as_dicts, bench_sample, targets
         from mdmctl.log import results_console
 
         rows = bench_sample(mdm=str(mdm), arm=str(arm) if arm else None, data_dir=str(data_dir),
@@ -68,7 +68,8 @@ def bench_sample_cmd(
             return
         t = Table(title=f"sampling on reversal-curse p2d_same + d2p_same (batch {batch_size})")
         for col in ("setting", "prompts/s", "x naive", "tokens/s", "x ARM", "NFE/answer",
-                    "latency s", "x naive", "batch-1 tokens/s", "x ARM", "accuracy", "vs naive",
+                    "latency s", "x naive", "batch-1 tokens/s", "x ARM",
+                    f"accuracy ({' / '.join(SPLITS)})", "vs naive",
                     "vs ARM", "same as naive"):  # fmt: skip
             t.add_column(col)
         for r in rows:
@@ -77,7 +78,7 @@ def bench_sample_cmd(
                       f"{r.nfe_per_prompt:.1f}", f"{r.latency_s:.4f}",
                       f"{r.latency_speedup:.2f}", f"{r.latency_tokens_per_s:.0f}",
                       _opt(r.arm_latency_tokens_ratio, ".2f"),
-                      f"{r.accuracy:.3f} ± {r.stderr:.3f}",
+                      f"{r.accuracy:.3f} ± {r.stderr:.3f} ({_by_file(r)})",
                       f"{r.delta:+.3f} ± {r.delta_stderr:.3f}",
                       "" if r.vs_arm is None else f"{r.vs_arm:+.3f} ± {r.vs_arm_stderr:.3f}",
                       _opt(r.agreement, ".3f"))  # fmt: skip
@@ -85,6 +86,10 @@ def bench_sample_cmd(
         console.print(t)
         for line in targets(rows):
             console.print(line)
+
+
+def _by_file(r) -> str:
+    return " / ".join(f"{a:.2f}" for a in r.accuracy_by_file.values())
 
 
 def _opt(x: float | None, fmt: str) -> str:
