@@ -42,6 +42,7 @@ MDM_SETTINGS: dict[str, dict[str, Any]] = {
     "blocks 8, factor 1": {"block_length": 8, "factor": 1.0},
     "blocks 8, factor 1, dual cache": {"block_length": 8, "factor": 1.0, "cache": "dual"},
     "blocks 8, threshold 0.7, dual cache": {"block_length": 8, "threshold": 0.7, "cache": "dual"},
+    "blocks 4, threshold 0.9, dual cache": {"block_length": 4, "threshold": 0.9, "cache": "dual"},
     "blocks 16, threshold 0.9, dual cache": {
         "block_length": 16,
         "threshold": 0.9,
