@@ -51,11 +51,15 @@ if [ "${1:-core}" = sampling ]; then
   tail -20 "$OUT/bench_sample.log"
   python3 - "$OUT/bench_sample.json" <<'PY'
 import json, sys
-rows = json.load(open(sys.argv[1]))
-print(f"{'setting':48} {'prompts/s':>9} {'x naive':>7} {'lat s':>7} {'acc':>6} {'vs naive':>9}")
+from mdmctl.bench import BenchRow, targets
+rows = [BenchRow(**r) for r in json.load(open(sys.argv[1]))]
+print(f"{'setting':48} {'prompts/s':>9} {'x naive':>7} {'x ARM':>6} {'lat s':>7} {'b1 x ARM':>8} "
+      f"{'acc':>6} {'vs naive':>9} {'vs ARM':>9}")
 for r in rows:
-    print(f"{r['setting']:48} {r['prompts_per_s']:9.1f} {r['speedup']:7.2f} {r['latency_s']:7.4f} "
-          f"{r['accuracy']:6.3f} {100 * r['delta']:+6.1f} pts")
+    print(f"{r.setting:48} {r.prompts_per_s:9.1f} {r.speedup:7.2f} {r.arm_tokens_ratio:6.2f} "
+          f"{r.latency_s:7.4f} {r.arm_latency_tokens_ratio:8.2f} {r.accuracy:6.3f} "
+          f"{100 * r.delta:+6.1f} pts {100 * r.vs_arm:+6.1f} pts")
+print("\n".join(targets(rows)))
 PY
   exit $rc
 fi
