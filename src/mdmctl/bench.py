@@ -39,6 +39,17 @@ MDM_SETTINGS: dict[str, dict[str, Any]] = {
         "cache": "prefix",
     },
     "blocks 8, threshold 0.9, dual cache": {"block_length": 8, "threshold": 0.9, "cache": "dual"},
+    # Threshold 0.99: with the caches, what the cache itself costs in quality (docs/benchmarks.md).
+    "blocks 8, threshold 0.99, prefix cache": {
+        "block_length": 8,
+        "threshold": 0.99,
+        "cache": "prefix",
+    },
+    "blocks 8, threshold 0.99, dual cache": {
+        "block_length": 8,
+        "threshold": 0.99,
+        "cache": "dual",
+    },
     "blocks 8, factor 1": {"block_length": 8, "factor": 1.0},
     "blocks 8, factor 1, dual cache": {"block_length": 8, "factor": 1.0, "cache": "dual"},
     "blocks 8, threshold 0.7, dual cache": {"block_length": 8, "threshold": 0.7, "cache": "dual"},
