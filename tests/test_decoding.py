@@ -234,6 +234,8 @@ def test_sample_config_rules():
         (dict(top_p=0.0), "--top-p"),
         (dict(block_length=0), "--block-length"),
         (dict(sampler="ancestral", threshold=0.9), "ancestral"),
+        (dict(cache="prefix", cache_window=4), "--cache-window applies to --cache dual"),
+        (dict(cache="dual", cache_window=-1), "--cache-window: must be >= 0"),
     ]:
         with pytest.raises(ConfigError, match=match):
             SampleConfig(**kw)
@@ -244,12 +246,15 @@ def test_cli_decoding_options_and_arm_refusal(ckpts):
 
     run("sample", "--checkpoint", ckpts["mdm"], "--length", "6", "--block-length", "2",
         "--threshold", "0.5", "--remasking", "margin", "--top-k", "8", "--min-length", "2",
-        "--cache", "dual", "--device", "cpu")  # fmt: skip
+        "--cache", "dual", "--cache-window", "2", "--device", "cpu")  # fmt: skip
     run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--top-p", "0.9", "--min-length",
         "2", "--device", "cpu")  # fmt: skip
     r = run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--block-length", "2",
             "--factor", "1", "--device", "cpu", code=2)  # fmt: skip
     assert "--block-length, --factor apply to objective 'mdm'" in r.stdout + r.stderr
+    r = run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--cache", "dual",
+            "--cache-window", "2", "--device", "cpu", code=2)  # fmt: skip
+    assert "--cache, --cache-window apply to objective 'mdm'" in r.stdout + r.stderr
     run("sample", "--checkpoint", ckpts["mdm"], "--threshold", "0.5", "--factor", "1", code=2)
 
 
@@ -273,8 +278,16 @@ def test_cache_none_is_exact(tiny_mdm, dec):
     assert torch.equal(none.tokens, plain.tokens) and none.nfe == plain.nfe
 
 
-@pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_cached_window_right_after_a_refresh_equals_the_full_forward(tiny_mdm, mode):
+WINDOWS = {  # (mode, dual window): each row's positions run fresh after the refresh
+    ("prefix", 0): [[2, 3, 4, 5, 6, 7]] * 2,  # its block and what follows, as wide as the widest
+    ("dual", 0): [[4, 5], [2, 3]],  # its block
+    ("dual", 1): [[4, 5, 6], [2, 3, 4]],  # its block and the next position
+    ("dual", 99): [[2, 3, 4, 5, 6, 7]] * 2,  # a window past the canvas end: the prefix cache
+}
+
+
+@pytest.mark.parametrize(("mode", "near"), list(WINDOWS))
+def test_cached_window_right_after_a_refresh_equals_the_full_forward(tiny_mdm, mode, near):
     """Nothing changed since the refresh: the cached keys and values are exact, so the window's
     logits equal a full forward's (ragged rows, padding as its own segment)."""
     from mdmctl.sampling.cache import CachedMDM
@@ -285,19 +298,40 @@ def test_cached_window_right_after_a_refresh_equals_the_full_forward(tiny_mdm, m
     docs = (x == PAD).long()
     own = torch.zeros_like(x, dtype=torch.bool)
     own[0, 4:6], own[1, 2:4] = True, True
-    cm = CachedMDM(tiny_mdm, mode)
+    cm = CachedMDM(tiny_mdm, mode, near)
     cm.begin_block(own)
     full = cm(x, docs).clone()  # the cache updates its logits buffer in place
     window = cm(x, docs)
     pos = cm.positions
     assert (cm.forwards_full, cm.forwards_window) == (1, 1)
-    # Each row's own window (prefix: its block and what follows, as wide as the widest row's).
-    assert pos.tolist() == ([[2, 3, 4, 5, 6, 7]] * 2 if mode == "prefix" else [[4, 5], [2, 3]])
+    assert pos.tolist() == WINDOWS[mode, near]
     at = pos[:, :, None].expand(-1, -1, full.shape[-1])
     assert not torch.equal(window.gather(1, at), torch.zeros_like(window.gather(1, at)))
     torch.testing.assert_close(window.gather(1, at), full.gather(1, at), atol=1e-5, rtol=1e-5)
     cm.logits.zero_()  # the window's logits come from the window's forward, not the buffer
     torch.testing.assert_close(cm(x, docs).gather(1, at), full.gather(1, at), atol=1e-5, rtol=1e-5)
+
+
+def test_dual_cache_window_between_dual_and_prefix(tiny_mdm):
+    """A window as long as the canvas is the prefix cache, token for token and forward for
+    forward; a window of 2 recomputes more than the dual cache, so its answers may differ from
+    both, and it still fills the canvas with each row as it is alone."""
+    from mdmctl.sampling.cache import CachedMDM
+
+    dec = Decoding(block_length=4, threshold=0.05)
+    prompts, lengths = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]], [12, 6]
+    runs = {}
+    for mode, window in [("prefix", 0), ("dual", 64), ("dual", 2)]:
+        cm = CachedMDM(tiny_mdm, mode, window)
+        out = _run(cm, prompts, dec, length=lengths, steps=lengths)
+        runs[mode, window] = (out.tokens, out.nfe, cm.forwards_full, cm.forwards_window)
+        for b, row in enumerate(out.rows()):
+            alone = _run(
+                CachedMDM(tiny_mdm, mode, window), [prompts[b]], dec, lengths[b], lengths[b]
+            )
+            assert row == alone.tokens[0].tolist() and MASK not in row
+    prefix, wide = runs["prefix", 0], runs["dual", 64]
+    assert torch.equal(prefix[0], wide[0]) and prefix[1:] == wide[1:]
 
 
 @pytest.mark.parametrize("mode", ["prefix", "dual"])

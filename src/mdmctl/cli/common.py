@@ -219,6 +219,15 @@ def decoding_options() -> dict[str, Any]:
             "block's first step) or dual (the positions after it too). prefix and dual are "
             "approximations: a bidirectional model's keys change with every revealed token.",
         ),
+        "cache_window": typer.Option(
+            0,
+            "--cache-window",
+            min=0,
+            help="With --cache dual: the positions right after the block also run at every "
+            "step (their keys and values fresh), this many of them; only the suffix beyond "
+            "uses kept ones. Recovers most of what the dual cache loses at a fraction of the "
+            "prefix cache's cost (docs/benchmarks.md). Default: 0 (Fast-dLLM's dual cache).",
+        ),
         "compile": typer.Option(
             False,
             "--compile",
@@ -237,6 +246,7 @@ DECODING_TYPES: dict[str, Any] = {
     "top_p": float | None,
     "min_length": int,
     "cache": CacheName,
+    "cache_window": int,
     "compile": bool,
 }
 

@@ -7,7 +7,7 @@ or ``mdmctl eval lm-eval --tasks ...``. Model arguments: ``checkpoint``, ``estim
 chain-rule), ``mc_num`` (MC samples), ``cfg``, ``greedy`` (compute ``is_greedy`` for MDMs),
 ``batch_size``, ``seed``, ``device``, ``attention``, and for generation ``steps``, ``sampler``,
 ``temperature``, ``max_gen_toks``, ``remasking``, ``block_length``, ``threshold``, ``factor``,
-``top_k``, ``top_p``, ``cache``, ``compile`` (as ``mdmctl sample``'s options).
+``top_k``, ``top_p``, ``cache``, ``cache_window``, ``compile`` (as ``mdmctl sample``'s options).
 
 - ``loglikelihood``: the likelihood engine (``evaluation.likelihood``), lm-eval's tokenisation of
   the pair; ``is_greedy`` from the greedy check (MDM) or next-token argmax (ARM).
@@ -65,6 +65,7 @@ class MdmctlLM(LM):
         top_k: int | str | None = None,
         top_p: float | str | None = None,
         cache: str = "none",
+        cache_window: int | str = 0,
         compile: bool | str = False,
         max_batch_size: int | None = None,  # lm-eval passes it to every model; batches are fixed
     ) -> None:
@@ -102,6 +103,7 @@ class MdmctlLM(LM):
             top_k=num(top_k, int),
             top_p=num(top_p, float),
             cache=cache,
+            cache_window=int(cache_window),
             compile=_bool(compile),
         )
 

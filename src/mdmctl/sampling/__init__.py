@@ -48,6 +48,8 @@ class SampleConfig:
     """Both objectives: eos is not sampled before this many generated tokens."""
     cache: str = "none"
     """MDM KV cache: none (exact), prefix or dual (approximations; sampling/cache.py)."""
+    cache_window: int = 0
+    """Dual cache: positions after the block that run fresh at every step with it."""
     compile: bool = False
     """Both objectives: run the model through ``torch.compile`` (``compile_model``)."""
 
@@ -84,6 +86,11 @@ def _check_decoding(c: SampleConfig) -> None:
 
     if c.cache not in CACHE_MODES:
         raise ConfigError(f"--cache: expected one of {', '.join(CACHE_MODES)}, got {c.cache!r}")
+    if c.cache_window < 0:
+        raise ConfigError(f"--cache-window: must be >= 0, got {c.cache_window}")
+    if c.cache_window and c.cache != "dual":
+        # prefix already recomputes the whole suffix, none the whole canvas
+        raise ConfigError(f"--cache-window applies to --cache dual, not --cache {c.cache}")
     if c.min_length < 0:
         raise ConfigError(f"--min-length: must be >= 0, got {c.min_length}")
     if c.top_p is not None and not 0 < c.top_p <= 1:
@@ -112,6 +119,7 @@ def _check_arm_options(c: SampleConfig) -> None:
     given += ["--cfg"] if c.cfg != 0 else []
     given += ["--remasking"] if c.remasking != "low-confidence" else []
     given += ["--cache"] if c.cache != "none" else []
+    given += ["--cache-window"] if c.cache_window else []
     if given:
         verb = "applies" if len(given) == 1 else "apply"
         raise ConfigError(
@@ -254,7 +262,11 @@ def generate(
                 f"(gen length {n}): shorten the prompt or --length"
             )
     net = compile_model(model, device) if cfg.compile else model
-    mdm_fn = (lambda x, d: net(x, doc_ids=d)) if cfg.cache == "none" else CachedMDM(net, cfg.cache)
+    mdm_fn = (
+        (lambda x, d: net(x, doc_ids=d))
+        if cfg.cache == "none"
+        else CachedMDM(net, cfg.cache, cfg.cache_window)
+    )
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]
     nfe = done = n_batches = 0

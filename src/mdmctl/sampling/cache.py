@@ -11,6 +11,11 @@ approximation, never exact, and ``none`` (recompute the whole canvas every step)
 - ``dual``: as ``prefix``, but only the block runs; the positions after it (still masked, later
   blocks) use kept keys and values too. Approximated as well: the suffix does not see the block's
   new tokens.
+- ``dual`` with a ``window`` of W positions: the block and the W positions after it run at every
+  step, and only the suffix beyond them uses kept keys and values (a near-suffix refresh in the
+  spirit of dInfer's vicinity refresh). The positions right after the block are the ones whose
+  keys change most as the block fills in (they continue its text); a window as long as the canvas
+  is the prefix cache exactly.
 
 With a CFG scale the conditional and unconditional rows share one cache of 2B rows. Rows start
 their generation at their own prompt length, so each row runs its own window: its block (prefix:
@@ -39,20 +44,24 @@ class CachedMDM:
     steps. Logits outside the recomputed window are the last refresh's: the sampler reads only the
     block."""
 
-    def __init__(self, model: Transformer, mode: CacheMode) -> None:
-        self.model, self.mode = model, mode
+    def __init__(self, model: Transformer, mode: CacheMode, window: int = 0) -> None:
+        self.model, self.mode, self.window = model, mode, window
         self.cache: KVCache | None = None
         self.positions: torch.Tensor | None = None  # (B, w) each row's window
         self.refresh = True  # the next call runs the whole canvas and refills the cache
         self.forwards_full = self.forwards_window = 0
 
     def begin_block(self, own: torch.Tensor) -> None:
-        """``own`` (B, L) bool: each row's columns of the block about to be decoded."""
-        if self.mode == "prefix":  # a row's block and everything after it run fresh
-            own = own.long().cummax(dim=1).values.bool()
-        L = own.shape[1]
+        """``own`` (B, L) bool: each row's columns of the block about to be decoded (contiguous)."""
+        L, has = own.shape[1], own.any(1)
         first = own.long().argmax(1)  # (B,) 0 for a row without a block
-        last = torch.where(own.any(1), L - 1 - own.flip(1).long().argmax(1), 0)
+        last = L - 1 - own.flip(1).long().argmax(1)  # (B,)
+        # What runs fresh at every step: prefix, the block and everything after it; dual, the
+        # block and its window.
+        last = torch.full_like(last, L - 1) if self.mode == "prefix" else last + self.window
+        last = torch.where(has, last.clamp(max=L - 1), 0)
+        cols = torch.arange(L, device=own.device)
+        own = has[:, None] & (cols >= first[:, None]) & (cols <= last[:, None])  # (B, L)
         width = int((last - first + 1).clamp(min=1).max())
         start = first.clamp(max=L - width)  # (B,)
         self.own, self.refresh = own, True
