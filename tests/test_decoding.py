@@ -374,6 +374,24 @@ def test_bench_sample_runs_every_setting(ckpts):
         assert sum(r.accuracy_by_file.values()) / 2 == pytest.approx(r.accuracy)
 
 
+def test_bench_sample_runs_given_settings_after_the_naive_sampler(ckpts):
+    """``settings`` replaces the default list (benchmarks/cache_window_grid.py); the naive
+    sampler still runs first, since every ratio is to it, and no ARM means no ARM columns."""
+    from mdmctl.bench import NAIVE, bench_sample
+
+    from .conftest import SHARED
+
+    data = SHARED / "reversal_curse"
+    if not data.is_dir():
+        pytest.skip(f"{data} is absent (the reversal-curse files)")
+    window = {"block_length": 4, "threshold": 0.9, "cache": "dual", "cache_window": 2}
+    rows = bench_sample(mdm=str(ckpts["mdm"]), arm=None, data_dir=str(data), batch_size=4,
+                        latency_prompts=1, limit=2, compile=False, device="cpu",
+                        settings={"window 2": window})  # fmt: skip
+    assert [r.setting for r in rows] == [NAIVE, "window 2"]
+    assert rows[0].agreement == 1.0 and rows[1].vs_arm is None
+
+
 def test_bench_sample_cli_prints_the_table_and_the_targets(ckpts):
     from .conftest import SHARED, run
 

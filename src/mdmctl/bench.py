@@ -180,10 +180,13 @@ def bench_sample(
     repeats: int = 1,
     compile: bool = True,
     device: str = "auto",
+    settings: dict[str, dict[str, Any]] | None = None,
     log=lambda msg: None,
 ) -> list[BenchRow]:
-    """One row per setting (the naive sampler first, the ARM last; ``compile``: also the fastest
-    MDM setting and the ARM through ``torch.compile``). With ``repeats`` > 1 every
+    """One row per setting (the naive sampler first, the ARM last; ``compile``: also a fast
+    MDM setting and the ARM through ``torch.compile``). ``settings``: the MDM settings, by name
+    (``SampleConfig`` fields; default ``MDM_SETTINGS``); the naive sampler runs first whatever
+    they are, as every ratio is to it. With ``repeats`` > 1 every
     setting is timed that many times, in rounds over all settings so that a slow spell of a
     shared machine touches them alike, and the fastest time is kept (answers do not change at
     temperature 0)."""
@@ -191,8 +194,12 @@ def bench_sample(
 
     prompts, refs, files = _prompts(Path(data_dir), limit)
     base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
-    settings = {**MDM_SETTINGS, **(COMPILED if compile else {})}
-    runs = [(name, mdm, "mdm", replace(base, **kw)) for name, kw in settings.items()]
+    chosen = {
+        NAIVE: MDM_SETTINGS[NAIVE],
+        **(settings or MDM_SETTINGS),
+        **(COMPILED if compile else {}),
+    }
+    runs = [(name, mdm, "mdm", replace(base, **kw)) for name, kw in chosen.items()]
     if arm:
         runs.append((ARM, arm, "arm", replace(base, cfg=0.0)))
     if arm and compile:
