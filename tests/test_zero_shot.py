@@ -377,3 +377,26 @@ def test_lm_eval_missing_names_the_extra(ckpts, monkeypatch):
     monkeypatch.delitem(sys.modules, "mdmctl.evaluation.lm_eval_adapter", raising=False)
     r = run("eval", "lm-eval", "--tasks", "piqa", "--checkpoint", ckpts["mdm"], code=2)
     assert "pip install 'mdmctl[eval]'" in r.stderr
+
+
+def test_lm_eval_model_args_reach_the_sampler(ckpts):
+    """generate_until decodes with the model_args' decoding rules (strings, as lm-eval passes
+    them): the same text as ``generate`` with those rules, and an ARM refuses MDM-only ones."""
+    pytest.importorskip("lm_eval")
+    from types import SimpleNamespace
+
+    from mdmctl.evaluation.lm_eval_adapter import MdmctlLM
+    from mdmctl.sampling import SampleConfig, generate
+
+    rules = dict(block_length="2", threshold="0.5", cache="dual", cache_window="2")
+    lm = MdmctlLM(checkpoint=str(ckpts["mdm"]), device="cpu", **rules)
+    assert lm.decoding["cache_window"] == 2 and lm.decoding["threshold"] == 0.5
+    prompts = ["the cat sat", "a dog"]
+    got = lm.generate_until([SimpleNamespace(args=(p, {"until": [], "max_gen_toks": 6}))
+                             for p in prompts])  # fmt: skip
+    scfg = SampleConfig(length=6, steps=6, temperature=0.0, batch_size=32, **lm.decoding)
+    want = generate(lm.model, lm.tok, lm.info, prompts, scfg, lm._device).texts
+    assert got == [w or "" for w in want]
+    arm = MdmctlLM(checkpoint=str(ckpts["arm"]), device="cpu", cache="dual", cache_window="2")
+    with pytest.raises(ConfigError, match="--cache, --cache-window apply to objective 'mdm'"):
+        arm.generate_until([SimpleNamespace(args=("a dog", {"max_gen_toks": 4}))])
