@@ -334,16 +334,16 @@ def test_dual_cache_window_between_dual_and_prefix(tiny_mdm):
     assert torch.equal(prefix[0], wide[0]) and prefix[1:] == wide[1:]
 
 
-@pytest.mark.parametrize("mode", ["prefix", "dual"])
-def test_cached_modes_fill_the_canvas_and_are_batch_invariant(tiny_mdm, mode):
+@pytest.mark.parametrize(("mode", "near"), [("prefix", 0), ("dual", 0), ("dual", 2)])
+def test_cached_modes_fill_the_canvas_and_are_batch_invariant(tiny_mdm, mode, near):
     from mdmctl.sampling.cache import CachedMDM
 
-    dec = Decoding(block_length=4, cfg=0.5)
-    cm = CachedMDM(tiny_mdm, mode)
+    dec = Decoding(block_length=4, cfg=0.5)  # CFG: the cache holds 2B rows
+    cm = CachedMDM(tiny_mdm, mode, near)
     out = _run(cm, [[1, 2, 3, 4, 5, 6], [7, 8]], dec, length=12, steps=12)
     assert not (out.tokens == MASK).any() and out.nfe == 12
     assert cm.forwards_full == 3 and cm.forwards_window == 9  # one refresh per block
-    alone = _run(CachedMDM(tiny_mdm, mode), [[7, 8]], dec, length=12, steps=12)
+    alone = _run(CachedMDM(tiny_mdm, mode, near), [[7, 8]], dec, length=12, steps=12)
     assert torch.equal(out.tokens[1], alone.tokens[0])
 
 
