@@ -13,9 +13,10 @@ approximation, never exact, and ``none`` (recompute the whole canvas every step)
   new tokens.
 - ``dual`` with a ``window`` of W positions: the block and the W positions after it run at every
   step, and only the suffix beyond them uses kept keys and values (a near-suffix refresh in the
-  spirit of dInfer's vicinity refresh). The positions right after the block are the ones whose
-  keys change most as the block fills in (they continue its text); a window as long as the canvas
-  is the prefix cache exactly.
+  spirit of dInfer's vicinity refresh). The positions right after the block continue its text,
+  so they are the suffix positions the block's new tokens should inform first; a window as long
+  as the canvas is the prefix cache exactly. How much a window buys back is measured, not
+  assumed (docs/benchmarks.md, "The dual cache's window").
 
 With a CFG scale the conditional and unconditional rows share one cache of 2B rows. Rows start
 their generation at their own prompt length, so each row runs its own window: its block (prefix:
