@@ -375,8 +375,9 @@ def test_bench_sample_runs_every_setting(ckpts):
 
 
 def test_bench_sample_runs_given_settings_after_the_naive_sampler(ckpts):
-    """``settings`` replaces the default list (benchmarks/cache_window_grid.py); the naive
-    sampler still runs first, since every ratio is to it, and no ARM means no ARM columns."""
+    """``settings`` replaces the default list (benchmarks/cache_window_grid.py) and ``splits``
+    the prompt files; the naive sampler still runs first, since every ratio is to it, and no ARM
+    means no ARM columns."""
     from mdmctl.bench import NAIVE, bench_sample
 
     from .conftest import SHARED
@@ -387,9 +388,11 @@ def test_bench_sample_runs_given_settings_after_the_naive_sampler(ckpts):
     window = {"block_length": 4, "threshold": 0.9, "cache": "dual", "cache_window": 2}
     rows = bench_sample(mdm=str(ckpts["mdm"]), arm=None, data_dir=str(data), batch_size=4,
                         latency_prompts=1, limit=2, compile=False, device="cpu",
-                        settings={"window 2": window})  # fmt: skip
+                        settings={"window 2": window},
+                        splits={"both": "both_prompts_test.jsonl"})  # fmt: skip
     assert [r.setting for r in rows] == [NAIVE, "window 2"]
     assert rows[0].agreement == 1.0 and rows[1].vs_arm is None
+    assert all(list(r.accuracy_by_file) == ["both"] for r in rows)
 
 
 def test_bench_sample_cli_prints_the_table_and_the_targets(ckpts):

@@ -27,7 +27,8 @@ from typing import Any
 
 from mdmctl.errors import ConfigError, DataError
 
-SPLITS = ("p2d_same", "d2p_same")
+SPLITS = {"p2d_same": "p2d_prompts_test.jsonl", "d2p_same": "d2p_prompts_test.jsonl"}
+"""The test files, by label: the trained direction, where both objectives answer."""
 MDM_SETTINGS: dict[str, dict[str, Any]] = {
     "naive (1 token/step, full canvas)": {"stop_at_eos": False},
     "1 token/step, eos stop": {},
@@ -101,17 +102,18 @@ class BenchRow:
     vs_arm_stderr: float | None = None
     arm_tokens_ratio: float | None = None
     arm_latency_tokens_ratio: float | None = None
-    accuracy_by_file: dict[str, float] | None = None  # the accuracy in each of SPLITS
+    accuracy_by_file: dict[str, float] | None = None  # the accuracy in each file, by label
 
 
-def _prompts(data_dir: Path, limit: int | None) -> tuple[list[str], list[str], list[str]]:
-    """Prompts, references and each prompt's file (a name in ``SPLITS``)."""
+def _prompts(
+    data_dir: Path, limit: int | None, splits: dict[str, str]
+) -> tuple[list[str], list[str], list[str]]:
+    """Prompts, references and each prompt's file (a label of ``splits``)."""
     from mdmctl.evaluation.generation import read_jsonl
-    from mdmctl.evaluation.reverse_curse import SPLITS as FILES
 
     prompts, refs, files = [], [], []
-    for name in SPLITS:
-        path = data_dir / FILES[name][0]
+    for name, file in splits.items():
+        path = data_dir / file
         if not path.is_file():
             raise DataError(f"{path}: not found (the reversal-curse test files)")
         rows = read_jsonl(path)[:limit] if limit else read_jsonl(path)
@@ -181,18 +183,20 @@ def bench_sample(
     compile: bool = True,
     device: str = "auto",
     settings: dict[str, dict[str, Any]] | None = None,
+    splits: dict[str, str] | None = None,
     log=lambda msg: None,
 ) -> list[BenchRow]:
     """One row per setting (the naive sampler first, the ARM last; ``compile``: also a fast
     MDM setting and the ARM through ``torch.compile``). ``settings``: the MDM settings, by name
     (``SampleConfig`` fields; default ``MDM_SETTINGS``); the naive sampler runs first whatever
-    they are, as every ratio is to it. With ``repeats`` > 1 every
+    they are, as every ratio is to it. ``splits``: the prompt files in ``data_dir``, by label
+    (default ``SPLITS``). With ``repeats`` > 1 every
     setting is timed that many times, in rounds over all settings so that a slow spell of a
     shared machine touches them alike, and the fastest time is kept (answers do not change at
     temperature 0)."""
     from mdmctl.sampling import SampleConfig, load_model
 
-    prompts, refs, files = _prompts(Path(data_dir), limit)
+    prompts, refs, files = _prompts(Path(data_dir), limit, splits or SPLITS)
     base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
     chosen = {
         NAIVE: MDM_SETTINGS[NAIVE],
@@ -251,7 +255,7 @@ def _rows(runs, best, files: list[str]) -> list[BenchRow]:
         row.delta, row.delta_stderr = paired_difference(h, naive_hits)
         row.accuracy_by_file = {
             f: sum(x for x, g in zip(h, files, strict=True) if g == f) / files.count(f)
-            for f in SPLITS
+            for f in dict.fromkeys(files)
         }
         if arm_stats is not None:
             row.vs_arm, row.vs_arm_stderr = paired_difference(h, arm_hits)
