@@ -305,6 +305,10 @@ def test_cached_window_right_after_a_refresh_equals_the_full_forward(tiny_mdm, m
     pos = cm.positions
     assert (cm.forwards_full, cm.forwards_window) == (1, 1)
     assert pos.tolist() == WINDOWS[mode, near]
+    # Each row writes its window's columns from its block on, not those its window was shifted
+    # left over to fit the widest row.
+    written = [[c for c in p if c >= start] for p, start in zip(pos.tolist(), (4, 2), strict=True)]
+    assert [[c for c in range(8) if cm.own[r, c]] for r in range(2)] == written
     at = pos[:, :, None].expand(-1, -1, full.shape[-1])
     assert not torch.equal(window.gather(1, at), torch.zeros_like(window.gather(1, at)))
     torch.testing.assert_close(window.gather(1, at), full.gather(1, at), atol=1e-5, rtol=1e-5)
@@ -332,6 +336,14 @@ def test_dual_cache_window_between_dual_and_prefix(tiny_mdm):
             assert row == alone.tokens[0].tolist() and MASK not in row
     prefix, wide = runs["prefix", 0], runs["dual", 64]
     assert torch.equal(prefix[0], wide[0]) and prefix[1:] == wide[1:]
+    own = torch.zeros(1, 12, dtype=torch.bool)
+    own[0, 3:7] = True  # a block of 4: window 2 runs 6 columns, the plain dual cache 4
+    widths = []
+    for near in (0, 2):
+        cm = CachedMDM(tiny_mdm, "dual", near)
+        cm.begin_block(own)
+        widths.append(cm.positions.shape[1])
+    assert widths == [4, 6]
 
 
 @pytest.mark.parametrize(("mode", "near"), [("prefix", 0), ("dual", 0), ("dual", 2)])

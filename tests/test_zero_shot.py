@@ -379,7 +379,7 @@ def test_lm_eval_missing_names_the_extra(ckpts, monkeypatch):
     assert "pip install 'mdmctl[eval]'" in r.stderr
 
 
-def test_lm_eval_model_args_reach_the_sampler(ckpts):
+def test_lm_eval_model_args_reach_the_sampler(ckpts, monkeypatch):
     """generate_until decodes with the model_args' decoding rules (strings, as lm-eval passes
     them): the same text as ``generate`` with those rules, and an ARM refuses MDM-only ones."""
     pytest.importorskip("lm_eval")
@@ -387,8 +387,17 @@ def test_lm_eval_model_args_reach_the_sampler(ckpts):
 
     from mdmctl.evaluation.lm_eval_adapter import MdmctlLM
     from mdmctl.sampling import SampleConfig, generate
+    from mdmctl.sampling import cache as cache_mod
+
+    windows = []
+    real_init = cache_mod.CachedMDM.__init__
+
+    def spy(self, model, mode, window=0):
+        windows.append((mode, window))
+        real_init(self, model, mode, window)
 
     rules = dict(block_length="2", threshold="0.5", cache="dual", cache_window="2")
+    monkeypatch.setattr(cache_mod.CachedMDM, "__init__", spy)
     lm = MdmctlLM(checkpoint=str(ckpts["mdm"]), device="cpu", **rules)
     assert lm.decoding["cache_window"] == 2 and lm.decoding["threshold"] == 0.5
     prompts = ["the cat sat", "a dog"]
@@ -397,6 +406,7 @@ def test_lm_eval_model_args_reach_the_sampler(ckpts):
     scfg = SampleConfig(length=6, steps=6, temperature=0.0, batch_size=32, **lm.decoding)
     want = generate(lm.model, lm.tok, lm.info, prompts, scfg, lm._device).texts
     assert got == [w or "" for w in want]
+    assert windows == [("dual", 2)] * 2  # generate_until's sampler, then the reference's
     arm = MdmctlLM(checkpoint=str(ckpts["arm"]), device="cpu", cache="dual", cache_window="2")
     with pytest.raises(ConfigError, match="--cache, --cache-window apply to objective 'mdm'"):
         arm.generate_until([SimpleNamespace(args=("a dog", {"max_gen_toks": 4}))])

@@ -45,7 +45,7 @@ def bench_sample_cmd(
     compile: bool = typer.Option(
         True,
         "--compile/--no-compile",
-        help="Also time the fastest MDM setting and the ARM through torch.compile (compiled in "
+        help="Also time one fast MDM setting and the ARM through torch.compile (compiled in "
         "a warm-up outside the timings).",
     ),
     device: str = device_option(),

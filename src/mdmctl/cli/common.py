@@ -225,8 +225,8 @@ def decoding_options() -> dict[str, Any]:
             min=0,
             help="With --cache dual: the positions right after the block also run at every "
             "step (their keys and values fresh), this many of them; only the suffix beyond "
-            "uses kept ones. Recovers most of what the dual cache loses at a fraction of the "
-            "prefix cache's cost (docs/benchmarks.md). Default: 0 (Fast-dLLM's dual cache).",
+            "uses kept ones. On one reverse-curse MDM it recovered most of what the dual cache "
+            "lost at a fraction of the prefix cache's cost (docs/benchmarks.md). Default: 0 (Fast-dLLM's dual cache).",
         ),
         "compile": typer.Option(
             False,

@@ -103,7 +103,7 @@ class MdmctlLM(LM):
             top_k=num(top_k, int),
             top_p=num(top_p, float),
             cache=cache,
-            cache_window=int(cache_window),
+            cache_window=num(cache_window, int) or 0,
             compile=_bool(compile),
         )
 

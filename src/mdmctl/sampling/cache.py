@@ -20,9 +20,9 @@ approximation, never exact, and ``none`` (recompute the whole canvas every step)
 
 With a CFG scale the conditional and unconditional rows share one cache of 2B rows. Rows start
 their generation at their own prompt length, so each row runs its own window: its block (prefix:
-its block and what follows), gathered into one (B, w) batch with per-row positions (w, the widest
+its block and what follows; dual with a window: its block and the W positions after it), gathered into one (B, w) batch with per-row positions (w, the widest
 row's window; a narrower row's window is moved left to fit the canvas). Each row writes fresh
-keys and values only for its own block and keeps the cached ones elsewhere, so a row's sample
+keys and values only for its own window columns and keeps the cached ones elsewhere, so a row's sample
 does not depend on its batch neighbours.
 """
 
