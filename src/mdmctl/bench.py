@@ -27,8 +27,9 @@ from typing import Any
 
 from mdmctl.errors import ConfigError, DataError
 
-SPLITS = {"p2d_same": "p2d_prompts_test.jsonl", "d2p_same": "d2p_prompts_test.jsonl"}
-"""The test files, by label: the trained direction, where both objectives answer."""
+SPLITS = ("p2d_same", "d2p_same")
+"""The default test files (``eval reverse-curse``'s names): the trained direction, where both
+objectives answer."""
 MDM_SETTINGS: dict[str, dict[str, Any]] = {
     "naive (1 token/step, full canvas)": {"stop_at_eos": False},
     "1 token/step, eos stop": {},
@@ -190,13 +191,17 @@ def bench_sample(
     MDM setting and the ARM through ``torch.compile``). ``settings``: the MDM settings, by name
     (``SampleConfig`` fields; default ``MDM_SETTINGS``); the naive sampler runs first whatever
     they are, as every ratio is to it. ``splits``: the prompt files in ``data_dir``, by label
-    (default ``SPLITS``). With ``repeats`` > 1 every
+    (default: ``SPLITS``' files). With ``repeats`` > 1 every
     setting is timed that many times, in rounds over all settings so that a slow spell of a
     shared machine touches them alike, and the fastest time is kept (answers do not change at
     temperature 0)."""
     from mdmctl.sampling import SampleConfig, load_model
 
-    prompts, refs, files = _prompts(Path(data_dir), limit, splits or SPLITS)
+    if splits is None:
+        from mdmctl.evaluation.reverse_curse import SPLITS as FILES
+
+        splits = {name: FILES[name][0] for name in SPLITS}
+    prompts, refs, files = _prompts(Path(data_dir), limit, splits)
     base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
     chosen = {
         NAIVE: MDM_SETTINGS[NAIVE],
