@@ -86,10 +86,12 @@ def test_cached_modes_with_rows_of_different_lengths(tiny_mdm):
 
     dec = Decoding(block_length=4, threshold=0.05)
     prompts, lengths = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]], [12, 6]
-    for mode in ("prefix", "dual"):
-        out = _run(CachedMDM(tiny_mdm, mode), prompts, dec, length=lengths, steps=lengths)
+    for mode in ("prefix", "dual", "delayed"):
+        cm = CachedMDM(tiny_mdm, mode, mask_id=MASK)
+        out = _run(cm, prompts, dec, length=lengths, steps=lengths)
         for b, row in enumerate(out.rows()):
-            alone = _run(CachedMDM(tiny_mdm, mode), [prompts[b]], dec, lengths[b], lengths[b])
+            alone = _run(CachedMDM(tiny_mdm, mode, mask_id=MASK), [prompts[b]], dec, lengths[b],
+                         lengths[b])  # fmt: skip
             assert row == alone.tokens[0].tolist()
 
 
@@ -210,14 +212,15 @@ def test_finished_rows_leave_the_batch():
 
 
 @pytest.mark.parametrize("cfg", [0.0, 0.5])  # CFG: the cache holds the unconditional rows too
-def test_cache_take_keeps_the_rows_it_is_given(tiny_mdm, cfg):
+@pytest.mark.parametrize("mode", ["dual", "delayed"])
+def test_cache_take_keeps_the_rows_it_is_given(tiny_mdm, cfg, mode):
     from mdmctl.sampling.cache import CachedMDM
 
     x = torch.tensor([[1, 2, 3, 9, MASK, MASK, MASK, MASK], [4, 7, MASK, MASK, MASK, MASK, 5, 6]])
     own = torch.zeros_like(x, dtype=torch.bool)
     own[0, 4:6], own[1, 2:4] = True, True
     prompt = torch.arange(8).expand(2, 8) < 2  # (B, L)
-    cm = CachedMDM(tiny_mdm, "dual")
+    cm = CachedMDM(tiny_mdm, mode, mask_id=MASK)
     cm.begin_block(own)
     cfg_logits(cm, x, None, prompt, MASK, cfg)  # the refresh
     both = cfg_logits(cm, x, None, prompt, MASK, cfg)  # a window
@@ -236,6 +239,8 @@ def test_sample_config_rules():
         (dict(sampler="ancestral", threshold=0.9), "ancestral"),
         (dict(cache="prefix", cache_window=4), "--cache-window applies to --cache dual"),
         (dict(cache="dual", cache_window=-1), "--cache-window: must be >= 0"),
+        (dict(cache="delayed", cache_window=2), "--cache-window applies to --cache dual"),
+        (dict(cache="decoded"), "--cache: expected one of none, prefix, dual, delayed"),
     ]:
         with pytest.raises(ConfigError, match=match):
             SampleConfig(**kw)
@@ -247,6 +252,8 @@ def test_cli_decoding_options_and_arm_refusal(ckpts):
     run("sample", "--checkpoint", ckpts["mdm"], "--length", "6", "--block-length", "2",
         "--threshold", "0.5", "--remasking", "margin", "--top-k", "8", "--min-length", "2",
         "--cache", "dual", "--cache-window", "2", "--device", "cpu")  # fmt: skip
+    run("sample", "--checkpoint", ckpts["mdm"], "--length", "6", "--threshold", "0.5",
+        "--cache", "delayed", "--cfg", "0.5", "--device", "cpu")  # fmt: skip
     run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--top-p", "0.9", "--min-length",
         "2", "--device", "cpu")  # fmt: skip
     r = run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--block-length", "2",
@@ -346,17 +353,46 @@ def test_dual_cache_window_between_dual_and_prefix(tiny_mdm):
     assert widths == [4, 6]
 
 
-@pytest.mark.parametrize(("mode", "near"), [("prefix", 0), ("dual", 0), ("dual", 2)])
+@pytest.mark.parametrize(
+    ("mode", "near"), [("prefix", 0), ("dual", 0), ("dual", 2), ("delayed", 0)]
+)
 def test_cached_modes_fill_the_canvas_and_are_batch_invariant(tiny_mdm, mode, near):
     from mdmctl.sampling.cache import CachedMDM
 
     dec = Decoding(block_length=4, cfg=0.5)  # CFG: the cache holds 2B rows
-    cm = CachedMDM(tiny_mdm, mode, near)
+    cm = CachedMDM(tiny_mdm, mode, near, MASK)
     out = _run(cm, [[1, 2, 3, 4, 5, 6], [7, 8]], dec, length=12, steps=12)
     assert not (out.tokens == MASK).any() and out.nfe == 12
     assert cm.forwards_full == 3 and cm.forwards_window == 9  # one refresh per block
-    alone = _run(CachedMDM(tiny_mdm, mode, near), [[7, 8]], dec, length=12, steps=12)
+    alone = _run(CachedMDM(tiny_mdm, mode, near, MASK), [[7, 8]], dec, length=12, steps=12)
     assert torch.equal(out.tokens[1], alone.tokens[0])
+
+
+def test_delayed_cache_runs_the_columns_masked_at_the_previous_forward(tiny_mdm):
+    """Right after the refresh nothing changed, so the kept keys and values are exact and the
+    masked columns' logits equal a full forward's; once a token is revealed it runs one more
+    forward (its keys and values now computed with it) and then only the masked columns run."""
+    from mdmctl.sampling.cache import CachedMDM
+
+    x = torch.tensor(
+        [[1, 2, 3, 9, MASK, MASK, MASK, MASK], [4, 7, MASK, MASK, MASK, MASK, PAD, PAD]]
+    )
+    docs = (x == PAD).long()
+    cm = CachedMDM(tiny_mdm, "delayed", mask_id=MASK)
+    cm.begin_block(x == MASK)
+    full = cm(x, docs).clone()  # the refresh
+    masked = (x == MASK)[:, :, None].expand_as(full)
+    assert cm.positions.tolist() == [[4, 5, 6, 7], [2, 3, 4, 5]]
+    torch.testing.assert_close(cm(x, docs)[masked], full[masked], atol=1e-5, rtol=1e-5)
+    y = x.clone()
+    y[0, 4], y[1, 2:4] = 11, 12  # revealed: they run once more with their tokens
+    cm(y, docs)
+    assert cm.forwards_full == 1 and cm.forwards_window == 2
+    # Row 0 has 3 masked columns, row 1 two: row 1 fills the width with a column it does not write.
+    assert cm.positions[:, :2].tolist() == [[5, 6], [4, 5]] and cm.positions[0, 2] == 7
+    assert cm.own.tolist() == (y == MASK).tolist()
+    with pytest.raises(ValueError, match="needs mask_id"):
+        CachedMDM(tiny_mdm, "delayed")
 
 
 def test_bench_sample_runs_every_setting(ckpts):
@@ -419,8 +455,13 @@ def test_bench_sample_cli_prints_the_table_and_the_targets(ckpts):
     out = run(*args).stdout
     assert "accuracy (p2d_same / d2p_same)" in out and "ARM, KV cache" in out
     assert "below the naive sampler's accuracy" in out and "the ARM's accuracy" in out
-    rows = json.loads(run(*args, "--json").stdout)
+    # Other files: split names and a file of the folder, labelled by its stem
+    files = ["--split", "d2p_same", "--split", "both_prompts_test.jsonl"]
+    rows = json.loads(run(*args, *files, "--json").stdout)
     assert [r["setting"] for r in rows][-1] == "ARM, KV cache" and rows[-1]["vs_arm"] == 0.0
+    assert all(list(r["accuracy_by_file"]) == ["d2p_same", "both_prompts_test"] for r in rows)
+    bad = run(*args, "--split", "p2d", code=2)
+    assert "--split: expected names from p2d_same" in bad.stdout + bad.stderr
     wrong = run(*args[:2], "--mdm", ckpts["arm"], *args[4:], code=2)  # an ARM passed as --mdm
     assert "an ARM checkpoint, expected an MDM" in wrong.stdout + wrong.stderr
 

@@ -1,16 +1,16 @@
 """``mdmctl bench sample``: sampling speed and quality in one table (docs/benchmarks.md).
 
-On the reversal-curse test files in the trained direction (``p2d_same``, ``d2p_same``; SMDM's
-canvas: prompt + generation = 52 tokens, temperature 0) a fine-tuned MDM runs
+On reversal-curse test files (by default the trained direction, ``p2d_same`` and ``d2p_same``;
+SMDM's canvas: prompt + generation = 52 tokens, temperature 0) a fine-tuned MDM runs
 
 - the naive reference sampler: one token per step, the whole canvas every step, no early stop;
 - mdmctl's decoding settings (eos early stop, semi-autoregressive blocks, threshold / factor
-  parallel decoding, prefix / dual KV caches, ``torch.compile``),
+  parallel decoding, prefix / dual / delayed KV caches, ``torch.compile``),
 
 and a fine-tuned ARM of the same size runs with its KV cache, eager and compiled (compilation
 happens in a warm-up outside the timings). Per setting: throughput at a large
 batch (prompts/s; returned tokens/s, i.e. the eos-truncated answer plus its eos; forwards per
-prompt), latency and tokens/s at batch 1 (over prompts spread evenly over both files), accuracy
+prompt), latency and tokens/s at batch 1 (over prompts spread evenly over the files), accuracy
 (the reference appears in the answer) with its standard error, its difference to the naive
 sampler's and to the ARM's accuracy on the same prompts with the paired standard errors, and for
 the MDM the share of answers identical to the naive sampler's. Speed ratios are to the naive
@@ -197,10 +197,7 @@ def bench_sample(
     temperature 0)."""
     from mdmctl.sampling import SampleConfig, load_model
 
-    if splits is None:
-        from mdmctl.evaluation.reverse_curse import SPLITS as FILES
-
-        splits = {name: FILES[name][0] for name in SPLITS}
+    splits = split_files(SPLITS) if splits is None else splits
     prompts, refs, files = _prompts(Path(data_dir), limit, splits)
     base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
     chosen = {
@@ -236,6 +233,20 @@ def bench_sample(
             best[name] = (stats, answers, h)
             log(f"{name}: {stats['prompts_per_s']:.1f} prompts/s, accuracy {stats['accuracy']:.3f}")
     return _rows(runs, best, files)
+
+
+def split_files(names) -> dict[str, str]:
+    """Prompt files by label: ``eval reverse-curse``'s split names (``p2d_same``, ...) or file
+    names in the data folder (``both_prompts_test.jsonl``, labelled by their stem)."""
+    from mdmctl.evaluation.reverse_curse import SPLITS as FILES
+
+    bad = [n for n in names if n not in FILES and not n.endswith(".jsonl")]
+    if bad or not names:
+        raise ConfigError(
+            f"--split: expected names from {', '.join(FILES)} or a .jsonl file in --data-dir, "
+            f"got {', '.join(bad) or 'none'}"
+        )
+    return {(n if n in FILES else Path(n).stem): FILES.get(n, (n,))[0] for n in names}
 
 
 def _rows(runs, best, files: list[str]) -> list[BenchRow]:

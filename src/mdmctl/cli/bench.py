@@ -29,8 +29,16 @@ def bench_sample_cmd(
     latency_prompts: int = typer.Option(
         16, "--latency-prompts", min=1, help="Prompts decoded one at a time for the latency."
     ),
+    split: list[str] | None = typer.Option(
+        None,
+        "--split",
+        help="Prompt files, repeatable: eval reverse-curse's split names (p2d_same, "
+        "p2d_reverse, d2p_same, d2p_reverse) or a .jsonl file in --data-dir (e.g. the "
+        "held-out both_prompts_test.jsonl). Default: p2d_same and d2p_same (the trained "
+        "direction, where both objectives answer).",
+    ),
     limit: int | None = typer.Option(
-        None, "--limit", min=1, help="First N prompts of each file. Default: all 300."
+        None, "--limit", min=1, help="First N prompts of each file. Default: all."
     ),
     cfg: float = typer.Option(
         0.0, "--cfg", min=0, help="MDM unsupervised CFG for every setting.", callback=_finite
@@ -56,20 +64,22 @@ def bench_sample_cmd(
     with cli_errors():
         from rich.table import Table
 
-        from mdmctl.bench import SPLITS, as_dicts, bench_sample, targets
+        from mdmctl.bench import SPLITS, as_dicts, bench_sample, split_files, targets
         from mdmctl.log import results_console
 
+        files = split_files(split or SPLITS)
         rows = bench_sample(mdm=str(mdm), arm=str(arm) if arm else None, data_dir=str(data_dir),
                             batch_size=batch_size, latency_prompts=latency_prompts, limit=limit,
                             cfg=cfg, repeats=repeats, compile=compile, device=device,
-                            log=_log)  # fmt: skip
+                            splits=files, log=_log)  # fmt: skip
         if json_out:
             print(json.dumps(as_dicts(rows), indent=1))
             return
-        t = Table(title=f"sampling on reversal-curse p2d_same + d2p_same (batch {batch_size})")
+        labels = " + ".join(files)
+        t = Table(title=f"sampling on reversal-curse {labels} (batch {batch_size})")
         for col in ("setting", "prompts/s", "x naive", "tokens/s", "x ARM", "NFE/answer",
                     "latency s", "x naive", "batch-1 tokens/s", "x ARM",
-                    f"accuracy ({' / '.join(SPLITS)})", "vs naive",
+                    f"accuracy ({' / '.join(files)})", "vs naive",
                     "vs ARM", "same as naive"):  # fmt: skip
             t.add_column(col)
         for r in rows:

@@ -151,6 +151,7 @@ class CacheName(str, Enum):
     none = "none"
     prefix = "prefix"
     dual = "dual"
+    delayed = "delayed"
 
 
 class RemaskingName(str, Enum):
@@ -214,10 +215,12 @@ def decoding_options() -> dict[str, Any]:
         "cache": typer.Option(
             CacheName.none,
             "--cache",
-            help="MDM KV cache for block decoding (Fast-dLLM): none (exact: the whole canvas "
-            "every step), prefix (the positions before the block reuse keys and values from the "
-            "block's first step) or dual (the positions after it too). prefix and dual are "
-            "approximations: a bidirectional model's keys change with every revealed token.",
+            help="MDM KV cache: none (exact: the whole canvas every step); for block decoding "
+            "(Fast-dLLM) prefix (the positions before the block reuse keys and values from the "
+            "block's first step) or dual (the positions after it too); delayed (dKV-Cache, "
+            "blocks or not: only the positions masked at the previous step run, decided tokens "
+            "reuse theirs). All but none are approximations: a bidirectional model's keys "
+            "change with every revealed token.",
         ),
         "cache_window": typer.Option(
             0,

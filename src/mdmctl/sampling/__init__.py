@@ -47,7 +47,7 @@ class SampleConfig:
     min_length: int = 0
     """Both objectives: eos is not sampled before this many generated tokens."""
     cache: str = "none"
-    """MDM KV cache: none (exact), prefix or dual (approximations; sampling/cache.py)."""
+    """MDM KV cache: none (exact), prefix, dual or delayed (approximations; sampling/cache.py)."""
     cache_window: int = 0
     """Dual cache: positions after the block that run fresh at every step with it."""
     compile: bool = False
@@ -265,7 +265,7 @@ def generate(
     mdm_fn = (
         (lambda x, d: net(x, doc_ids=d))
         if cfg.cache == "none"
-        else CachedMDM(net, cfg.cache, cfg.cache_window)
+        else CachedMDM(net, cfg.cache, cfg.cache_window, mc.mask_id)
     )
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]

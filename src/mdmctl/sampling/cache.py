@@ -1,4 +1,4 @@
-"""KV caches for MDM block decoding (Fast-dLLM's prefix and dual caches), and what they approximate.
+"""MDM KV caches (Fast-dLLM's prefix and dual, dKV-Cache's delayed) and what they approximate.
 
 An MDM attends bidirectionally, so every position's keys and values at every layer depend on the
 whole canvas, which changes at each step. A cache therefore reuses stale keys and values: it is an
@@ -17,6 +17,13 @@ approximation, never exact, and ``none`` (recompute the whole canvas every step)
   so they are the suffix positions the block's new tokens should inform first; a window as long
   as the canvas is the prefix cache exactly. How much a window buys back is measured, not
   assumed (docs/benchmarks.md, "The dual cache's window").
+- ``delayed`` (dKV-Cache's delayed cache, blocks or not): after the refresh, each step runs only
+  the positions that were masked at the previous forward: those still masked and those revealed
+  since, whose keys and values are then computed once with their token and kept from then on.
+  Prompt and decided tokens reuse kept keys and values. Approximated: a decided token's keys and
+  values do not see the tokens revealed after the step that followed its own reveal, and the
+  prompt's see the canvas of the refresh. As decoding advances fewer positions run (with
+  threshold decoding, often the whole eos tail is decided in the first steps).
 
 With a CFG scale the conditional and unconditional rows share one cache of 2B rows. Rows start
 their generation at their own prompt length, so each row runs its own window: its block (prefix:
@@ -34,26 +41,34 @@ import torch
 
 from mdmctl.model import KVCache, Transformer
 
-CacheMode = Literal["none", "prefix", "dual"]
-CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
+CacheMode = Literal["none", "prefix", "dual", "delayed"]
+CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual", "delayed")
 
 
 class CachedMDM:
     """``model(x, doc_ids) -> logits`` with a cache refreshed at each block's first step.
 
     The sampler calls ``begin_block(own)`` (each row's columns of the block) before the block's
-    steps. Logits outside the recomputed window are the last refresh's: the sampler reads only the
-    block."""
+    steps. Logits at columns a forward does not run are older ones: the sampler reads only the
+    block's masked columns, which every mode runs."""
 
-    def __init__(self, model: Transformer, mode: CacheMode, window: int = 0) -> None:
-        self.model, self.mode, self.window = model, mode, window
+    def __init__(
+        self, model: Transformer, mode: CacheMode, window: int = 0, mask_id: int | None = None
+    ) -> None:
+        if mode == "delayed" and mask_id is None:
+            raise ValueError("the delayed cache needs mask_id: it runs the masked positions")
+        self.model, self.mode, self.window, self.mask_id = model, mode, window, mask_id
         self.cache: KVCache | None = None
         self.positions: torch.Tensor | None = None  # (B, w) each row's window
+        self.own: torch.Tensor | None = None  # (B, L) the columns each row writes
         self.refresh = True  # the next call runs the whole canvas and refills the cache
         self.forwards_full = self.forwards_window = 0
 
     def begin_block(self, own: torch.Tensor) -> None:
         """``own`` (B, L) bool: each row's columns of the block about to be decoded (contiguous)."""
+        if self.mode == "delayed":  # the refresh decides what runs next (``_delay``)
+            self.own, self.positions, self.refresh = own, None, True
+            return
         L, has = own.shape[1], own.any(1)
         first = own.long().argmax(1)  # (B,) 0 for a row without a block
         last = L - 1 - own.flip(1).long().argmax(1)  # (B,)
@@ -69,8 +84,10 @@ class CachedMDM:
         self.positions = start[:, None] + torch.arange(width, device=own.device)  # (B, w)
 
     def __call__(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
-        if self.mode == "none" or self.positions is None or self.refresh:
-            return self._full(x, doc_ids)
+        if self.mode == "none" or self.own is None or self.refresh:
+            logits = self._full(x, doc_ids)
+            self._delay(x)
+            return logits
         pos, own = self.positions, self.own
         if x.shape[0] != pos.shape[0]:  # CFG: the unconditional rows follow the conditional
             pos, own = torch.cat([pos, pos]), torch.cat([own, own])
@@ -83,11 +100,28 @@ class CachedMDM:
         # The refresh's logits buffer, updated in each row's window: no (B, L, V) allocation per
         # step. Elsewhere it holds the refresh's values, which the sampler does not read.
         self.logits.scatter_(1, pos[:, :, None].expand_as(part), part)
+        self._delay(x)
         return self.logits
+
+    def _delay(self, x: torch.Tensor) -> None:
+        """Delayed cache: the next forward runs the columns masked in this one's canvas ``x``
+        (its conditional rows under CFG: the unconditional rows' masked prompt is kept, as the
+        other caches keep it). Revealed tokens run once more, then their keys and values stay."""
+        if self.mode != "delayed" or self.own is None:
+            return
+        masked = x[: self.own.shape[0]] == self.mask_id  # (B, L)
+        width = max(int(masked.sum(1).max()), 1)
+        # Each row's masked columns first, in order; a row with fewer fills the width with
+        # other columns, which run but write nothing (their kept keys and values stay).
+        order = torch.sort((~masked).to(torch.uint8), dim=1, stable=True).indices  # (B, L)
+        self.positions = order[:, :width]  # (B, w)
+        self.own = masked
 
     def take(self, keep: torch.Tensor) -> None:
         """Keep only the rows where ``keep`` (B,) is true (finished rows leave the batch)."""
-        self.own, self.positions = self.own[keep], self.positions[keep]
+        self.own = self.own[keep]
+        if self.positions is not None:
+            self.positions = self.positions[keep]
         if self.cache is None:
             return
         rows = keep if self.cache.k[0].shape[0] == keep.shape[0] else torch.cat([keep, keep])
