@@ -229,6 +229,23 @@ def test_cache_take_keeps_the_rows_it_is_given(tiny_mdm, cfg, mode):
     torch.testing.assert_close(one[0, 2:4], both[1, 2:4])
 
 
+@pytest.mark.parametrize("mode", ["dual", "delayed"])
+def test_cache_refills_when_the_unconditional_pass_stops(tiny_mdm, mode):
+    """Under CFG the cache holds 2B rows; once only rows without a prompt remain, the guided
+    pass is one plain pass of B rows: the cache is refilled for them instead of failing."""
+    from mdmctl.sampling.cache import CachedMDM
+
+    x = torch.tensor([[1, 2, MASK, MASK, MASK, MASK], [MASK, MASK, MASK, MASK, MASK, MASK]])
+    prompt = torch.tensor([[True, True, False, False, False, False], [False] * 6])
+    cm = CachedMDM(tiny_mdm, mode, mask_id=MASK)
+    cm.begin_block(x == MASK)
+    cfg_logits(cm, x, None, prompt, MASK, 0.5)  # the refresh, 2B rows
+    cm.take(torch.tensor([False, True]))  # the row with a prompt has finished
+    alone = cfg_logits(cm, x[1:], None, prompt[1:], MASK, 0.5)  # B = 1 rows: a refill
+    assert cm.forwards_full == 2
+    torch.testing.assert_close(alone, tiny_mdm(x[1:]), atol=1e-5, rtol=1e-5)
+
+
 def test_sample_config_rules():
     for kw, match in [
         (dict(remasking="lowest"), "--remasking"),
@@ -462,8 +479,23 @@ def test_bench_sample_cli_prints_the_table_and_the_targets(ckpts):
     assert all(list(r["accuracy_by_file"]) == ["d2p_same", "both_prompts_test"] for r in rows)
     bad = run(*args, "--split", "p2d", code=2)
     assert "--split: expected names from p2d_same" in bad.stdout + bad.stderr
+    bad = run(*args, "--split", "p2d_same", "--split", "p2d_same.jsonl", code=2)
+    assert "--split: two files labelled p2d_same" in bad.stdout + bad.stderr
     wrong = run(*args[:2], "--mdm", ckpts["arm"], *args[4:], code=2)  # an ARM passed as --mdm
     assert "an ARM checkpoint, expected an MDM" in wrong.stdout + wrong.stderr
+
+
+def test_bench_prompt_files_are_checked(tmp_path):
+    from mdmctl.bench import _prompts
+    from mdmctl.errors import DataError
+
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    for file, match in [("empty.jsonl", "empty.jsonl: no prompts"),
+                        ("bad.jsonl", "bad.jsonl:2: expected string fields prompt, completion"),
+                        ("none.jsonl", "none.jsonl: not found")]:  # fmt: skip
+        with pytest.raises(DataError, match=match):
+            _prompts(tmp_path, None, {"x": file})
 
 
 def _row(setting, objective, tokens_per_s, delta, vs_arm=None, b1=1.0):
@@ -514,8 +546,8 @@ def test_steps_fewer_than_blocks_is_an_error(mdm):
 
 @pytest.mark.slow  # torch.compile of two tiny models: about 40 s on 2 cores
 def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm, caplog):
-    """Dual-cache block decoding (full and window forwards, rows leaving) and ragged ARM
-    batches: the compiled model's tokens at temperature 0 are the eager model's, and the
+    """Dual-cache block decoding (full and window forwards, rows leaving), the delayed cache
+    and ragged ARM batches: the compiled model's tokens at temperature 0 are the eager model's, and the
     graphs of both models (and of uniform ARM batches) fit dynamo's recompile limit."""
     import logging
 
@@ -535,6 +567,12 @@ def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm, caplog):
     eager_arm = sample_arm(arm.eval(), prompts, **kw)
     logging.getLogger("torch._dynamo").addHandler(caplog.handler)
     try:
+        # The delayed cache: a window of another width at most steps, one block
+        one = Decoding(threshold=0.5, temperature=0.0, eos_id=5)
+        with torch.no_grad():
+            eager = _run(CachedMDM(tiny_mdm, "delayed", mask_id=MASK), prompts, one, 12, 12)
+            comp = _run(CachedMDM(net, "delayed", mask_id=MASK), prompts, one, 12, 12)
+        assert torch.equal(comp.tokens, eager.tokens) and comp.nfe == eager.nfe
         assert sample_arm(compile_model(arm, "cpu"), prompts, **kw) == eager_arm
         same = [[1, 2], [3, 4]]  # equal prompt lengths: no padding, another graph
         assert sample_arm(compile_model(arm, "cpu"), same, **kw | {"length": 3}) == sample_arm(

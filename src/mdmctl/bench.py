@@ -118,6 +118,11 @@ def _prompts(
         if not path.is_file():
             raise DataError(f"{path}: not found (the reversal-curse test files)")
         rows = read_jsonl(path)[:limit] if limit else read_jsonl(path)
+        if not rows:
+            raise DataError(f"{path}: no prompts")
+        for r in rows:
+            if not (isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)):
+                raise DataError(f"{path}:{r['_line']}: expected string fields prompt, completion")
         prompts += [r["prompt"] for r in rows]
         refs += [r["completion"] for r in rows]
         files += [name] * len(rows)
@@ -236,8 +241,8 @@ def bench_sample(
 
 
 def split_files(names) -> dict[str, str]:
-    """Prompt files by label: ``eval reverse-curse``'s split names (``p2d_same``, ...) or file
-    names in the data folder (``both_prompts_test.jsonl``, labelled by their stem)."""
+    """Prompt files by label: ``eval reverse-curse``'s split names (``p2d_same``, ...) or .jsonl
+    paths relative to the data folder (``both_prompts_test.jsonl``, labelled by their stem)."""
     from mdmctl.evaluation.reverse_curse import SPLITS as FILES
 
     bad = [n for n in names if n not in FILES and not n.endswith(".jsonl")]
@@ -246,7 +251,13 @@ def split_files(names) -> dict[str, str]:
             f"--split: expected names from {', '.join(FILES)} or a .jsonl file in --data-dir, "
             f"got {', '.join(bad) or 'none'}"
         )
-    return {(n if n in FILES else Path(n).stem): FILES.get(n, (n,))[0] for n in names}
+    files = {}
+    for n in names:
+        label = n if n in FILES else Path(n).stem
+        if label in files:
+            raise ConfigError(f"--split: two files labelled {label} ({files[label]}, {n})")
+        files[label] = FILES.get(n, (n,))[0]
+    return files
 
 
 def _rows(runs, best, files: list[str]) -> list[BenchRow]:

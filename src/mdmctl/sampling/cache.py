@@ -22,14 +22,16 @@ approximation, never exact, and ``none`` (recompute the whole canvas every step)
   since, whose keys and values are then computed once with their token and kept from then on.
   Prompt and decided tokens reuse kept keys and values. Approximated: a decided token's keys and
   values do not see the tokens revealed after the step that followed its own reveal, and the
-  prompt's see the canvas of the refresh. As decoding advances fewer positions run (with
-  threshold decoding, often the whole eos tail is decided in the first steps).
+  prompt's see the canvas of the refresh. As decoding advances fewer positions run; with blocks,
+  the masked columns of later blocks run at every step too.
 
 With a CFG scale the conditional and unconditional rows share one cache of 2B rows. Rows start
 their generation at their own prompt length, so each row runs its own window: its block (prefix:
-its block and what follows; dual with a window: its block and the W positions after it), gathered into one (B, w) batch with per-row positions (w, the widest
-row's window; a narrower row's window is moved left to fit the canvas). Each row writes fresh
-keys and values only for its own window columns and keeps the cached ones elsewhere, so a row's sample
+its block and what follows; dual with a window: its block and the W positions after it;
+delayed: its masked columns), gathered into one (B, w) batch with per-row positions (w, the
+widest row's window; a narrower row's contiguous window is moved left to fit the canvas, a
+narrower delayed row runs other columns too). Each row writes fresh keys and values only for its
+own window columns and keeps the cached ones elsewhere, so a row's sample
 does not depend on its batch neighbours.
 """
 
@@ -84,9 +86,13 @@ class CachedMDM:
         self.positions = start[:, None] + torch.arange(width, device=own.device)  # (B, w)
 
     def __call__(self, x: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
-        if self.mode == "none" or self.own is None or self.refresh:
+        # The cache's rows no longer match (CFG's unconditional pass stops when only rows
+        # without a prompt remain): refill it for these rows.
+        stale = self.cache is None or self.cache.k[0].shape[0] != x.shape[0]
+        nxt = self._delay(x)  # before the forward: its device sync waits on nothing queued
+        if self.mode == "none" or self.own is None or self.refresh or stale:
             logits = self._full(x, doc_ids)
-            self._delay(x)
+            self.positions, self.own = nxt or (self.positions, self.own)
             return logits
         pos, own = self.positions, self.own
         if x.shape[0] != pos.shape[0]:  # CFG: the unconditional rows follow the conditional
@@ -100,22 +106,22 @@ class CachedMDM:
         # The refresh's logits buffer, updated in each row's window: no (B, L, V) allocation per
         # step. Elsewhere it holds the refresh's values, which the sampler does not read.
         self.logits.scatter_(1, pos[:, :, None].expand_as(part), part)
-        self._delay(x)
+        self.positions, self.own = nxt or (self.positions, self.own)
         return self.logits
 
-    def _delay(self, x: torch.Tensor) -> None:
-        """Delayed cache: the next forward runs the columns masked in this one's canvas ``x``
-        (its conditional rows under CFG: the unconditional rows' masked prompt is kept, as the
-        other caches keep it). Revealed tokens run once more, then their keys and values stay."""
+    def _delay(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Delayed cache: (positions, own) of the next forward, which runs the columns masked
+        in this one's canvas ``x`` (its conditional rows under CFG: the unconditional rows'
+        masked prompt is kept, as the other caches keep it). Revealed tokens run once more,
+        then their keys and values stay. None in the other modes."""
         if self.mode != "delayed" or self.own is None:
-            return
+            return None
         masked = x[: self.own.shape[0]] == self.mask_id  # (B, L)
         width = max(int(masked.sum(1).max()), 1)
         # Each row's masked columns first, in order; a row with fewer fills the width with
         # other columns, which run but write nothing (their kept keys and values stay).
         order = torch.sort((~masked).to(torch.uint8), dim=1, stable=True).indices  # (B, L)
-        self.positions = order[:, :width]  # (B, w)
-        self.own = masked
+        return order[:, :width], masked  # (B, w), (B, L)
 
     def take(self, keep: torch.Tensor) -> None:
         """Keep only the rows where ``keep`` (B,) is true (finished rows leave the batch)."""
