@@ -10,7 +10,7 @@ SMDM's canvas: prompt + generation = 52 tokens, temperature 0) a fine-tuned MDM 
 and a fine-tuned ARM of the same size runs with its KV cache, eager and compiled (compilation
 happens in a warm-up outside the timings). Per setting: throughput at a large
 batch (prompts/s; returned tokens/s, i.e. the eos-truncated answer plus its eos; forwards per
-prompt), latency and tokens/s at batch 1 (over prompts spread evenly over the files), accuracy
+prompt), latency and tokens/s at batch 1 (over prompts spread evenly over the list), accuracy
 (the reference appears in the answer) with its standard error, its difference to the naive
 sampler's and to the ARM's accuracy on the same prompts with the paired standard errors, and for
 the MDM the share of answers identical to the naive sampler's. Speed ratios are to the naive
@@ -240,7 +240,7 @@ def bench_sample(
     return _rows(runs, best, files)
 
 
-def split_files(names) -> dict[str, str]:
+def split_files(names: list[str] | tuple[str, ...]) -> dict[str, str]:
     """Prompt files by label: ``eval reverse-curse``'s split names (``p2d_same``, ...) or .jsonl
     paths relative to the data folder (``both_prompts_test.jsonl``, labelled by their stem)."""
     from mdmctl.evaluation.reverse_curse import SPLITS as FILES
