@@ -104,7 +104,7 @@ class CachedMDM:
             self.cache.positions = self.cache.write = None
         self.forwards_window += 1
         # The refresh's logits buffer, updated in each row's window: no (B, L, V) allocation per
-        # step. Elsewhere it holds the refresh's values, which the sampler does not read.
+        # step. Elsewhere it holds older values, which the sampler does not read.
         self.logits.scatter_(1, pos[:, :, None].expand_as(part), part)
         self.positions, self.own = nxt or (self.positions, self.own)
         return self.logits
