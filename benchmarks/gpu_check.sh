@@ -2,11 +2,11 @@
 # One-call GPU check (docs/benchmarks.md, "GPU"): CUDA-marked tests, xformers-vs-SDPA parity, and
 # training throughput / MFU at 170M and 1028M with both attention kernels, and likelihood scoring
 # (hellaswag-shaped requests, 128 MC samples) at 170M against the naive per-request loop. The CUDA
-# tests include compiled sampling (torch.compile with Triton) against eager. Prints a short table;
-# full logs go to $OUT (or ./gpu-out). Runs in under 8 minutes on one H100.
+# tests include compiled sampling (torch.compile with Triton) and CUDA-graph sampling against eager.
+# Prints a short table; full logs go to $OUT (or ./gpu-out). Runs in under 8 minutes on one H100.
 #
 # `bash benchmarks/gpu_check.sh sampling` runs instead the sampling table (`mdmctl bench sample`, the
-# naive MDM sampler, mdmctl's settings, compiled rows and the ARM) on a fine-tuned pair prepared
+# naive MDM sampler, mdmctl's settings, compiled and CUDA-graph rows and the ARM) on a pair prepared
 # by benchmarks/gpu_sampling_pair.sh: carry [".gpu-wheels", ".gpu-carry"].
 #
 # Prepare on the CPU machine (wheels the GPU image lacks; .gpu-wheels/ is git-ignored):

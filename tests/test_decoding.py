@@ -620,3 +620,93 @@ def test_compiled_sampling_on_cuda_matches_eager():
     arm = arm.cuda().eval()
     akw = dict(length=[6, 9, 4], eos_id=5, generator=torch.Generator(), device="cuda")
     assert sample_arm(compile_model(arm, "cuda"), prompts, **akw) == sample_arm(arm, prompts, **akw)
+
+
+# --- CUDA graphs (sampling/graphs.py) ----------------------------------------------------------
+
+
+def _rerun_capture(fn):
+    """A stand-in for CUDA graph recording with the same contract: a static output buffer that
+    each replay refills by running ``fn`` on the static inputs it closes over."""
+    out = fn()
+    return (lambda: out.copy_(fn())), out
+
+
+GRAPH_MODES = [("none", 0), ("prefix", 0), ("dual", 2), ("delayed", 0)]
+
+
+@pytest.mark.parametrize(("mode", "near"), GRAPH_MODES)
+def test_graphed_model_replays_what_the_model_computes(tiny_mdm, mode, near):
+    """Replays read the step's inputs through static buffers, the cache advances as the forward
+    would advance it, kept logits are not overwritten by later replays, and rows leaving the
+    batch (a reallocated cache) get new graphs: the tokens are the eager model's."""
+    from mdmctl.sampling.cache import CachedMDM
+    from mdmctl.sampling.graphs import GraphedModel
+
+    dec = Decoding(block_length=4, threshold=0.3, cfg=0.5, eos_id=EOS, stop_at_eos=True)
+    prompts, lengths = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11]], [12, 12, 8]
+
+    def wrap(m):
+        return (lambda x, d: m(x, doc_ids=d)) if mode == "none" else CachedMDM(m, mode, near, MASK)
+
+    eager = _run(wrap(tiny_mdm), prompts, dec, length=lengths, steps=lengths)
+    g = GraphedModel(tiny_mdm, capture=_rerun_capture)
+    first = _run(wrap(g), prompts, dec, length=lengths, steps=lengths)
+    assert torch.equal(first.tokens, eager.tokens) and first.nfe == eager.nfe
+    assert 0 < g.recorded < g.replayed
+    recorded = g.recorded
+    again = _run(wrap(g), prompts, dec, length=lengths, steps=lengths)
+    assert torch.equal(again.tokens, eager.tokens)
+    if mode == "none":  # no cache: the same shapes replay, nothing new is recorded
+        assert g.recorded == recorded
+
+
+def test_graphed_model_keeps_at_most_max_graphs(tiny_mdm):
+    from mdmctl.sampling.graphs import GraphedModel
+
+    g = GraphedModel(tiny_mdm, capture=_rerun_capture, max_graphs=2)
+    for n in (3, 4, 5, 3):
+        x = torch.arange(1, n + 1)[None]
+        assert torch.equal(g(x), tiny_mdm(x))
+    assert g.recorded == 4 and len(g.graphs) == 2
+    # A refresh fills the canvas and leaves the cache's offset after it, as the forward does.
+    x = torch.arange(1, 7)[None]
+    cache = tiny_mdm.new_cache(1, "cpu", torch.float32, 6)
+    assert torch.equal(g(x, cache=cache), tiny_mdm(x)) and cache.length == 6
+
+
+def test_cuda_graphs_option_rules(ckpts):
+    from .conftest import run
+
+    r = run("sample", "--checkpoint", ckpts["mdm"], "--length", "4", "--cuda-graphs",
+            "--device", "cpu", code=2)  # fmt: skip
+    assert "--cuda-graphs needs a CUDA device; this run is on cpu" in r.stdout + r.stderr
+    r = run("sample", "--checkpoint", ckpts["arm"], "--length", "4", "--cuda-graphs",
+            "--device", "cpu", code=2)  # fmt: skip
+    assert "--cuda-graphs applies to objective 'mdm'" in r.stdout + r.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("mode", "near"), GRAPH_MODES)
+def test_cuda_graphs_sample_what_the_eager_model_samples(mode, near):
+    """Recorded CUDA graphs replay the eager forwards (attention through SDPA in both, since
+    ragged rows record through SDPA's dense mask); eager eos-stopped rows leave the batch."""
+    from mdmctl.sampling.cache import CachedMDM
+    from mdmctl.sampling.graphs import GraphedModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny", vocab_size=97, mask_id=MASK, seq_len=48)
+    mdm = Transformer(cfg, backend="sdpa").cuda().eval()
+    dec = Decoding(block_length=4, threshold=0.3, cfg=0.5, eos_id=EOS, stop_at_eos=True)
+    prompts, lengths = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11]], [12, 12, 8]
+    kw = dict(length=lengths, steps=lengths, mask_id=MASK, pad_id=PAD, decoding=dec,
+              device="cuda")  # fmt: skip
+
+    def wrap(m):
+        return (lambda x, d: m(x, doc_ids=d)) if mode == "none" else CachedMDM(m, mode, near, MASK)
+
+    g = GraphedModel(mdm)
+    runs = [sample_mdm(wrap(m), prompts, generator=torch.Generator(), **kw) for m in (mdm, g, g)]
+    assert all(torch.equal(runs[0].tokens, r.tokens) for r in runs[1:])
+    assert 0 < g.recorded < g.replayed

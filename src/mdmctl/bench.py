@@ -5,7 +5,8 @@ SMDM's canvas: prompt + generation = 52 tokens, temperature 0) a fine-tuned MDM 
 
 - the naive reference sampler: one token per step, the whole canvas every step, no early stop;
 - mdmctl's decoding settings (eos early stop, semi-autoregressive blocks, threshold / factor
-  parallel decoding, prefix / dual / delayed KV caches, ``torch.compile``),
+  parallel decoding, prefix / dual / delayed KV caches, ``torch.compile``, and on a CUDA
+  device CUDA graphs),
 
 and a fine-tuned ARM of the same size runs with its KV cache, eager and compiled (compilation
 happens in a warm-up outside the timings). Per setting: throughput at a large
@@ -75,6 +76,13 @@ COMPILED = {
         **MDM_SETTINGS["blocks 8, threshold 0.99, dual cache, window 4"],
         "compile": True,
     }
+}
+GRAPHED = {  # on a CUDA device only (sampling/graphs.py)
+    "1 token/step, eos stop, CUDA graphs": {"cuda_graphs": True},
+    "blocks 8, threshold 0.99, dual cache, window 4, CUDA graphs": {
+        **MDM_SETTINGS["blocks 8, threshold 0.99, dual cache, window 4"],
+        "cuda_graphs": True,
+    },
 }
 NAIVE = next(iter(MDM_SETTINGS))
 ARM = "ARM, KV cache"
@@ -193,13 +201,14 @@ def bench_sample(
     log=lambda msg: None,
 ) -> list[BenchRow]:
     """One row per setting (the naive sampler first, the ARM last; ``compile``: also a fast
-    MDM setting and the ARM through ``torch.compile``). ``settings``: the MDM settings, by name
+    MDM setting and the ARM through ``torch.compile``; on a CUDA device also ``GRAPHED``). ``settings``: the MDM settings, by name
     (``SampleConfig`` fields; default ``MDM_SETTINGS``); the naive sampler runs first whatever
     they are, as every ratio is to it. ``splits``: the prompt files in ``data_dir``, by label
     (default: ``SPLITS``' files). With ``repeats`` > 1 every
     setting is timed that many times, in rounds over all settings so that a slow spell of a
     shared machine touches them alike, and the fastest time is kept (answers do not change at
     temperature 0)."""
+    from mdmctl.runtime import resolve_device
     from mdmctl.sampling import SampleConfig, load_model
 
     splits = split_files(SPLITS) if splits is None else splits
@@ -209,6 +218,7 @@ def bench_sample(
         NAIVE: MDM_SETTINGS[NAIVE],
         **(settings or MDM_SETTINGS),
         **(COMPILED if compile else {}),
+        **(GRAPHED if resolve_device(device).type == "cuda" else {}),
     }
     runs = [(name, mdm, "mdm", replace(base, **kw)) for name, kw in chosen.items()]
     if arm:
@@ -221,8 +231,8 @@ def bench_sample(
             model, tok, info, _, dev = load_model(path, device)
             _check_objective(model, objective, path)
             loaded[path] = (model, tok, info, dev)
-    for _, path, _, scfg in runs:  # compile outside the timings: every shape the run meets
-        if scfg.compile:
+    for _, path, _, scfg in runs:  # compile and record graphs outside the timings
+        if scfg.compile or scfg.cuda_graphs:
             _measure(loaded[path], prompts, refs, scfg, latency_prompts)
     best: dict[str, tuple[dict, list[str], list[bool]]] = {}
     for _ in range(repeats):

@@ -52,6 +52,8 @@ class SampleConfig:
     """Dual cache: positions after the block that run fresh at every step with it."""
     compile: bool = False
     """Both objectives: run the model through ``torch.compile`` (``compile_model``)."""
+    cuda_graphs: bool = False
+    """MDM on CUDA: replay each forward shape from a recorded CUDA graph (sampling/graphs.py)."""
 
     def __post_init__(self) -> None:
         check_finite(self, "--")
@@ -120,6 +122,7 @@ def _check_arm_options(c: SampleConfig) -> None:
     given += ["--remasking"] if c.remasking != "low-confidence" else []
     given += ["--cache"] if c.cache != "none" else []
     given += ["--cache-window"] if c.cache_window else []
+    given += ["--cuda-graphs"] if c.cuda_graphs else []
     if given:
         verb = "applies" if len(given) == 1 else "apply"
         raise ConfigError(
@@ -262,6 +265,8 @@ def generate(
                 f"(gen length {n}): shorten the prompt or --length"
             )
     net = compile_model(model, device) if cfg.compile else model
+    if cfg.cuda_graphs:
+        net = graphed_model(model, net, device)
     mdm_fn = (
         (lambda x, d: net(x, doc_ids=d))
         if cfg.cache == "none"
@@ -366,6 +371,20 @@ class Compiled:
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
+
+
+def graphed_model(model, net, device):
+    """``net`` (the model, or it compiled) replayed from CUDA graphs (sampling/graphs.py). The
+    graphs are kept on the model, so later calls (bench repeats, lm-eval batches) replay the
+    shapes earlier ones recorded."""
+    from mdmctl.sampling.graphs import GraphedModel
+
+    if torch.device(device).type != "cuda":
+        raise ConfigError(
+            f"--cuda-graphs needs a CUDA device; this run is on {torch.device(device).type}"
+        )
+    kept = model.__dict__.setdefault("_cuda_graphs", {})
+    return kept.setdefault(isinstance(net, Compiled), GraphedModel(net))
 
 
 def _batches(ids: list[list[int]], lengths: list[int], size: int, objective: str):
