@@ -4,6 +4,7 @@ top-k / top-p, eos rules; and an ARM refusing MDM-only options."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -209,6 +210,11 @@ def test_finished_rows_leave_the_batch():
     seen.clear()  # sampling: the batch stays whole, so every row draws what it drew before
     _run(spy, prompts, Decoding(eos_id=EOS, stop_at_eos=True, temperature=1.0), length=12, steps=12)
     assert set(seen) == {2}
+    seen.clear()  # keep_batch (CUDA graphs): whole too, and the answers up to eos are the same
+    kept = _run(spy, prompts, Decoding(eos_id=EOS, stop_at_eos=True, keep_batch=True), 12, 12)
+    assert set(seen) == {2}
+    for a, b in zip(kept.rows(), out.rows(), strict=True):
+        assert a[: a.index(EOS) + 1] == b[: b.index(EOS) + 1]
 
 
 @pytest.mark.parametrize("cfg", [0.0, 0.5])  # CFG: the cache holds the unconditional rows too
@@ -515,10 +521,13 @@ def test_bench_targets_pick_the_fastest_setting_within_a_point():
         _row("fast", "mdm", 80, -0.02, -0.07),
         _row("ok", "mdm", 50, -0.005, -0.008, b1=1.5),
         _row("arm", "arm", 100, 0.2, 0.0),
+        _row("arm, compiled", "arm", 125, 0.2, 0.0, b1=0.75),
     ]
     naive_line, big, one = targets(rows)
     assert "ok, 5.00x its tokens/s" in naive_line  # "fast" loses 2 points: not equal quality
-    assert "large batch: ok, 0.50x the ARM's" in big and "batch 1: ok, 1.50x" in one
+    # Each against the fastest ARM row at that batch size
+    assert "large batch: ok, 0.40x the tokens/s of arm, compiled" in big
+    assert "batch 1: ok, 1.50x the tokens/s of arm (" in one
     rows[2].vs_arm = -0.03
     assert "within 1 point of the ARM's accuracy (closest: ok, -0.030" in targets(rows)[1]
     no_arm = targets([_row("naive", "mdm", 10, 0.0), _row("ok", "mdm", 50, -0.005)])
@@ -654,11 +663,68 @@ def test_graphed_model_replays_what_the_model_computes(tiny_mdm, mode, near):
     first = _run(wrap(g), prompts, dec, length=lengths, steps=lengths)
     assert torch.equal(first.tokens, eager.tokens) and first.nfe == eager.nfe
     assert 0 < g.recorded < g.replayed
-    recorded = g.recorded
     again = _run(wrap(g), prompts, dec, length=lengths, steps=lengths)
     assert torch.equal(again.tokens, eager.tokens)
-    if mode == "none":  # no cache: the same shapes replay, nothing new is recorded
-        assert g.recorded == recorded
+    # Finished rows kept (as generate does under --cuda-graphs): the answers up to eos are the
+    # same, and a second batch of the same shapes (pooled caches) records nothing new.
+    keep = replace(dec, keep_batch=True)
+    kept = _run(wrap(g), prompts, keep, length=lengths, steps=lengths)
+    recorded = g.recorded
+    assert kept.rows() == _run(wrap(g), prompts, keep, length=lengths, steps=lengths).rows()
+    assert g.recorded == recorded
+    upto_eos = [r[: r.index(EOS) + 1] if EOS in r else r for r in (*kept.rows(), *eager.rows())]
+    assert upto_eos[:3] == upto_eos[3:]
+
+
+def test_graphed_arm_decodes_every_step_from_one_graph():
+    """The ARM's decode steps run at a cache column given as a tensor over a cache that spans
+    the context: one graph per batch shape serves every step of every prompt, and the tokens
+    are the eager model's (ragged rows, left padding, rows leaving the batch)."""
+    from mdmctl.sampling.arm import sample_arm
+    from mdmctl.sampling.graphs import GraphedModel
+
+    torch.manual_seed(0)
+    arm = Transformer(ModelConfig.from_name("tiny", objective="arm", vocab_size=97, seq_len=48))
+    arm = arm.eval()
+    g = GraphedModel(arm, capture=_rerun_capture)
+    prompts = [[1, 2, 3, 4, 6, 7], [7, 8], [9, 10, 11]]
+    kw = dict(eos_id=5, generator=torch.Generator(), stop_at_eos=False)
+    for p in prompts:  # batch 1, prompts of three lengths: one graph for all their steps
+        assert sample_arm(g, [p], length=9, **kw) == sample_arm(arm, [p], length=9, **kw)
+    assert g.recorded == 1 and g.replayed == 3 * 8
+    kw = dict(length=[6, 9, 4], eos_id=5, generator=torch.Generator())
+    eager, n = sample_arm(arm, prompts, **kw)
+    assert sample_arm(g, prompts, **kw) == (eager, n)
+    recorded = g.recorded  # finished rows stay (keep_batch): every step replays the graph of
+    # the batch's first decode step, recorded by the run above (the pooled cache's addresses)
+    assert sample_arm(g, prompts, keep_batch=True, **kw)[0] == eager and g.recorded == recorded
+    # The logits themselves, for left-padded rows: each row's positions start at its own token.
+    x = torch.tensor([[5, 5, 5, 1, 2], [5, 3, 4, 6, 7]])  # (B, P), row 0 padded by 2
+    logits = []
+    for m in (arm, g):
+        cache = m.new_cache(2, "cpu", torch.float32, 8)
+        cache.pad_left(torch.tensor([2, 0]))
+        m(x, cache=cache)
+        logits.append(m(torch.tensor([[8], [9]]), cache=cache))
+        assert cache.length == 6
+    torch.testing.assert_close(logits[1], logits[0])
+
+
+def test_graphed_model_runs_eagerly_once_recording_fails(tiny_mdm, caplog):
+    from mdmctl.sampling.graphs import GraphedModel
+
+    def cannot(fn):
+        fn()  # as CUDA graphs warm up before they capture
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    g = GraphedModel(tiny_mdm, capture=cannot)
+    x = torch.arange(1, 7)[None]
+    cache = g.new_cache(1, "cpu", torch.float32, 6)
+    with caplog.at_level("WARNING", logger="mdmctl"):
+        assert torch.equal(g(x, cache=cache), tiny_mdm(x)) and cache.length == 6
+        assert torch.equal(g(x[:, :4]), tiny_mdm(x[:, :4]))
+    assert g.failed == "operation not permitted when stream is capturing" and g.recorded == 0
+    assert caplog.text.count("recording failed") == 1
 
 
 def test_graphed_model_keeps_at_most_max_graphs(tiny_mdm):
@@ -683,7 +749,7 @@ def test_cuda_graphs_option_rules(ckpts):
     assert "--cuda-graphs needs a CUDA device; this run is on cpu" in r.stdout + r.stderr
     r = run("sample", "--checkpoint", ckpts["arm"], "--length", "4", "--cuda-graphs",
             "--device", "cpu", code=2)  # fmt: skip
-    assert "--cuda-graphs applies to objective 'mdm'" in r.stdout + r.stderr
+    assert "--cuda-graphs needs a CUDA device; this run is on cpu" in r.stdout + r.stderr
 
 
 @pytest.mark.cuda
@@ -709,4 +775,21 @@ def test_cuda_graphs_sample_what_the_eager_model_samples(mode, near):
     g = GraphedModel(mdm)
     runs = [sample_mdm(wrap(m), prompts, generator=torch.Generator(), **kw) for m in (mdm, g, g)]
     assert all(torch.equal(runs[0].tokens, r.tokens) for r in runs[1:])
+    assert 0 < g.recorded < g.replayed
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_decode_what_the_eager_arm_decodes():
+    from mdmctl.sampling.arm import sample_arm
+    from mdmctl.sampling.graphs import GraphedModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny", objective="arm", vocab_size=97, seq_len=48)
+    arm = Transformer(cfg, backend="sdpa").cuda().eval()
+    g = GraphedModel(arm)
+    prompts = [[1, 2, 3, 4, 6, 7], [7, 8], [9, 10, 11]]
+    kw = dict(length=[6, 9, 4], eos_id=5, generator=torch.Generator(), device="cuda")
+    eager = sample_arm(arm, prompts, **kw)
+    assert sample_arm(g, prompts, **kw) == eager and sample_arm(g, prompts, **kw) == eager
     assert 0 < g.recorded < g.replayed

@@ -201,7 +201,8 @@ def bench_sample(
     log=lambda msg: None,
 ) -> list[BenchRow]:
     """One row per setting (the naive sampler first, the ARM last; ``compile``: also a fast
-    MDM setting and the ARM through ``torch.compile``; on a CUDA device also ``GRAPHED``). ``settings``: the MDM settings, by name
+    MDM setting and the ARM through ``torch.compile``; on a CUDA device also ``GRAPHED`` and
+    the ARM with CUDA graphs). ``settings``: the MDM settings, by name
     (``SampleConfig`` fields; default ``MDM_SETTINGS``); the naive sampler runs first whatever
     they are, as every ratio is to it. ``splits``: the prompt files in ``data_dir``, by label
     (default: ``SPLITS``' files). With ``repeats`` > 1 every
@@ -211,6 +212,7 @@ def bench_sample(
     from mdmctl.runtime import resolve_device
     from mdmctl.sampling import SampleConfig, load_model
 
+    graphs = resolve_device(device).type == "cuda"
     splits = split_files(SPLITS) if splits is None else splits
     prompts, refs, files = _prompts(Path(data_dir), limit, splits)
     base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
@@ -218,13 +220,15 @@ def bench_sample(
         NAIVE: MDM_SETTINGS[NAIVE],
         **(settings or MDM_SETTINGS),
         **(COMPILED if compile else {}),
-        **(GRAPHED if resolve_device(device).type == "cuda" else {}),
+        **(GRAPHED if graphs else {}),
     }
     runs = [(name, mdm, "mdm", replace(base, **kw)) for name, kw in chosen.items()]
     if arm:
         runs.append((ARM, arm, "arm", replace(base, cfg=0.0)))
     if arm and compile:
         runs.append(("ARM, KV cache, compiled", arm, "arm", replace(base, cfg=0.0, compile=True)))
+    if arm and graphs:
+        runs.append((f"{ARM}, CUDA graphs", arm, "arm", replace(base, cfg=0.0, cuda_graphs=True)))
     loaded = {}
     for _, path, objective, _ in runs:
         if path not in loaded:
@@ -307,8 +311,8 @@ def _rows(runs, best, files: list[str]) -> list[BenchRow]:
 def targets(rows: list[BenchRow], tolerance: float = 0.01) -> list[str]:
     """Issue 11's two targets, read off one run: the fastest MDM setting within ``tolerance``
     of the naive sampler's accuracy (its tokens/s over the naive sampler's), and the fastest MDM
-    setting within ``tolerance`` of the ARM's accuracy (its tokens/s over the ARM's, at the
-    large batch and at batch 1). Equal quality: the accuracy difference is at least
+    setting within ``tolerance`` of the ARM's accuracy (its tokens/s over the fastest ARM row's,
+    at the large batch and at batch 1). Equal quality: the accuracy difference is at least
     ``-tolerance`` (1 point by default, the issue's allowance against the naive sampler)."""
     mdm = [r for r in rows if r.objective == "mdm"]
     naive, pts = rows[0], f"{tolerance * 100:g} point"
@@ -325,13 +329,17 @@ def targets(rows: list[BenchRow], tolerance: float = 0.01) -> list[str]:
         vs = f"{top.vs_arm:+.3f} ± {top.vs_arm_stderr:.3f}"
         return [*lines, f"no MDM setting is within {pts} of the ARM's accuracy "
                         f"(closest: {top.setting}, {vs})"]  # fmt: skip
+    arms = [r for r in rows if r.objective == "arm"]
     for key, where in (("arm_tokens_ratio", "the large batch"),
                        ("arm_latency_tokens_ratio", "batch 1")):  # fmt: skip
         r = max(ok, key=lambda r: getattr(r, key))
+        # Against the fastest ARM row there (compiled, CUDA graphs): the ARM at its best.
+        arm = max(arms, key=lambda a: getattr(a, key))
         vs = f"{r.vs_arm:+.3f} ± {r.vs_arm_stderr:.3f}"
         lines.append(
             f"fastest MDM setting at most {pts} below the ARM's accuracy, at {where}: "
-            f"{r.setting}, {getattr(r, key):.2f}x the ARM's tokens/s ({vs} vs the ARM)"
+            f"{r.setting}, {getattr(r, key) / getattr(arm, key):.2f}x the tokens/s of "
+            f"{arm.setting} ({vs} vs the ARM)"
         )
     return lines
 

@@ -79,6 +79,10 @@ class KVCache:
     c sits at position c - offset, and the padding columns are a segment no row attends to."""
     offset_min: int = 0
     """The least padded row's offset, kept as an int: the context check needs no device sync."""
+    column: torch.Tensor | None = None
+    """(1,) ARM decode of one token at this cache column, given as a tensor: the forward then
+    attends over the whole cache with the columns after it masked, so every step runs the same
+    kernels on the same shapes (CUDA graphs, sampling/graphs.py). ``length`` must equal it."""
 
     def pad_left(self, offset: torch.Tensor | None) -> None:
         """Set each row's left padding (``offset``); None: no row is padded."""
@@ -129,6 +133,12 @@ class Block(nn.Module):
             k, v = cache.k[layer], cache.v[layer]
             if doc_ids is not None:  # doc_ids cover the canvas: the queries' are gathered
                 doc_ids, kv_doc_ids = doc_ids.gather(1, pos), doc_ids
+        elif cache is not None and cache.column is not None:  # one column, the whole cache
+            for buf, new in ((cache.k[layer], k), (cache.v[layer], v)):
+                buf.index_copy_(1, cache.column, new)
+            k, v = cache.k[layer], cache.v[layer]
+            # doc_ids (B, Lmax): 1 on the columns this row sees; the query sees them
+            doc_ids, kv_doc_ids = torch.ones_like(doc_ids[:, :L]), doc_ids
         elif cache is not None:
             start = cache.length
             cache.k[layer][:, start : start + L] = k
@@ -205,6 +215,8 @@ class Transformer(nn.Module):
             )
         if windows:  # positions within the cached canvas, which fits the context
             cos, sin = self.rope_cos[cache.positions], self.rope_sin[cache.positions]
+        elif cache is not None and cache.column is not None:
+            cos, sin, doc_ids = self._column_decode(cache, B)
         elif shifted:  # each row from position 0 at its first real column; padding at 0
             pos = (start + torch.arange(L, device=idx.device))[None] - cache.offset[:, None]
             pos = pos.clamp(min=0)  # (B, L)
@@ -245,6 +257,15 @@ class Transformer(nn.Module):
             # The mask is an input-only token: x0 never contains it, so the head never predicts it.
             logits[..., self.cfg.mask_id] = float("-inf")
         return logits
+
+    def _column_decode(self, cache: KVCache, B: int):
+        """RoPE tables (B, 1, H, Dh/2) and the columns each row sees (B, Lmax) for a one-token
+        ARM decode at ``cache.column``, all from tensors (no host-side offsets)."""
+        cols = torch.arange(cache.k[0].shape[1], device=cache.column.device)  # (Lmax,)
+        offset = cache.offset if cache.offset is not None else cols.new_zeros(B)
+        pos = (cache.column - offset)[:, None]  # (B, 1): the row's own position
+        sees = (cols[None] >= offset[:, None]) & (cols[None] <= cache.column)  # (B, Lmax)
+        return self.rope_cos[pos], self.rope_sin[pos], sees.long()
 
     def new_cache(
         self, batch: int, device, dtype: torch.dtype, length: int | None = None

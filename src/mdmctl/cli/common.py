@@ -240,9 +240,9 @@ def decoding_options() -> dict[str, Any]:
         "cuda_graphs": typer.Option(
             False,
             "--cuda-graphs",
-            help="MDM on a CUDA device: record each forward shape once as a CUDA graph and "
-            "replay it (one launch instead of hundreds per step; with --compile too). The "
-            "same tokens as without. Default: off.",
+            help="On a CUDA device (both objectives, with or without --compile): record each "
+            "forward shape once as a CUDA graph and replay it, one launch instead of hundreds "
+            "per step. Default: off.",
         ),
     }
 

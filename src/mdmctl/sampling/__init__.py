@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -53,7 +53,8 @@ class SampleConfig:
     compile: bool = False
     """Both objectives: run the model through ``torch.compile`` (``compile_model``)."""
     cuda_graphs: bool = False
-    """MDM on CUDA: replay each forward shape from a recorded CUDA graph (sampling/graphs.py)."""
+    """Both objectives, on CUDA: replay each forward shape from a recorded CUDA graph
+    (sampling/graphs.py)."""
 
     def __post_init__(self) -> None:
         check_finite(self, "--")
@@ -122,7 +123,6 @@ def _check_arm_options(c: SampleConfig) -> None:
     given += ["--remasking"] if c.remasking != "low-confidence" else []
     given += ["--cache"] if c.cache != "none" else []
     given += ["--cache-window"] if c.cache_window else []
-    given += ["--cuda-graphs"] if c.cuda_graphs else []
     if given:
         verb = "applies" if len(given) == 1 else "apply"
         raise ConfigError(
@@ -275,7 +275,8 @@ def generate(
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]
     nfe = done = n_batches = 0
-    rules = decoding(cfg, info.eos_id)
+    # CUDA graphs replay fixed shapes: finished rows stay in their batch.
+    rules = replace(decoding(cfg, info.eos_id), keep_batch=cfg.cuda_graphs)
     for rows in _batches(ids, lengths, cfg.batch_size, mc.objective):
         # Each batch draws from its own stream: stopping one early (eos) leaves the noise of the
         # others as it was. The first batch's stream is the seed's.
@@ -309,6 +310,7 @@ def generate(
                 top_k=cfg.top_k,
                 top_p=cfg.top_p,
                 min_length=cfg.min_length,
+                keep_batch=cfg.cuda_graphs,
             )
         for r, t in zip(rows, got, strict=True):
             out_ids[r] = t

@@ -30,10 +30,13 @@ def sample_arm(
     top_k: int | None = None,
     top_p: float | None = None,
     min_length: int = 0,
+    keep_batch: bool = False,
 ) -> tuple[list[list[int]], int]:
     """Generated ids per prompt and the number of forward passes. ``length``: tokens to generate,
     one for all rows or one per row; with ``stop_at_eos`` a row ends at its first eos (kept).
-    ``top_k`` / ``top_p`` filter each distribution; eos is not sampled before ``min_length``."""
+    ``top_k`` / ``top_p`` filter each distribution; eos is not sampled before ``min_length``.
+    ``keep_batch``: finished rows stay in the batch at temperature 0 too (fixed shapes for CUDA
+    graphs; the same output)."""
     B = len(prompts)
     n = torch.tensor([length] * B if isinstance(length, int) else length, device=device)  # (B,)
     rows = [[eos_id] + p for p in prompts]
@@ -47,7 +50,8 @@ def sample_arm(
     out = torch.full((B, int(n.max())), eos_id, dtype=torch.long, device=device)
     produced = n.clone()  # (B,) tokens each row returns
     live = torch.arange(B, device=device)  # batch row -> prompt
-    leave = temperature == 0  # deterministic: a finished row's absence changes no other row
+    # deterministic: a finished row's absence changes no other row
+    leave = temperature == 0 and not keep_batch
     for k in range(int(n.max())):
         if k < min_length:
             logits[:, eos_id] = float("-inf")

@@ -1,4 +1,4 @@
-"""CUDA graphs for the MDM's forwards (``--cuda-graphs``): one graph per input shape, replayed.
+"""CUDA graphs for the samplers' forwards (``--cuda-graphs``): one graph per input shape, replayed.
 
 A small model's forward at a small batch is a few hundred kernel launches of a few microseconds
 each, so on a GPU the launches, not the arithmetic, set the time of a decoding step. A CUDA graph
@@ -7,34 +7,45 @@ inputs are copied into static buffers, the outputs land in a static buffer (clon
 logits the sampler keeps are never overwritten by a later replay), and the KV cache's tensors
 are written in place at the addresses they had when the graph was recorded.
 
-So a graph is keyed by everything that fixes those addresses and shapes: the input shapes,
-whether there are ``doc_ids``, the cache's tensors (a cache reallocated when rows leave the batch
-gets new graphs) and the cache's Python-side state (its write offset, window shape). The MDM's
-steps repeat a few shapes (the whole canvas at a block's first step, the block's window at the
-others), so most steps replay. The ARM's cache grows by one column per step, which would record
-a graph per step: ``--cuda-graphs`` is an MDM option.
+So a graph is keyed by everything that fixes those addresses and shapes: the input shapes, which
+optional inputs are given (``doc_ids``, the cache's window, write mask, decode column and left
+padding), the cache's tensors and its host-side write offset. Caches come from a small pool at
+fixed addresses (``new_cache``), so later batches of the same shape replay the same graphs; a
+cache reallocated because rows left the batch gets new ones.
+
+- MDM: the steps repeat a few shapes (the whole canvas at a block's first step, the block's
+  window at the others), so most steps replay.
+- ARM: the prefill runs as it is (once per batch). Each decode step runs at a cache column given
+  as a tensor (``KVCache.column``) and attends over the whole cache with later columns masked,
+  and the pool's ARM caches span the whole context, so one graph serves every step of every
+  prompt of a batch size (gpt-fast's static cache).
 
 Recording runs the forward once on a side stream (lazy initialisation stays out of the graph),
 then once under capture. Both write the cache exactly as the real forward does, and running a
 forward twice on the same inputs writes the same keys and values, so recording changes nothing.
-xformers' block-diagonal mask reads the padding's run lengths on the host, which a graph cannot
-do: forwards with ``doc_ids`` (ragged batches) record through SDPA's dense mask instead.
+Graphs record through SDPA: xformers' block-diagonal mask reads the padding's run lengths on the
+host, which a graph cannot do. If recording fails all the same (an operation that cannot be
+captured), the model runs eagerly from then on, with one warning: the run finishes, unsped.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from mdmctl.model import KVCache
 
+log = logging.getLogger("mdmctl")
+
 Replay = Callable[[], None]
 Capture = Callable[[Callable[[], torch.Tensor]], tuple[Replay, torch.Tensor]]
+CACHE_INPUTS = ("positions", "write", "column", "offset")
+"""The cache's tensor fields a forward reads: static buffers of a graph, like its inputs."""
 
 
 def cuda_capture(fn: Callable[[], torch.Tensor]) -> tuple[Replay, torch.Tensor]:
@@ -61,13 +72,19 @@ class _Graph:
 class GraphedModel:
     """``model(idx, doc_ids=..., cache=...)`` replayed from recorded graphs; otherwise the model
     (attributes pass through). ``capture`` records a function: CUDA graphs by default (tests
-    pass a stand-in with the same contract). At most ``max_graphs`` are kept, least recently
-    used first out, since each holds its own activation memory."""
+    pass a stand-in with the same contract). At most ``max_graphs`` graphs (each holds its own
+    activation memory) and ``max_caches`` pooled caches are kept, least recently used first
+    out."""
 
-    def __init__(self, model, capture: Capture = cuda_capture, max_graphs: int = 32) -> None:
-        self.model, self.capture, self.max_graphs = model, capture, max_graphs
+    def __init__(
+        self, model, capture: Capture = cuda_capture, max_graphs: int = 32, max_caches: int = 4
+    ) -> None:
+        self.model, self.capture = model, capture
+        self.max_graphs, self.max_caches = max_graphs, max_caches
         self.graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self.caches: OrderedDict[tuple, KVCache] = OrderedDict()
         self.recorded = self.replayed = 0
+        self.failed: str | None = None  # why recording failed; then everything runs eagerly
 
     def __call__(
         self,
@@ -77,17 +94,35 @@ class GraphedModel:
         cache: KVCache | None = None,
         select: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if select is not None or (cache is not None and cache.offset is not None):
-            # Scoring's ragged selections and the ARM's left-padded cache are not steps of the
-            # MDM sampler: run them as they are.
+        arm = cache is not None and not cache.bidirectional
+        if select is not None or (arm and idx.shape[1] != 1) or self.failed:
+            # Scoring's selections and the ARM's prefill (once per batch) run as they are.
             return self.model(idx, doc_ids=doc_ids, cache=cache, select=select)
+        if arm:
+            cache.column = torch.full((1,), cache.length, device=idx.device)
         inputs = {"idx": idx, "doc_ids": doc_ids}
         if cache is not None:
-            inputs |= {"positions": cache.positions, "write": cache.write}
+            inputs |= {n: getattr(cache, n) for n in CACHE_INPUTS}
+        try:
+            out = self._replay(inputs, cache)
+        finally:
+            if arm:
+                cache.column = None
+        if out is None:  # recording failed: this call and every later one run eagerly
+            return self.model(idx, doc_ids=doc_ids, cache=cache)
+        if cache is not None and cache.positions is None:
+            cache.length += idx.shape[1]  # what the forward does on the host
+        return out
+
+    def _replay(self, inputs: dict[str, torch.Tensor | None], cache: KVCache | None):
+        """The forward's output from its graph (recorded on first sight); None if recording
+        failed."""
         key = _key(inputs, cache)
         g = self.graphs.get(key)
         if g is None:
             g = self._record(key, inputs, cache)
+            if g is None:
+                return None
         else:
             self.graphs.move_to_end(key)
             g.cache = cache  # the same tensor addresses (the key), maybe another KVCache
@@ -96,33 +131,55 @@ class GraphedModel:
                     g.inputs[name].copy_(t)
         g.replay()
         self.replayed += 1
-        if cache is not None and cache.positions is None:
-            cache.length += idx.shape[1]  # what the forward does on the host
         return g.out.clone()
 
-    def _record(self, key: tuple, inputs: dict[str, Any], cache: KVCache | None) -> _Graph:
+    def _record(self, key: tuple, inputs: dict[str, torch.Tensor | None], cache) -> _Graph | None:
         g = _Graph({n: t.clone() for n, t in inputs.items() if t is not None}, cache)
 
         def forward() -> torch.Tensor:
             x, docs, c = g.inputs["idx"], g.inputs.get("doc_ids"), g.cache
             if c is None:
                 return self.model(x, doc_ids=docs)
-            saved = c.positions, c.write, c.length
-            c.positions, c.write = g.inputs.get("positions"), g.inputs.get("write")
+            saved = [getattr(c, n) for n in CACHE_INPUTS], c.length
+            for n in CACHE_INPUTS:
+                setattr(c, n, g.inputs.get(n))
             try:
                 return self.model(x, doc_ids=docs, cache=c)
             finally:
                 # Host-side state as before the run: a replay does not run this code, so the
                 # caller advances the cache (``__call__``) for recording and replay alike.
-                c.positions, c.write, c.length = saved
+                for n, t in zip(CACHE_INPUTS, saved[0], strict=True):
+                    setattr(c, n, t)
+                c.length = saved[1]
 
-        with _dense_mask(self.model, inputs["doc_ids"] is not None):
-            g.replay, g.out = self.capture(forward)
+        try:
+            with _sdpa(self.model):
+                g.replay, g.out = self.capture(forward)
+        except RuntimeError as e:  # an operation that cannot be captured
+            self.failed = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            log.warning("--cuda-graphs: recording failed (%s); running eagerly", self.failed)
+            return None
         self.graphs[key] = g
         self.recorded += 1
         if len(self.graphs) > self.max_graphs:
             self.graphs.popitem(last=False)
         return g
+
+    def new_cache(self, batch: int, device, dtype: torch.dtype, length: int | None = None):
+        """An empty cache from the pool: the same tensors for the same shape, so later batches
+        replay the graphs earlier ones recorded. An ARM's spans the whole context."""
+        base = getattr(self.model, "model", self.model)  # under a compiled wrapper
+        length = base.cfg.seq_len if base.causal else length
+        key = (batch, length, dtype, str(device))
+        kept = self.caches.pop(key, None)
+        if kept is None:
+            kept = base.new_cache(batch, device, dtype, length)
+        for t in (*kept.k, *kept.v):
+            t.zero_()
+        self.caches[key] = kept
+        if len(self.caches) > self.max_caches:
+            self.caches.popitem(last=False)
+        return KVCache(k=list(kept.k), v=list(kept.v), bidirectional=kept.bidirectional)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
@@ -130,23 +187,22 @@ class GraphedModel:
 
 def _key(inputs: dict[str, torch.Tensor | None], cache: KVCache | None) -> tuple:
     """What fixes a recorded forward: input shapes and dtypes, the cache's tensors (their
-    addresses and shapes) and its host-side state."""
+    addresses and shapes) and its host-side write offset (unless a column tensor gives it)."""
     key: tuple = tuple(
         (n, None) if t is None else (n, tuple(t.shape), t.dtype) for n, t in inputs.items()
     )
     if cache is not None:
         ptrs = tuple(t.data_ptr() for t in (*cache.k, *cache.v))
-        key += (ptrs, tuple(cache.k[0].shape), cache.length, cache.bidirectional)
+        key += (ptrs, tuple(cache.k[0].shape), cache.bidirectional)
+        key += (cache.length,) if cache.column is None else ()
     return key
 
 
 @contextmanager
-def _dense_mask(model, needed: bool):
-    """Record through SDPA where xformers would read the padding's run lengths on the host."""
+def _sdpa(model):
+    """Record through SDPA (xformers reads the padding's run lengths on the host)."""
     base = getattr(model, "model", model)  # under a compiled wrapper
-    backend = base.backend
-    if needed:
-        base.backend = "sdpa"
+    backend, base.backend = base.backend, "sdpa"
     try:
         yield
     finally:

@@ -105,6 +105,9 @@ class Decoding:
     """For ``min_length`` and ``stop_at_eos``."""
     stop_at_eos: bool = False
     """Stop a batch once every row has finished (see the module docstring)."""
+    keep_batch: bool = False
+    """Finished rows stay in the batch even when decoding is deterministic: the forwards keep
+    their shapes, which CUDA graphs replay (sampling/graphs.py). The output is the same."""
 
     @property
     def parallel(self) -> bool:
@@ -215,6 +218,7 @@ def sample_mdm(
     # A finished row leaves the batch (its later forwards are skipped) where that changes no
     # other row's draws: deterministic decoding. Otherwise the batch stops when all have finished.
     drop = d.temperature == 0 and d.sampler == "confidence" and d.remasking != "random"
+    drop = drop and not d.keep_batch
     for j in range(int(blk.count.max())):
         # This block's slots, lengths and steps per row (B, total), (B,), (B,)
         in_block, size, block_steps = (
