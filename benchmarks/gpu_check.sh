@@ -7,7 +7,9 @@
 #
 # `bash benchmarks/gpu_check.sh sampling` runs instead the sampling table (`mdmctl bench sample`, the
 # naive MDM sampler, mdmctl's settings, compiled and CUDA-graph rows and the ARM) on a pair prepared
-# by benchmarks/gpu_sampling_pair.sh: carry [".gpu-wheels", ".gpu-carry"].
+# by benchmarks/gpu_sampling_pair.sh: carry [".gpu-wheels", ".gpu-carry"]. Without a pair trained
+# on the CPU, `gpu_sampling_pair.sh --data-only` there and `gpu_check.sh sampling-train` here train
+# it on the GPU and send it back under $OUT/pair: put that folder at .gpu-carry/pair and carry it.
 #
 # Prepare on the CPU machine (wheels the GPU image lacks; .gpu-wheels/ is git-ignored):
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -36,9 +38,25 @@ print("torch", torch.__version__, "cuda", torch.version.cuda)
 err = _probe_xformers(torch.device("cuda"))
 print("xformers:", "runs" if err is None else f"cannot run ({err})")
 PY
+if [ "${1:-core}" = sampling-train ]; then
+  # run.sh calls `mdmctl` and `python`; this image has python3 and the source tree only.
+  mkdir -p /tmp/bin
+  printf '#!/bin/sh\nexec python3 -m mdmctl "$@"\n' > /tmp/bin/mdmctl
+  command -v python > /dev/null || ln -sf "$(command -v python3)" /tmp/bin/python
+  chmod +x /tmp/bin/mdmctl
+  export PATH=/tmp/bin:$PATH
+  start=$(date +%s)
+  timeout 560 bash benchmarks/gpu_sampling_pair.sh --train .gpu-carry/pair/reversal_curse \
+    "$OUT/pair" > "$OUT/train_pair.log" 2>&1
+  rc=$?
+  grep -E "step .*loss|wrote|finetune" "$OUT/train_pair.log" | tail -6
+  echo "pair trained and exported in $(( $(date +%s) - start )) s (rc $rc)"
+  exit $rc
+fi
 if [ "${1:-core}" = sampling ]; then
-  if [ ! -d .gpu-carry/pair ]; then
-    echo "no .gpu-carry/pair: run benchmarks/gpu_sampling_pair.sh here first"; exit 2
+  if [ ! -d .gpu-carry/pair/mdm ] || [ ! -d .gpu-carry/pair/arm ]; then
+    echo "no .gpu-carry/pair/{mdm,arm}: run benchmarks/gpu_sampling_pair.sh (or sampling-train)"
+    exit 2
   fi
   for o in mdm arm; do
     python3 -m mdmctl import .gpu-carry/pair/$o --out "$OUT/pair-$o" --overwrite > /dev/null || exit 1

@@ -7,7 +7,8 @@
 #
 # Defaults: ../shared/data/reversal_curse, 60, 20, SMDM's 6M size (6 layers, d 256). Writes
 # work/reverse_curse/ under the current directory and ends with a summary table
-# (work/reverse_curse/summary.md). About 79 minutes on 2 CPU cores (measured end to end;
+# (work/reverse_curse/summary.md); with TRAIN_ONLY=1 it stops after training the two models
+# (benchmarks/gpu_sampling_pair.sh --train). About 79 minutes on 2 CPU cores (measured end to end;
 # docs/results.md).
 #
 # The recipe follows SMDM's sft/finetune_mdm_reverse.py: prompt + completion as one sequence,
@@ -42,6 +43,7 @@ for objective in mdm arm; do
     --sft-objective unconditional --epochs "$epochs" --batch-size 64 --micro-batch-size 16 \
     --lr 1e-3 --val-every 100000 --save-every 100000 --out "$W/$objective" --overwrite
 done
+[ "${TRAIN_ONLY:-0}" = 1 ] && exit 0
 
 # 4. Evaluate every file (300 prompts each) with SMDM's settings: confidence sampler, 32 steps,
 #    total length 52, temperature 0; the MDM with CFG 0.8 and without, the ARM without. Likelihood
