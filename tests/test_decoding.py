@@ -634,10 +634,27 @@ def test_compiled_sampling_on_cuda_matches_eager():
 # --- CUDA graphs (sampling/graphs.py) ----------------------------------------------------------
 
 
+class _NoHostSync(torch.utils._python_dispatch.TorchDispatchMode):
+    """Fails on operations that wait for the device to tell the host a value (``.item()``,
+    ``.tolist()``, data-dependent shapes): a CUDA graph cannot record them."""
+
+    SYNCS = ("_local_scalar_dense", "nonzero", "masked_select", "unique")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        assert name not in self.SYNCS, f"{func} syncs with the host"
+        if name.startswith("index"):  # a boolean index is a nonzero on CUDA
+            flat = [t for a in args if isinstance(a, (list, tuple)) for t in a]
+            assert not any(getattr(t, "dtype", None) == torch.bool for t in flat), func
+        return func(*args, **(kwargs or {}))
+
+
 def _rerun_capture(fn):
     """A stand-in for CUDA graph recording with the same contract: a static output buffer that
-    each replay refills by running ``fn`` on the static inputs it closes over."""
-    out = fn()
+    each replay refills by running ``fn`` on the static inputs it closes over; the recording
+    fails on host syncs, as a capture would."""
+    with _NoHostSync():
+        out = fn()
     return (lambda: out.copy_(fn())), out
 
 
@@ -692,6 +709,11 @@ def test_graphed_arm_decodes_every_step_from_one_graph():
     for p in prompts:  # batch 1, prompts of three lengths: one graph for all their steps
         assert sample_arm(g, [p], length=9, **kw) == sample_arm(arm, [p], length=9, **kw)
     assert g.recorded == 1 and g.replayed == 3 * 8
+    # Rows ending at the context's end (fit_length's lengths), the longest prompt the shortest
+    # generation, kept in the batch: the batch runs past that row's end, unread.
+    ragged = dict(length=[44, 43], eos_id=5, generator=torch.Generator(), keep_batch=True)
+    fit = [[1, 2, 3, 4], [7, 8, 9, 10, 11]]
+    assert sample_arm(g, fit, **ragged)[0] == sample_arm(arm, fit, **{**ragged, "keep_batch": 0})[0]
     kw = dict(length=[6, 9, 4], eos_id=5, generator=torch.Generator())
     eager, n = sample_arm(arm, prompts, **kw)
     assert sample_arm(g, prompts, **kw) == (eager, n)

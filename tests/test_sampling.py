@@ -174,6 +174,23 @@ def test_arm_ragged_batch_equals_alone_and_finished_rows_leave(stop_at_eos):
     assert widths[0] == 3 and widths[-1] == 1  # the shorter rows left the batch
 
 
+def test_arm_rows_that_stay_run_past_the_context_unread():
+    """The longest prompt has the shortest generation, so the batch runs past its end of the
+    context: rows that stay in the batch (temperature > 0, or ``keep_batch``) run on with their
+    positions held at the context's last, and every row still gets what it gets alone."""
+    m = _arm(seq_len=16)
+    prompts, lengths = [[3, 4, 5, 6, 7], [8]], [11, 15]  # 1 + 5 + 11 - 1 = 16 = seq_len
+    kw = dict(length=lengths, eos_id=0, stop_at_eos=False)
+    kept, _ = sample_arm(m, prompts, generator=torch.Generator(), keep_batch=True, **kw)
+    left, _ = sample_arm(m, prompts, generator=torch.Generator(), **kw)
+    assert kept == left and [len(r) for r in kept] == lengths
+    hot, _ = sample_arm(m, prompts, generator=torch.Generator().manual_seed(0), temperature=1.0,
+                        **kw)  # fmt: skip
+    assert [len(r) for r in hot] == lengths  # was: "sequence of 17 tokens exceeds seq_len=16"
+    with pytest.raises(ValueError, match="exceed seq_len=16"):
+        sample_arm(m, prompts, length=[12, 15], eos_id=0, generator=torch.Generator())
+
+
 def test_arm_eos_stop_keeps_the_eos_and_cuts_after_it():
     """With every token forced to eos, each row returns exactly its eos, in one forward."""
     m = _arm()

@@ -219,7 +219,8 @@ class Transformer(nn.Module):
             cos, sin, doc_ids = self._column_decode(cache, B)
         elif shifted:  # each row from position 0 at its first real column; padding at 0
             pos = (start + torch.arange(L, device=idx.device))[None] - cache.offset[:, None]
-            pos = pos.clamp(min=0)  # (B, L)
+            # (B, L); past its end a row that stays in the batch runs on, unread
+            pos = pos.clamp(min=0, max=self.cfg.seq_len - 1)
             cos, sin = self.rope_cos[pos], self.rope_sin[pos]
             # (B, start + L): 0 on the padding, 1 on the row; every layer's keys use them
             cols = torch.arange(start + L, device=idx.device)
@@ -264,6 +265,7 @@ class Transformer(nn.Module):
         cols = torch.arange(cache.k[0].shape[1], device=cache.column.device)  # (Lmax,)
         offset = cache.offset if cache.offset is not None else cols.new_zeros(B)
         pos = (cache.column - offset)[:, None]  # (B, 1): the row's own position
+        pos = pos.clamp(max=self.cfg.seq_len - 1)  # a finished row runs on, unread
         sees = (cols[None] >= offset[:, None]) & (cols[None] <= cache.column)  # (B, Lmax)
         return self.rope_cos[pos], self.rope_sin[pos], sees.long()
 

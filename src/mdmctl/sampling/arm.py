@@ -38,13 +38,18 @@ def sample_arm(
     ``keep_batch``: finished rows stay in the batch at temperature 0 too (fixed shapes for CUDA
     graphs; the same output)."""
     B = len(prompts)
-    n = torch.tensor([length] * B if isinstance(length, int) else length, device=device)  # (B,)
+    lengths = [length] * B if isinstance(length, int) else list(length)
+    n = torch.tensor(lengths, device=device)  # (B,)
     rows = [[eos_id] + p for p in prompts]
+    for r, m in zip(rows, lengths, strict=True):  # the last token is never fed back
+        if len(r) + m - 1 > model.cfg.seq_len:
+            raise ValueError(f"{len(r)} + {m} - 1 tokens exceed seq_len={model.cfg.seq_len}")
     width = max(len(r) for r in rows)
     x = torch.tensor([[eos_id] * (width - len(r)) + r for r in rows], device=device)  # (B, P)
-    cache = model.new_cache(B, device, model.tok_emb.weight.dtype, width + int(n.max()) - 1)
-    offset = torch.tensor([width - len(r) for r in rows], device=device)
-    cache.pad_left(offset if bool(offset.any()) else None)  # equal prompts: no mask needed
+    cache = model.new_cache(B, device, model.tok_emb.weight.dtype, width + max(lengths) - 1)
+    offsets = [width - len(r) for r in rows]  # each row's left padding
+    offset = torch.tensor(offsets, device=device)
+    cache.pad_left(offset if any(offsets) else None)  # equal prompts: no mask needed
     logits = model(x, cache=cache)[:, -1]  # prefill: (B, V)
     nfe = 1
     out = torch.full((B, int(n.max())), eos_id, dtype=torch.long, device=device)
@@ -67,6 +72,9 @@ def sample_arm(
         if leave and n_finished:
             live, nxt = live[~finished], nxt[~finished]
             _keep_rows(cache, ~finished)
+        if not leave and cache.offset is not None:
+            # Finished rows stay: the context check is for the rows that may still write.
+            cache.offset_min = min(o for o, m in zip(offsets, lengths, strict=True) if m > k + 1)
         logits = model(nxt[:, None], cache=cache)[:, -1]
         nfe += 1
     out_rows = out.cpu().tolist()

@@ -64,7 +64,7 @@ def cuda_capture(fn: Callable[[], torch.Tensor]) -> tuple[Replay, torch.Tensor]:
 @dataclass
 class _Graph:
     inputs: dict[str, torch.Tensor]  # static buffers the replay reads
-    cache: KVCache | None  # the calling cache: its tensors sit where the graph writes
+    cache: KVCache | None  # the cache as recorded: its tensors, kept alive, and host state
     replay: Replay | None = None
     out: torch.Tensor | None = None  # the graph's output buffer
 
@@ -99,6 +99,8 @@ class GraphedModel:
             # Scoring's selections and the ARM's prefill (once per batch) run as they are.
             return self.model(idx, doc_ids=doc_ids, cache=cache, select=select)
         if arm:
+            if cache.length >= cache.k[0].shape[1]:  # a replay would write out of bounds
+                raise ValueError(f"cache of {cache.k[0].shape[1]} columns is full")
             cache.column = torch.full((1,), cache.length, device=idx.device)
         inputs = {"idx": idx, "doc_ids": doc_ids}
         if cache is not None:
@@ -117,7 +119,7 @@ class GraphedModel:
     def _replay(self, inputs: dict[str, torch.Tensor | None], cache: KVCache | None):
         """The forward's output from its graph (recorded on first sight); None if recording
         failed."""
-        key = _key(inputs, cache)
+        key = (_key(inputs, cache), next(self.model.parameters()).data_ptr())  # weights moved
         g = self.graphs.get(key)
         if g is None:
             g = self._record(key, inputs, cache)
@@ -125,7 +127,6 @@ class GraphedModel:
                 return None
         else:
             self.graphs.move_to_end(key)
-            g.cache = cache  # the same tensor addresses (the key), maybe another KVCache
             for name, t in inputs.items():
                 if t is not None:
                     g.inputs[name].copy_(t)
@@ -134,23 +135,22 @@ class GraphedModel:
         return g.out.clone()
 
     def _record(self, key: tuple, inputs: dict[str, torch.Tensor | None], cache) -> _Graph | None:
-        g = _Graph({n: t.clone() for n, t in inputs.items() if t is not None}, cache)
+        # What the graph runs on: its own static inputs, and the cache's tensors and host state
+        # as they are now (a replay runs no Python: ``__call__`` advances the caller's cache).
+        static = {n: t.clone() for n, t in inputs.items() if t is not None}
+        recorded = None
+        if cache is not None:
+            recorded = KVCache(k=list(cache.k), v=list(cache.v), bidirectional=cache.bidirectional,
+                               offset_min=cache.offset_min,
+                               **{n: static.get(n) for n in CACHE_INPUTS})  # fmt: skip
+        g, start = _Graph(static, recorded), None if cache is None else cache.length
 
         def forward() -> torch.Tensor:
-            x, docs, c = g.inputs["idx"], g.inputs.get("doc_ids"), g.cache
-            if c is None:
+            x, docs = static["idx"], static.get("doc_ids")
+            if recorded is None:
                 return self.model(x, doc_ids=docs)
-            saved = [getattr(c, n) for n in CACHE_INPUTS], c.length
-            for n in CACHE_INPUTS:
-                setattr(c, n, g.inputs.get(n))
-            try:
-                return self.model(x, doc_ids=docs, cache=c)
-            finally:
-                # Host-side state as before the run: a replay does not run this code, so the
-                # caller advances the cache (``__call__``) for recording and replay alike.
-                for n, t in zip(CACHE_INPUTS, saved[0], strict=True):
-                    setattr(c, n, t)
-                c.length = saved[1]
+            recorded.length = start  # each run starts where the recorded call did
+            return self.model(x, doc_ids=docs, cache=recorded)
 
         try:
             with _sdpa(self.model):
@@ -167,9 +167,11 @@ class GraphedModel:
 
     def new_cache(self, batch: int, device, dtype: torch.dtype, length: int | None = None):
         """An empty cache from the pool: the same tensors for the same shape, so later batches
-        replay the graphs earlier ones recorded. An ARM's spans the whole context."""
+        replay the graphs earlier ones recorded. An ARM's spans at least the context, so its
+        decode graphs serve every prompt length (a batch whose rows end past the context on its
+        left padding gets a longer one)."""
         base = getattr(self.model, "model", self.model)  # under a compiled wrapper
-        length = base.cfg.seq_len if base.causal else length
+        length = max(length or 0, base.cfg.seq_len) if base.causal else length
         key = (batch, length, dtype, str(device))
         kept = self.caches.pop(key, None)
         if kept is None:
