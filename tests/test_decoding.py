@@ -418,6 +418,23 @@ def test_delayed_cache_runs_the_columns_masked_at_the_previous_forward(tiny_mdm)
         CachedMDM(tiny_mdm, "delayed")
 
 
+def test_delayed_cache_widths_in_steps_sample_the_same(tiny_mdm):
+    """Widths rounded up to a multiple (for CUDA graphs) only add columns that write nothing."""
+    from mdmctl.sampling.cache import CachedMDM
+
+    dec, widths = Decoding(threshold=0.3, cfg=0.5), []
+    prompts, lengths = [[1, 2, 3, 4, 5, 6], [7, 8]], [12, 16]
+    plain = _run(CachedMDM(tiny_mdm, "delayed", mask_id=MASK), prompts, dec, lengths, lengths)
+    stepped = CachedMDM(tiny_mdm, "delayed", mask_id=MASK, width_multiple=8)
+    hook = tiny_mdm.register_forward_hook(lambda m, args, out: widths.append(args[0].shape[1]))
+    try:
+        out = _run(stepped, prompts, dec, length=lengths, steps=lengths)
+    finally:
+        hook.remove()
+    assert torch.equal(out.tokens, plain.tokens)
+    assert set(widths[1:]) <= {8, 16, 18} and len(widths) > 2  # 18: the canvas
+
+
 def test_bench_sample_runs_every_setting(ckpts):
     from mdmctl.bench import MDM_SETTINGS, bench_sample
 

@@ -55,11 +55,19 @@ class CachedMDM:
     block's masked columns, which every mode runs."""
 
     def __init__(
-        self, model: Transformer, mode: CacheMode, window: int = 0, mask_id: int | None = None
+        self,
+        model: Transformer,
+        mode: CacheMode,
+        window: int = 0,
+        mask_id: int | None = None,
+        width_multiple: int = 1,
     ) -> None:
+        """``width_multiple``: the delayed cache's forwards run a multiple of this many columns
+        (the extra ones write nothing), so CUDA graphs meet a few widths, not every one."""
         if mode == "delayed" and mask_id is None:
             raise ValueError("the delayed cache needs mask_id: it runs the masked positions")
         self.model, self.mode, self.window, self.mask_id = model, mode, window, mask_id
+        self.width_multiple = width_multiple
         self.cache: KVCache | None = None
         self.positions: torch.Tensor | None = None  # (B, w) each row's window
         self.own: torch.Tensor | None = None  # (B, L) the columns each row writes
@@ -118,6 +126,7 @@ class CachedMDM:
             return None
         masked = x[: self.own.shape[0]] == self.mask_id  # (B, L)
         width = max(int(masked.sum(1).max()), 1)
+        width = min(-(-width // self.width_multiple) * self.width_multiple, masked.shape[1])
         # Each row's masked columns first, in order; a row with fewer fills the width with
         # other columns, which run but write nothing (their kept keys and values stay).
         order = torch.sort((~masked).to(torch.uint8), dim=1, stable=True).indices  # (B, L)
