@@ -107,7 +107,8 @@ class Decoding:
     """Stop a batch once every row has finished (see the module docstring)."""
     keep_batch: bool = False
     """Finished rows stay in the batch even when decoding is deterministic: the forwards keep
-    their shapes, which CUDA graphs replay (sampling/graphs.py). The output is the same."""
+    their shapes, which CUDA graphs replay (sampling/graphs.py). Each row's tokens up to its
+    first eos are the same; after it, what is cut from the output may differ."""
 
     @property
     def parallel(self) -> bool:
