@@ -78,7 +78,8 @@ class KVCache:
     """(B,) left padding of each row (ARM batches of ragged prompts): a row's token at cache column
     c sits at position c - offset, and the padding columns are a segment no row attends to."""
     offset_min: int = 0
-    """The least padded row's offset, kept as an int: the context check needs no device sync."""
+    """The least padded offset among the rows that may still write (sample_arm keeps it), as an
+    int: the context check needs no device sync."""
     column: torch.Tensor | None = None
     """(1,) ARM decode of one token at this cache column, given as a tensor: the forward then
     attends over the whole cache with the columns after it masked, so every step runs the same

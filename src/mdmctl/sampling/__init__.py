@@ -387,7 +387,9 @@ def graphed_model(model, net, device):
             f"--cuda-graphs needs a CUDA device; this run is on {torch.device(device).type}"
         )
     kept = model.__dict__.setdefault("_cuda_graphs", {})
-    return kept.setdefault(isinstance(net, Compiled), GraphedModel(net))
+    if isinstance(net, Compiled) not in kept:
+        kept[isinstance(net, Compiled)] = GraphedModel(net)
+    return kept[isinstance(net, Compiled)]
 
 
 def _batches(ids: list[list[int]], lengths: list[int], size: int, objective: str):

@@ -4,8 +4,10 @@ Each prompt is preceded by eos, the document separator the model saw in training
 prompt and generation length share one batch: shorter prompts are padded on the left, each row's
 positions start at 0 at its own first token and the padding is an attention segment of its own,
 so a row sees exactly what it sees alone. With deterministic decoding (temperature 0) a row that
-has finished (its eos, or its length reached) leaves the batch; otherwise the batch runs until
-every row has finished, so that no row's noise depends on when its neighbours finished.
+has finished (its eos, or its length reached) leaves the batch (unless ``keep_batch``: CUDA
+graphs replay fixed shapes); otherwise the batch runs until every row has finished, so that no
+row's noise depends on when its neighbours finished. A finished row that stays runs on past its
+end, even past the context (its positions held at the last), and nothing of it is read.
 """
 
 from __future__ import annotations

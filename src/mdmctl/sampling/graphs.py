@@ -170,7 +170,7 @@ class GraphedModel:
         replay the graphs earlier ones recorded. An ARM's spans at least the context, so its
         decode graphs serve every prompt length (a batch whose rows end past the context on its
         left padding gets a longer one)."""
-        base = getattr(self.model, "model", self.model)  # under a compiled wrapper
+        base = _base(self.model)
         length = max(length or 0, base.cfg.seq_len) if base.causal else length
         key = (batch, length, dtype, str(device))
         kept = self.caches.pop(key, None)
@@ -200,10 +200,15 @@ def _key(inputs: dict[str, torch.Tensor | None], cache: KVCache | None) -> tuple
     return key
 
 
+def _base(model):
+    """The Transformer, also under a compiled wrapper."""
+    return getattr(model, "model", model)
+
+
 @contextmanager
 def _sdpa(model):
     """Record through SDPA (xformers reads the padding's run lengths on the host)."""
-    base = getattr(model, "model", model)  # under a compiled wrapper
+    base = _base(model)
     backend, base.backend = base.backend, "sdpa"
     try:
         yield

@@ -107,8 +107,7 @@ class Decoding:
     """Stop a batch once every row has finished (see the module docstring)."""
     keep_batch: bool = False
     """Finished rows stay in the batch even when decoding is deterministic: the forwards keep
-    their shapes, which CUDA graphs replay (sampling/graphs.py). Each row's tokens up to its
-    first eos are the same; after it, what is cut from the output may differ."""
+    their shapes, which CUDA graphs replay (sampling/graphs.py). The output is the same."""
 
     @property
     def parallel(self) -> bool:
@@ -218,8 +217,10 @@ def sample_mdm(
     canvas, x, logits, nfe = c, c.x, None, 0
     # A finished row leaves the batch (its later forwards are skipped) where that changes no
     # other row's draws: deterministic decoding. Otherwise the batch stops when all have finished.
-    drop = d.temperature == 0 and d.sampler == "confidence" and d.remasking != "random"
-    drop = drop and not d.keep_batch
+    quiet = d.temperature == 0 and d.sampler == "confidence" and d.remasking != "random"
+    # keep_batch: such a row stays, its masks filled with eos as the output would fill them
+    # (nothing left to reveal, so no forward runs for it alone); the shapes hold.
+    drop, fill = quiet and not d.keep_batch, quiet and d.keep_batch
     for j in range(int(blk.count.max())):
         # This block's slots, lengths and steps per row (B, total), (B,), (B,)
         in_block, size, block_steps = (
@@ -255,6 +256,8 @@ def sample_mdm(
                 logits = None if logits is None else logits[keep]
                 if hasattr(model, "take"):
                     model.take(keep)
+            elif fill and n_done:
+                x = torch.where(done[:, None] & (x == mask_id), d.eos_id, x)
     out[rows] = x
     return _output(out, canvas, nfe)
 
