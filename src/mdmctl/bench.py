@@ -196,13 +196,14 @@ def bench_sample(
     repeats: int = 1,
     compile: bool = True,
     device: str = "auto",
+    cuda_graphs: bool = True,
     settings: dict[str, dict[str, Any]] | None = None,
     splits: dict[str, str] | None = None,
     log=lambda msg: None,
 ) -> list[BenchRow]:
     """One row per setting (the naive sampler first, the ARM last; ``compile``: also a fast
-    MDM setting and the ARM through ``torch.compile``; on a CUDA device also ``GRAPHED`` and
-    the ARM with CUDA graphs). ``settings``: the MDM settings, by name
+    MDM setting and the ARM through ``torch.compile``; ``cuda_graphs`` on a CUDA device: also
+    ``GRAPHED`` and the ARM with CUDA graphs). ``settings``: the MDM settings, by name
     (``SampleConfig`` fields; default ``MDM_SETTINGS``); the naive sampler runs first whatever
     they are, as every ratio is to it. ``splits``: the prompt files in ``data_dir``, by label
     (default: ``SPLITS``' files). With ``repeats`` > 1 every
@@ -212,7 +213,7 @@ def bench_sample(
     from mdmctl.runtime import resolve_device
     from mdmctl.sampling import SampleConfig, load_model
 
-    graphs = resolve_device(device).type == "cuda"
+    graphs = cuda_graphs and resolve_device(device).type == "cuda"
     splits = split_files(SPLITS) if splits is None else splits
     prompts, refs, files = _prompts(Path(data_dir), limit, splits)
     base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)

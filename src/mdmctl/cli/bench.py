@@ -56,6 +56,12 @@ def bench_sample_cmd(
         help="Also time one fast MDM setting and the ARM through torch.compile (compiled in "
         "a warm-up outside the timings).",
     ),
+    cuda_graphs: bool = typer.Option(
+        True,
+        "--cuda-graphs/--no-cuda-graphs",
+        help="On a CUDA device, also time the plain and the window-4 dual-cache MDM settings "
+        "and the ARM with CUDA graphs (recorded in a warm-up outside the timings).",
+    ),
     device: str = device_option(),
     json_out: bool = json_option("Print the rows as JSON on stdout."),
 ) -> None:
@@ -71,7 +77,7 @@ def bench_sample_cmd(
         rows = bench_sample(mdm=str(mdm), arm=str(arm) if arm else None, data_dir=str(data_dir),
                             batch_size=batch_size, latency_prompts=latency_prompts, limit=limit,
                             cfg=cfg, repeats=repeats, compile=compile, device=device,
-                            splits=files, log=_log)  # fmt: skip
+                            cuda_graphs=cuda_graphs, splits=files, log=_log)  # fmt: skip
         if json_out:
             print(json.dumps(as_dicts(rows), indent=1))
             return
