@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One-call GPU check (docs/benchmarks.md, "GPU"): CUDA-marked tests, xformers-vs-SDPA parity, and
-# training throughput / MFU at 170M and 1028M with both attention kernels, and likelihood scoring
-# (hellaswag-shaped requests, 128 MC samples) at 170M against the naive per-request loop. The CUDA
-# tests include compiled sampling (torch.compile with Triton) and CUDA-graph sampling against eager.
-# Prints a short table; full logs go to $OUT (or ./gpu-out). Runs in under 8 minutes on one H100.
+# One-call GPU check (docs/benchmarks.md, "GPU"): CUDA-marked tests, xformers-vs-SDPA parity,
+# sampling speed eager vs CUDA graphs (random 6M and 170M models), training throughput / MFU at
+# 170M and 1028M with both attention kernels, and likelihood scoring (hellaswag-shaped requests,
+# 128 MC samples) at 170M against the naive per-request loop. The CUDA tests include compiled
+# sampling (torch.compile with Triton) and CUDA-graph sampling against eager. Prints a short
+# table; full logs go to $OUT (or ./gpu-out). Sized by its timeouts to stay under 9 minutes; it
+# has not run on a GPU yet.
 #
 # `bash benchmarks/gpu_check.sh sampling` runs instead the sampling table (`mdmctl bench sample`, the
 # naive MDM sampler, mdmctl's settings, compiled and CUDA-graph rows and the ARM) on a pair prepared
@@ -82,6 +84,11 @@ PY
   exit $rc
 fi
 python3 -m pytest -m cuda -q tests/test_attention.py tests/test_decoding.py 2>&1 | tee "$OUT/pytest-cuda.txt" | tail -3
+# Sampling speed by mode (eager vs CUDA graphs) on random 6M and 170M models: no trained pair needed.
+for size in 6M 170M; do
+  timeout 60 python3 benchmarks/sampling_speed.py --device cuda --size $size 2>&1 \
+    | tee -a "$OUT/sampling_speed.txt"
+done
 timeout 300 python3 benchmarks/train_throughput.py --device cuda --dtype bf16 --sizes 170M 1028M \
   --batch 4 --seq-len 2048 --vocab 32000 --iters 6 --warmup 2 --attention xformers sdpa \
   --json "$OUT/train_throughput.json" 2>&1 | tee "$OUT/train_throughput.txt"
