@@ -53,7 +53,10 @@ def cuda_capture(fn: Callable[[], torch.Tensor]) -> tuple[Replay, torch.Tensor]:
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        fn()  # warm-up outside the graph: cuBLAS handles, autotuning, compiled code
+        # Warm-up outside the graph: cuBLAS handles, autotuning, compiled code (twice: a second
+        # call is where torch.compile may recompile for a value it has now seen twice).
+        for _ in range(2):
+            fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
