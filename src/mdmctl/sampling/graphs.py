@@ -20,8 +20,8 @@ cache reallocated because rows left the batch gets new ones.
   and the pool's ARM caches span the whole context, so one graph serves every step of every
   prompt of a batch size (gpt-fast's static cache).
 
-Recording runs the forward once on a side stream (lazy initialisation stays out of the graph),
-then once under capture. Both write the cache exactly as the real forward does, and running a
+Recording runs the forward twice on a side stream (lazy initialisation and torch.compile's
+recompilations stay out of the graph), then once under capture. Both write the cache exactly as the real forward does, and running a
 forward twice on the same inputs writes the same keys and values, so recording changes nothing.
 Graphs record through SDPA: xformers' block-diagonal mask reads the padding's run lengths on the
 host, which a graph cannot do. If recording fails all the same (an operation that cannot be
@@ -53,8 +53,8 @@ def cuda_capture(fn: Callable[[], torch.Tensor]) -> tuple[Replay, torch.Tensor]:
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        # Warm-up outside the graph: cuBLAS handles, autotuning, compiled code (twice: a second
-        # call is where torch.compile may recompile for a value it has now seen twice).
+        # Warm-up outside the graph (cuBLAS handles, autotuning, compiled code); torch.compile
+        # may recompile on the second call, for a value it has now seen twice.
         for _ in range(2):
             fn()
     torch.cuda.current_stream().wait_stream(side)
