@@ -4,6 +4,7 @@ top-k / top-p, eos rules; and an ARM refusing MDM-only options."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 
 import pytest
@@ -574,7 +575,6 @@ def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm, caplog):
     """Dual-cache block decoding (full and window forwards, rows leaving), the delayed cache
     and ragged ARM batches: the compiled model's tokens at temperature 0 are the eager model's, and the
     graphs of both models (and of uniform ARM batches) fit dynamo's recompile limit."""
-    import logging
 
     from mdmctl.sampling import compile_model
     from mdmctl.sampling.arm import sample_arm
@@ -747,7 +747,7 @@ def test_graphed_arm_decodes_every_step_from_one_graph():
     torch.testing.assert_close(logits[1], logits[0])
 
 
-def test_graphed_model_runs_eagerly_once_recording_fails(tiny_mdm, caplog):
+def test_graphed_model_runs_eagerly_once_recording_fails(tiny_mdm, caplog, monkeypatch):
     from mdmctl.sampling.graphs import GraphedModel
 
     def cannot(fn):
@@ -757,9 +757,17 @@ def test_graphed_model_runs_eagerly_once_recording_fails(tiny_mdm, caplog):
     g = GraphedModel(tiny_mdm, capture=cannot)
     x = torch.arange(1, 7)[None]
     cache = g.new_cache(1, "cpu", torch.float32, 6)
-    with caplog.at_level("WARNING", logger="mdmctl"):
-        assert torch.equal(g(x, cache=cache), tiny_mdm(x)) and cache.length == 6
-        assert torch.equal(g(x[:, :4]), tiny_mdm(x[:, :4]))
+    # Once a CLI test has set up logging, "mdmctl" no longer propagates to the root logger that
+    # caplog listens on; whatever ran before, caplog's handler sits on "mdmctl" alone.
+    logger = logging.getLogger("mdmctl")
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="mdmctl"):
+            assert torch.equal(g(x, cache=cache), tiny_mdm(x)) and cache.length == 6
+            assert torch.equal(g(x[:, :4]), tiny_mdm(x[:, :4]))
+    finally:
+        logger.removeHandler(caplog.handler)
     assert g.failed == "operation not permitted when stream is capturing" and g.recorded == 0
     assert caplog.text.count("recording failed") == 1
 
