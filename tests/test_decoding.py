@@ -665,7 +665,7 @@ class _NoHostSync(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _rerun_capture(fn):
+def _rerun_capture(fn, device):
     """A stand-in for CUDA graph recording with the same contract: a static output buffer that
     each replay refills by running ``fn`` on the static inputs it closes over; the recording
     fails on host syncs, as a capture would."""
@@ -750,7 +750,7 @@ def test_graphed_arm_decodes_every_step_from_one_graph():
 def test_graphed_model_runs_eagerly_once_recording_fails(tiny_mdm, caplog, monkeypatch):
     from mdmctl.sampling.graphs import GraphedModel
 
-    def cannot(fn):
+    def cannot(fn, device):
         fn()  # as CUDA graphs warm up before they capture
         raise RuntimeError("operation not permitted when stream is capturing\nmore")
 
@@ -772,7 +772,7 @@ def test_graphed_model_runs_eagerly_once_recording_fails(tiny_mdm, caplog, monke
     assert caplog.text.count("recording failed") == 1
 
 
-def test_graphed_model_keeps_at_most_max_graphs(tiny_mdm):
+def test_graphed_model_keeps_at_most_max_graphs_and_max_bytes(tiny_mdm):
     from mdmctl.sampling.graphs import GraphedModel
 
     g = GraphedModel(tiny_mdm, capture=_rerun_capture, max_graphs=2)
@@ -780,6 +780,14 @@ def test_graphed_model_keeps_at_most_max_graphs(tiny_mdm):
         x = torch.arange(1, n + 1)[None]
         assert torch.equal(g(x), tiny_mdm(x))
     assert g.recorded == 4 and len(g.graphs) == 2
+    # Output buffers past max_bytes evict too, but never the graph just recorded.
+    one = g.held_bytes() // 2  # both kept graphs output (1, n, V): n = 5 and 3
+    g.max_graphs, g.max_bytes = 32, one
+    for n in (6, 7):
+        x = torch.arange(1, n + 1)[None]
+        assert torch.equal(g(x), tiny_mdm(x))
+        assert list(g.graphs)[-1][0][0] == ("idx", (1, n), torch.long) and len(g.graphs) == 1
+    assert g.held_bytes() > g.max_bytes
     # A refresh fills the canvas and leaves the cache's offset after it, as the forward does.
     x = torch.arange(1, 7)[None]
     cache = tiny_mdm.new_cache(1, "cpu", torch.float32, 6)
@@ -840,3 +848,30 @@ def test_cuda_graphs_decode_what_the_eager_arm_decodes():
     eager = sample_arm(arm, prompts, **kw)
     assert sample_arm(g, prompts, **kw) == eager and sample_arm(g, prompts, **kw) == eager
     assert 0 < g.recorded < g.replayed
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_failed_cuda_capture_runs_eagerly_on_the_callers_stream():
+    """A forward that syncs with the host cannot be captured: the call and later ones run
+    eagerly, on the stream the caller had (ending the capture raises inside torch.cuda.graph)."""
+    from mdmctl.sampling.graphs import GraphedModel
+
+    class Syncs(torch.nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, idx, doc_ids=None, cache=None, select=None):
+            out = self.model(idx, doc_ids=doc_ids, cache=cache, select=select)
+            out.sum().item()  # not permitted while a stream is capturing
+            return out
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny", vocab_size=97, mask_id=MASK, seq_len=48)
+    mdm = Transformer(cfg, backend="sdpa").cuda().eval()
+    g, stream = GraphedModel(Syncs(mdm)), torch.cuda.current_stream()
+    x = torch.arange(1, 7, device="cuda")[None]
+    for _ in range(2):
+        assert torch.equal(g(x), mdm(x)) and torch.cuda.current_stream() == stream
+    assert g.failed and g.recorded == 0

@@ -318,8 +318,8 @@ def generate(
         nfe += n
         done += len(rows)
         report("generating", done, len(ids))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     generated = sum(len(o) for o in out_ids)
     stopped = [info.eos_id in o for o in out_ids]

@@ -21,8 +21,9 @@ cache reallocated because rows left the batch gets new ones.
   prompt of a batch size (gpt-fast's static cache).
 
 Recording runs the forward twice on a side stream (lazy initialisation and torch.compile's
-recompilations stay out of the graph), then once under capture. Both write the cache exactly as the real forward does, and running a
-forward twice on the same inputs writes the same keys and values, so recording changes nothing.
+recompilations stay out of the graph), then once under capture. Each run writes the cache
+exactly as the real forward does, and running a forward again on the same inputs writes the same
+keys and values, so recording changes nothing.
 Graphs record through SDPA: xformers' block-diagonal mask reads the padding's run lengths on the
 host, which a graph cannot do. If recording fails all the same (an operation that cannot be
 captured), the model runs eagerly from then on, with one warning: the run finishes, unsped.
@@ -43,25 +44,47 @@ from mdmctl.model import KVCache
 log = logging.getLogger("mdmctl")
 
 Replay = Callable[[], None]
-Capture = Callable[[Callable[[], torch.Tensor]], tuple[Replay, torch.Tensor]]
+Capture = Callable[[Callable[[], torch.Tensor], torch.device], tuple[Replay, torch.Tensor]]
 CACHE_INPUTS = ("positions", "write", "column", "offset")
 """The cache's tensor fields a forward reads: static buffers of a graph, like its inputs."""
 
 
-def cuda_capture(fn: Callable[[], torch.Tensor]) -> tuple[Replay, torch.Tensor]:
-    """Record ``fn`` as a CUDA graph: (replay, its static output)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        # Warm-up outside the graph (cuBLAS handles, autotuning, compiled code); torch.compile
-        # may recompile on the second call, for a value it has now seen twice.
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph.replay, out
+class CudaCapture:
+    """Records ``fn`` as a CUDA graph on ``device``: (replay, its static output).
+
+    Everything happens on the model's device, not the current one (``--device cuda:1``, or a
+    torchrun rank): its own stream warms up and captures, and replays launch there. All graphs of
+    a device share one memory pool, so N graphs hold one forward's scratch memory, not N. Sharing
+    is safe here because nothing a graph reads lives in the pool (static inputs and caches are
+    allocated before recording) and each replay's output is cloned before any other replay."""
+
+    def __init__(self) -> None:
+        self.streams: dict[torch.device, tuple[torch.cuda.Stream, tuple]] = {}
+
+    def __call__(self, fn: Callable[[], torch.Tensor], device: torch.device):
+        with torch.cuda.device(device):
+            if device not in self.streams:
+                self.streams[device] = (torch.cuda.Stream(), torch.cuda.graph_pool_handle())
+            stream, pool = self.streams[device]
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                # Warm-up outside the graph (cuBLAS handles, autotuning, compiled code);
+                # torch.compile may recompile on the second call, for a value seen twice.
+                for _ in range(2):
+                    fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            # The stream is entered here as well: torch.cuda.graph leaves its own stream context
+            # open when ending the capture raises, and a failed recording must hand the caller
+            # back its stream to run eagerly on.
+            with torch.cuda.stream(stream), torch.cuda.graph(graph, pool=pool, stream=stream):
+                out = fn()
+
+        def replay() -> None:
+            with torch.cuda.device(device):
+                graph.replay()
+
+        return replay, out
 
 
 @dataclass
@@ -74,16 +97,22 @@ class _Graph:
 
 class GraphedModel:
     """``model(idx, doc_ids=..., cache=...)`` replayed from recorded graphs; otherwise the model
-    (attributes pass through). ``capture`` records a function: CUDA graphs by default (tests
-    pass a stand-in with the same contract). At most ``max_graphs`` graphs (each holds its own
-    activation memory) and ``max_caches`` pooled caches are kept, least recently used first
-    out."""
+    (attributes pass through). ``capture`` records a function on a device: ``CudaCapture`` by
+    default (tests pass a stand-in with the same contract). At most ``max_graphs`` graphs (each
+    holds its output buffer), output buffers of at most ``max_bytes`` together (a full canvas's
+    logits at a large batch and vocabulary run to gigabytes; the newest graph is always kept) and
+    ``max_caches`` pooled caches are kept, least recently used first out."""
 
     def __init__(
-        self, model, capture: Capture = cuda_capture, max_graphs: int = 32, max_caches: int = 4
+        self,
+        model,
+        capture: Capture | None = None,
+        max_graphs: int = 64,
+        max_caches: int = 4,
+        max_bytes: int = 4 << 30,
     ) -> None:
-        self.model, self.capture = model, capture
-        self.max_graphs, self.max_caches = max_graphs, max_caches
+        self.model, self.capture = model, capture or CudaCapture()
+        self.max_graphs, self.max_caches, self.max_bytes = max_graphs, max_caches, max_bytes
         self.graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self.caches: OrderedDict[tuple, KVCache] = OrderedDict()
         self.recorded = self.replayed = 0
@@ -157,16 +186,22 @@ class GraphedModel:
 
         try:
             with _sdpa(self.model):
-                g.replay, g.out = self.capture(forward)
+                g.replay, g.out = self.capture(forward, next(self.model.parameters()).device)
         except RuntimeError as e:  # an operation that cannot be captured
             self.failed = (str(e).strip().splitlines() or [type(e).__name__])[0]
             log.warning("--cuda-graphs: recording failed (%s); running eagerly", self.failed)
             return None
         self.graphs[key] = g
         self.recorded += 1
-        if len(self.graphs) > self.max_graphs:
+        while len(self.graphs) > 1 and (
+            len(self.graphs) > self.max_graphs or self.held_bytes() > self.max_bytes
+        ):
             self.graphs.popitem(last=False)
         return g
+
+    def held_bytes(self) -> int:
+        """The kept graphs' output buffers, in bytes."""
+        return sum(g.out.numel() * g.out.element_size() for g in self.graphs.values())
 
     def new_cache(self, batch: int, device, dtype: torch.dtype, length: int | None = None):
         """An empty cache from the pool: the same tensors for the same shape, so later batches
