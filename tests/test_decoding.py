@@ -652,13 +652,16 @@ def test_compiled_sampling_on_cuda_matches_eager():
 
 class _NoHostSync(torch.utils._python_dispatch.TorchDispatchMode):
     """Fails on operations that wait for the device to tell the host a value (``.item()``,
-    ``.tolist()``, data-dependent shapes): a CUDA graph cannot record them."""
+    ``.tolist()``, data-dependent shapes) or copy host data to it (``torch.tensor(list)``, a
+    pageable copy on CUDA): a CUDA graph cannot record them."""
 
     SYNCS = ("_local_scalar_dense", "nonzero", "masked_select", "unique")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
         assert name not in self.SYNCS, f"{func} syncs with the host"
+        # A 0-d tensor from a Python number (``x[...] = float("-inf")``) is a kernel argument.
+        assert name != "lift_fresh" or args[0].dim() == 0, f"{func} copies host data"
         if name.startswith("index"):  # a boolean index is a nonzero on CUDA
             flat = [t for a in args if isinstance(a, (list, tuple)) for t in a]
             assert not any(getattr(t, "dtype", None) == torch.bool for t in flat), func
