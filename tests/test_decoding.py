@@ -878,3 +878,31 @@ def test_a_failed_cuda_capture_runs_eagerly_on_the_callers_stream():
     for _ in range(2):
         assert torch.equal(g(x), mdm(x)) and torch.cuda.current_stream() == stream
     assert g.failed and g.recorded == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_of_a_compiled_model_sample_what_it_samples_eagerly():
+    """--compile with --cuda-graphs: the compiled code is warmed up (and recompiled) outside the
+    capture, then recorded; the dual-cache MDM and the ARM give the compiled model's tokens."""
+    from mdmctl.sampling import compile_model
+    from mdmctl.sampling.arm import sample_arm
+    from mdmctl.sampling.cache import CachedMDM
+    from mdmctl.sampling.graphs import GraphedModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny", vocab_size=97, mask_id=MASK, seq_len=48)
+    mdm = compile_model(Transformer(cfg, backend="sdpa").cuda().eval(), "cuda")
+    dec = Decoding(block_length=4, threshold=0.5, eos_id=5, keep_batch=True)
+    prompts = [[1, 2, 3, 4, 6, 7], [7, 8], [9, 10, 11]]
+    kw = dict(length=12, steps=12, mask_id=MASK, pad_id=PAD, decoding=dec, device="cuda")
+    g = GraphedModel(mdm)
+    runs = [sample_mdm(CachedMDM(m, "dual"), prompts, generator=torch.Generator(), **kw).tokens
+            for m in (mdm, g)]  # fmt: skip
+    assert torch.equal(*runs) and g.failed is None and 0 < g.recorded < g.replayed
+    acfg = ModelConfig.from_name("tiny", objective="arm", vocab_size=97, seq_len=48)
+    arm = compile_model(Transformer(acfg, backend="sdpa").cuda().eval(), "cuda")
+    akw = dict(length=[6, 9, 4], eos_id=5, generator=torch.Generator(), device="cuda")
+    ga = GraphedModel(arm)
+    eager = sample_arm(arm, prompts, **akw, keep_batch=True)
+    assert sample_arm(ga, prompts, **akw, keep_batch=True) == eager and ga.failed is None
