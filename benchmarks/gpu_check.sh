@@ -4,7 +4,7 @@
 # 170M and 1028M with both attention kernels, and likelihood scoring (hellaswag-shaped requests,
 # 128 MC samples) at 170M against the naive per-request loop. The CUDA tests include compiled
 # sampling (torch.compile with Triton) and CUDA-graph sampling against eager. Prints a short
-# table; full logs go to $OUT (or ./gpu-out). Sized by its timeouts to stay under 9 minutes; it
+# table; full logs go to $OUT (or ./gpu-out). Sized by its timeouts to stay under 8 minutes; it
 # has not run on a GPU yet.
 #
 # `bash benchmarks/gpu_check.sh sampling` runs instead the sampling table (`mdmctl bench sample`, the
@@ -83,17 +83,19 @@ print("\n".join(targets(rows)))
 PY
   exit $rc
 fi
-python3 -m pytest -m cuda -q tests/test_attention.py tests/test_decoding.py 2>&1 | tee "$OUT/pytest-cuda.txt" | tail -3
+# Every step has its timeout: together 120 + 2 x 40 + 180 + 90 = 470 s, under the 8 minutes.
+timeout 120 python3 -m pytest -m cuda -q tests/test_attention.py tests/test_decoding.py 2>&1 \
+  | tee "$OUT/pytest-cuda.txt" | tail -3
 # Sampling speed by mode (eager vs CUDA graphs) on random 6M and 170M models: no trained pair needed.
 for size in 6M 170M; do
-  timeout 60 python3 benchmarks/sampling_speed.py --device cuda --size $size 2>&1 \
+  timeout 40 python3 benchmarks/sampling_speed.py --device cuda --size $size 2>&1 \
     | tee -a "$OUT/sampling_speed.txt"
 done
-timeout 300 python3 benchmarks/train_throughput.py --device cuda --dtype bf16 --sizes 170M 1028M \
+timeout 180 python3 benchmarks/train_throughput.py --device cuda --dtype bf16 --sizes 170M 1028M \
   --batch 4 --seq-len 2048 --vocab 32000 --iters 6 --warmup 2 --attention xformers sdpa \
   --json "$OUT/train_throughput.json" 2>&1 | tee "$OUT/train_throughput.txt"
 HS=../shared/data/benchmarks/hellaswag.jsonl.gz
 LL_DATA=""
 [ -f "$HS" ] && LL_DATA="--data $HS"
-timeout 150 python3 benchmarks/likelihood.py --device cuda --size 170M --seq-len 256 --vocab 32000 \
+timeout 90 python3 benchmarks/likelihood.py --device cuda --size 170M --seq-len 256 --vocab 32000 \
   --requests 64 --batch-size 64 $LL_DATA 2>&1 | tee "$OUT/likelihood.txt"
