@@ -508,6 +508,51 @@ def test_bench_sample_cli_prints_the_table_and_the_targets(ckpts):
     assert "an ARM checkpoint, expected an MDM" in wrong.stdout + wrong.stderr
 
 
+def _arith_problems():
+    """benchmarks/arith_problems.py, imported from its file (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "arith_problems.py"
+    spec = importlib.util.spec_from_file_location("arith_problems", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arith_problems_are_right_held_out_and_seeded(tmp_path):
+    import re
+
+    arith = _arith_problems()
+    arith.write(tmp_path / "a", 300, 40, seed=1)
+    arith.write(tmp_path / "b", 300, 40, seed=1)
+
+    def read(folder: str, file: str) -> list[dict]:
+        return [json.loads(x) for x in (tmp_path / folder / file).read_text().splitlines()]
+
+    train, test = read("a", "train.jsonl"), read("a", "test.jsonl")
+    assert (len(train), len(test)) == (300, 40) and read("b", "test.jsonl") == test
+    assert not {r["prompt"] for r in test} & {r["prompt"] for r in train}
+    for r in train + test:  # the equation uses the question's numbers, and its result is right
+        a, op, b, c, answer = re.fullmatch(r" <<(\d)([+*])(\d)=(\d+)>> #### (\d+)",
+                                           r["completion"]).groups()  # fmt: skip
+        assert re.findall(r"\d+", r["prompt"]) == [a, b]
+        assert int(c) == int(answer) == (int(a) + int(b) if op == "+" else int(a) * int(b))
+    assert {r["completion"][4] for r in train} == {"+", "*"}  # both operations
+
+
+def test_bench_sample_cli_on_files_of_any_folder(ckpts, tmp_path):
+    """benchmarks/arith_pair.sh's call: generated prompt files, no shared data needed."""
+    from .conftest import run
+
+    _arith_problems().write(tmp_path, 10, 3, seed=0)
+    out = run("bench", "sample", "--mdm", ckpts["mdm"], "--arm", ckpts["arm"], "--data-dir",
+              tmp_path, "--split", "test.jsonl", "--batch-size", "2", "--latency-prompts", "1",
+              "--no-compile", "--device", "cpu").stdout  # fmt: skip
+    assert "sampling on test (batch 2)" in out and "accuracy (test)" in out
+    assert "ARM, KV cache" in out and "the ARM's accuracy" in out
+
+
 def test_bench_prompt_files_are_checked(tmp_path):
     from mdmctl.bench import _prompts
     from mdmctl.errors import DataError

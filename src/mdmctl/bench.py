@@ -124,7 +124,7 @@ def _prompts(
     for name, file in splits.items():
         path = data_dir / file
         if not path.is_file():
-            raise DataError(f"{path}: not found (the reversal-curse test files)")
+            raise DataError(f"{path}: not found (a prompt file of --data-dir)")
         rows = read_jsonl(path)[:limit] if limit else read_jsonl(path)
         if not rows:
             raise DataError(f"{path}: no prompts")

@@ -23,7 +23,10 @@ def bench_sample_cmd(
         None, "--arm", help="An ARM of the same size fine-tuned on the same data. Default: none."
     ),
     data_dir: Path = typer.Option(
-        ..., "--data-dir", help="The reversal-curse test files (../shared/data/reversal_curse)."
+        ...,
+        "--data-dir",
+        help="Folder of the prompt files: the reversal-curse test files "
+        "(../shared/data/reversal_curse), or prompt/completion .jsonl files named by --split.",
     ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Batch of the throughput runs."),
     latency_prompts: int = typer.Option(
@@ -82,7 +85,7 @@ def bench_sample_cmd(
             print(json.dumps(as_dicts(rows), indent=1))
             return
         labels = " + ".join(files)
-        t = Table(title=f"sampling on reversal-curse {labels} (batch {batch_size})")
+        t = Table(title=f"sampling on {labels} (batch {batch_size})")
         for col in ("setting", "prompts/s", "x naive", "tokens/s", "x ARM", "NFE/answer",
                     "latency s", "x naive", "batch-1 tokens/s", "x ARM",
                     f"accuracy ({' / '.join(files)})", "vs naive",
