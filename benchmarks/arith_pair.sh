@@ -23,14 +23,7 @@ HERE=$(dirname "$0")
 mkdir -p "$W"
 
 python "$HERE/arith_problems.py" "$W/data"
-python - "$W/data/train.jsonl" "$W/text.jsonl" <<'PY'
-import json, sys
-with open(sys.argv[1]) as f, open(sys.argv[2], "w") as out:
-    for line in f:
-        r = json.loads(line)
-        out.write(json.dumps({"text": r["prompt"] + r["completion"]}) + "\n")
-PY
-mdmctl tokenize "$W/text.jsonl" --vocab-size 1024 --val-fraction 0.02 --out "$W/corpus"
+mdmctl tokenize "$W/data/text.jsonl" --vocab-size 1024 --val-fraction 0.02 --out "$W/corpus"
 
 for objective in mdm arm; do
   steps=$MDM_STEPS; [ "$objective" = arm ] && steps=$ARM_STEPS

@@ -6,8 +6,9 @@ sampler's speed from the model's accuracy: every answer is fixed by its question
 single-digit addition or multiplication, written as GSM8K's equation chain of thought,
 ``<<a*b=c>> #### c``), so a small model of either objective learns them in minutes on a CPU.
 Writes ``train.jsonl`` and ``test.jsonl`` (prompt / completion, ``bench sample --split``'s
-format); no test question appears among the training questions (the arithmetic facts do: the
-test asks for the skill, not for unseen sums).
+format; no test question appears among the training questions, the arithmetic facts do: the
+test asks for the skill, not for unseen sums) and ``text.jsonl`` (each training problem as one
+text, for ``mdmctl tokenize``).
 
     python benchmarks/arith_problems.py OUT_DIR [--train 20000] [--test 600] [--seed 0]
 """
@@ -55,7 +56,8 @@ def write(out: Path, n_train: int, n_test: int, seed: int) -> None:
             seen.add(r["prompt"])
             test.append(r)
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train), ("test", test)):
+    text = [{"text": r["prompt"] + r["completion"]} for r in train]  # the tokenizer's corpus
+    for name, rows in (("train", train), ("test", test), ("text", text)):
         with open(out / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 

@@ -539,6 +539,8 @@ def test_arith_problems_are_right_held_out_and_seeded(tmp_path):
         assert re.findall(r"\d+", r["prompt"]) == [a, b]
         assert int(c) == int(answer) == (int(a) + int(b) if op == "+" else int(a) * int(b))
     assert {r["completion"][4] for r in train} == {"+", "*"}  # both operations
+    text = [r["text"] for r in read("a", "text.jsonl")]  # the tokenizer's corpus
+    assert text == [r["prompt"] + r["completion"] for r in train]
 
 
 def test_bench_sample_cli_on_files_of_any_folder(ckpts, tmp_path):
