@@ -8,7 +8,8 @@
 #   bash benchmarks/arith_pair.sh [OUT] [MDM_STEPS] [ARM_STEPS] [SIZE]
 #
 # Defaults: work/arith, 1500, 1000, mini (4 layers, d 128). Writes OUT/{data,corpus,mdm,arm} and
-# OUT/bench.txt; with TRAIN_ONLY=1 it stops after training.
+# OUT/bench.txt; with TRAIN_ONLY=1 it stops after training. Training runs on the default device
+# (CUDA when there is one); the bench on DEVICE (default cpu; gpu_check.sh arith sets cuda).
 #
 # The recipe is the GSM8K one at small scale: the conditional SFT loss (the MDM never masks the
 # question; the ARM's cross-entropy on the answer), every row padded with eos to bench sample's
@@ -37,4 +38,4 @@ done
 [ "${TRAIN_ONLY:-0}" = 1 ] && exit 0
 
 mdmctl bench sample --mdm "$W/mdm" --arm "$W/arm" --data-dir "$W/data" --split test.jsonl \
-  --latency-prompts 32 --repeats 3 --device cpu | tee "$W/bench.txt"
+  --latency-prompts 32 --repeats 3 --device "${DEVICE:-cpu}" | tee "$W/bench.txt"

@@ -12,6 +12,8 @@
 # by benchmarks/gpu_sampling_pair.sh: carry [".gpu-wheels", ".gpu-carry"]. Without a pair trained
 # on the CPU, `gpu_sampling_pair.sh --data-only` there and `gpu_check.sh sampling-train` here train
 # it on the GPU and send it back under $OUT/pair: put that folder at .gpu-carry/pair and carry it.
+# `bash benchmarks/gpu_check.sh arith` trains and benches benchmarks/arith_pair.sh's GSM8K-style
+# pair on the GPU in one call (the pair whose MDM and ARM are equally accurate; nothing to carry).
 #
 # Prepare on the CPU machine (wheels the GPU image lacks; .gpu-wheels/ is git-ignored):
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -40,13 +42,26 @@ print("torch", torch.__version__, "cuda", torch.version.cuda)
 err = _probe_xformers(torch.device("cuda"))
 print("xformers:", "runs" if err is None else f"cannot run ({err})")
 PY
-if [ "${1:-core}" = sampling-train ]; then
-  # run.sh calls `mdmctl` and `python`; this image has python3 and the source tree only.
+shims() {  # run.sh and arith_pair.sh call `mdmctl` and `python`; this image has python3 and the source
   mkdir -p /tmp/bin
   printf '#!/bin/sh\nexec python3 -m mdmctl "$@"\n' > /tmp/bin/mdmctl
   command -v python > /dev/null || ln -sf "$(command -v python3)" /tmp/bin/python
   chmod +x /tmp/bin/mdmctl
   export PATH=/tmp/bin:$PATH
+}
+if [ "${1:-core}" = arith ]; then  # the GSM8K-style pair: trained and benched here, nothing carried
+  shims
+  start=$(date +%s)
+  DEVICE=cuda timeout 560 bash benchmarks/arith_pair.sh "$OUT/arith" > "$OUT/arith.log" 2>&1
+  rc=$?
+  grep -E "val loss|wall time" "$OUT/arith.log"
+  sed -n '/sampling on test/,$p' "$OUT/arith.log" | cut -c1-220
+  rm -rf "$OUT/arith"/{init-mdm,init-arm,mdm,arm,corpus}  # the weights need not come back
+  echo "arith pair trained and benched in $(( $(date +%s) - start )) s (rc $rc)"
+  exit $rc
+fi
+if [ "${1:-core}" = sampling-train ]; then
+  shims
   start=$(date +%s)
   timeout 560 bash benchmarks/gpu_sampling_pair.sh --train .gpu-carry/pair/reversal_curse \
     "$OUT/pair" > "$OUT/train_pair.log" 2>&1
