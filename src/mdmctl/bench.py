@@ -1,8 +1,8 @@
 """``mdmctl bench sample``: sampling speed and quality in one table (docs/benchmarks.md).
 
 On reversal-curse test files (by default the trained direction, ``p2d_same`` and ``d2p_same``)
-or other prompt/completion files (``benchmarks/arith_pair.sh``'s GSM8K-style problems; SMDM's
-canvas: prompt + generation = 52 tokens, temperature 0) a fine-tuned MDM runs
+or other prompt/completion files (e.g. ``benchmarks/arith_pair.sh``'s GSM8K-style problems), on
+SMDM's canvas (prompt + generation = 52 tokens) at temperature 0, a fine-tuned MDM runs
 
 - the naive reference sampler: one token per step, the whole canvas every step, no early stop;
 - mdmctl's decoding settings (eos early stop, semi-autoregressive blocks, threshold / factor
