@@ -42,7 +42,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda)
 err = _probe_xformers(torch.device("cuda"))
 print("xformers:", "runs" if err is None else f"cannot run ({err})")
 PY
-shims() {  # run.sh and arith_pair.sh call `mdmctl` and `python`; this image has python3 and the source
+shims() {  # run.sh and arith_pair.sh call `mdmctl` and `python`; this image has python3 only
   mkdir -p /tmp/bin
   printf '#!/bin/sh\nexec python3 -m mdmctl "$@"\n' > /tmp/bin/mdmctl
   command -v python > /dev/null || ln -sf "$(command -v python3)" /tmp/bin/python
