@@ -30,6 +30,8 @@ VARIANTS = {
     "ancestral-blocks": Decoding(sampler="ancestral", block_length=4, temperature=1.0),
     "eos-rules": Decoding(min_length=3, eos_id=EOS, stop_at_eos=True),
     "cfg-blocks": Decoding(cfg=0.5, block_length=4),
+    "suffix-window": Decoding(block_length=4, suffix_window=2, threshold=0.05),
+    "suffix-window-cfg": Decoding(cfg=0.5, block_length=3, suffix_window=0),
 }
 
 
@@ -118,6 +120,37 @@ def test_blocks_are_decoded_left_to_right_on_their_own_schedule(mdm):
         open_blocks = [bool((g[i : i + 4] == MASK).any()) for i in (0, 4, 8)]
         assert open_blocks == sorted(open_blocks)  # a later block never ahead of an earlier one
     assert _spread(10, 3) == [4, 3, 3] and _spread(2, 4) == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("cfg", [0.0, 0.5])
+def test_suffix_window_runs_the_block_and_the_window_after_it(mdm, cfg):
+    """Each forward sees the prompt, the blocks so far and W masks after the block (DPad's
+    sliding window), so block 1 decodes as a canvas of block + W positions would; a window
+    past the canvas end is the exact sampler, token for token."""
+    dec = Decoding(block_length=4, cfg=cfg)
+    seen = []
+    out = _run(_spy(mdm, seen), [[1, 2]], replace(dec, suffix_window=2), length=12, steps=6)
+    assert not (out.tokens == MASK).any()
+    assert [x.shape[1] for x in seen] == [8, 8, 12, 12, 14, 14]  # prompt 2 + block end + 2, cut
+    short = _run(mdm, [[1, 2]], dec, length=6, steps=4)  # block 1: 4 slots, 2 steps, as above
+    assert torch.equal(out.tokens[0, :4], short.tokens[0, :4])
+    whole = _run(mdm, [[1, 2], [3, 4, 5]], dec, length=12, steps=6)
+    far = _run(mdm, [[1, 2], [3, 4, 5]], replace(dec, suffix_window=12), length=12, steps=6)
+    assert torch.equal(far.tokens, whole.tokens) and far.nfe == whole.nfe
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual", "delayed"])
+def test_suffix_window_with_caches_is_batch_invariant(tiny_mdm, mode):
+    from mdmctl.sampling.cache import CachedMDM
+
+    dec = Decoding(block_length=4, threshold=0.05, suffix_window=1)
+    prompts, lengths = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]], [12, 6]
+    out = _run(CachedMDM(tiny_mdm, mode, mask_id=MASK), prompts, dec, lengths, lengths)
+    assert not (out.tokens == MASK).any()
+    for b, row in enumerate(out.rows()):
+        alone = _run(CachedMDM(tiny_mdm, mode, mask_id=MASK), [prompts[b]], dec, lengths[b],
+                     lengths[b])  # fmt: skip
+        assert row == alone.tokens[0].tolist()
 
 
 def test_threshold_one_reveals_one_token_per_step(mdm):
@@ -264,6 +297,8 @@ def test_sample_config_rules():
         (dict(cache="dual", cache_window=-1), "--cache-window: must be >= 0"),
         (dict(cache="delayed", cache_window=2), "--cache-window applies to --cache dual"),
         (dict(cache="decoded"), "--cache: expected one of none, prefix, dual, delayed"),
+        (dict(block_length=4, suffix_window=-1), "--suffix-window: must be >= 0"),
+        (dict(suffix_window=4), "--suffix-window needs --block-length"),
     ]:
         with pytest.raises(ConfigError, match=match):
             SampleConfig(**kw)
@@ -274,14 +309,17 @@ def test_cli_decoding_options_and_arm_refusal(ckpts):
 
     run("sample", "--checkpoint", ckpts["mdm"], "--length", "6", "--block-length", "2",
         "--threshold", "0.5", "--remasking", "margin", "--top-k", "8", "--min-length", "2",
-        "--cache", "dual", "--cache-window", "2", "--device", "cpu")  # fmt: skip
+        "--cache", "dual", "--cache-window", "2", "--suffix-window", "1",
+        "--device", "cpu")  # fmt: skip
     run("sample", "--checkpoint", ckpts["mdm"], "--length", "6", "--threshold", "0.5",
         "--cache", "delayed", "--cfg", "0.5", "--device", "cpu")  # fmt: skip
     run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--top-p", "0.9", "--min-length",
         "2", "--device", "cpu")  # fmt: skip
     r = run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--block-length", "2",
-            "--factor", "1", "--device", "cpu", code=2)  # fmt: skip
-    assert "--block-length, --factor apply to objective 'mdm'" in r.stdout + r.stderr
+            "--factor", "1", "--suffix-window", "0", "--device", "cpu", code=2)  # fmt: skip
+    assert (
+        "--block-length, --factor, --suffix-window apply to objective 'mdm'" in r.stdout + r.stderr
+    )
     r = run("sample", "--checkpoint", ckpts["arm"], "--length", "6", "--cache", "dual",
             "--cache-window", "2", "--device", "cpu", code=2)  # fmt: skip
     assert "--cache, --cache-window apply to objective 'mdm'" in r.stdout + r.stderr

@@ -6,8 +6,8 @@ SMDM's canvas (prompt + generation = 52 tokens) at temperature 0, a fine-tuned M
 
 - the naive reference sampler: one token per step, the whole canvas every step, no early stop;
 - mdmctl's decoding settings (eos early stop, semi-autoregressive blocks, threshold / factor
-  parallel decoding, prefix / dual / delayed KV caches, ``torch.compile``, and on a CUDA
-  device CUDA graphs),
+  parallel decoding, prefix / dual / delayed KV caches, the suffix window, ``torch.compile``, and
+  on a CUDA device CUDA graphs),
 
 and a fine-tuned ARM of the same size runs with its KV cache, eager and compiled (compilation
 happens in a warm-up outside the timings). Per setting: throughput at a large
@@ -71,17 +71,37 @@ MDM_SETTINGS: dict[str, dict[str, Any]] = {
         "threshold": 0.9,
         "cache": "dual",
     },
+    # DPad's sliding window: each forward runs the block and only this many masked positions
+    # after it, not the whole canvas. Window 0 with blocks shorter than an answer shows the risk
+    # (the model sees a canvas too short for it); docs/benchmarks.md.
+    **{
+        f"blocks {b}, threshold 0.9, suffix window {w}": {
+            "block_length": b,
+            "threshold": 0.9,
+            "suffix_window": w,
+        }
+        for b in (8, 16)
+        for w in (0, 8)
+    },
 }
 COMPILED = {
     "blocks 8, threshold 0.99, dual cache, window 4, compiled": {
         **MDM_SETTINGS["blocks 8, threshold 0.99, dual cache, window 4"],
         "compile": True,
-    }
+    },
+    "blocks 16, threshold 0.9, suffix window 0, compiled": {
+        **MDM_SETTINGS["blocks 16, threshold 0.9, suffix window 0"],
+        "compile": True,
+    },
 }
 GRAPHED = {  # on a CUDA device only (sampling/graphs.py)
     "1 token/step, eos stop, CUDA graphs": {"cuda_graphs": True},
     "blocks 8, threshold 0.99, dual cache, window 4, CUDA graphs": {
         **MDM_SETTINGS["blocks 8, threshold 0.99, dual cache, window 4"],
+        "cuda_graphs": True,
+    },
+    "blocks 16, threshold 0.9, suffix window 0, CUDA graphs": {
+        **MDM_SETTINGS["blocks 16, threshold 0.9, suffix window 0"],
         "cuda_graphs": True,
     },
 }
@@ -202,8 +222,8 @@ def bench_sample(
     splits: dict[str, str] | None = None,
     log=lambda msg: None,
 ) -> list[BenchRow]:
-    """One row per setting (the naive sampler first, the ARM last; ``compile``: also a fast
-    MDM setting and the ARM through ``torch.compile``; ``cuda_graphs`` on a CUDA device: also
+    """One row per setting (the naive sampler first, the ARM last; ``compile``: also two fast
+    MDM settings (``COMPILED``) and the ARM through ``torch.compile``; ``cuda_graphs`` on a CUDA device: also
     ``GRAPHED`` and the ARM with CUDA graphs). ``settings``: the MDM settings, by name
     (``SampleConfig`` fields; default ``MDM_SETTINGS``); the naive sampler runs first whatever
     they are, as every ratio is to it. ``splits``: the prompt files in ``data_dir``, by label

@@ -56,14 +56,15 @@ def bench_sample_cmd(
     compile: bool = typer.Option(
         True,
         "--compile/--no-compile",
-        help="Also time one fast MDM setting and the ARM through torch.compile (compiled in "
+        help="Also time two fast MDM settings and the ARM through torch.compile (compiled in "
         "a warm-up outside the timings).",
     ),
     cuda_graphs: bool = typer.Option(
         True,
         "--cuda-graphs/--no-cuda-graphs",
-        help="On a CUDA device, also time the plain and the window-4 dual-cache MDM settings "
-        "and the ARM with CUDA graphs (recorded in a warm-up outside the timings).",
+        help="On a CUDA device, also time the plain, the window-4 dual-cache and the "
+        "suffix-window-0 MDM settings and the ARM with CUDA graphs (recorded in a warm-up "
+        "outside the timings).",
     ),
     device: str = device_option(),
     json_out: bool = json_option("Print the rows as JSON on stdout."),

@@ -231,6 +231,15 @@ def decoding_options() -> dict[str, Any]:
             "uses kept ones. On one reverse-curse MDM it recovered most of what the dual cache "
             "lost at a fraction of the prefix cache's cost (docs/benchmarks.md). Default: 0 (Fast-dLLM's dual cache).",
         ),
+        "suffix_window": typer.Option(
+            None,
+            "--suffix-window",
+            min=0,
+            help="MDM block decoding (DPad's sliding window): each forward runs the prompt, the "
+            "blocks so far and only this many masked positions after the current block; the "
+            "rest of the canvas waits for its block. An approximation: less work where the "
+            "canvas is mostly end-of-text to be (docs/benchmarks.md). Default: the whole canvas.",
+        ),
         "compile": typer.Option(
             False,
             "--compile",
@@ -257,6 +266,7 @@ DECODING_TYPES: dict[str, Any] = {
     "min_length": int,
     "cache": CacheName,
     "cache_window": int,
+    "suffix_window": int | None,
     "compile": bool,
     "cuda_graphs": bool,
 }

@@ -7,8 +7,8 @@ or ``mdmctl eval lm-eval --tasks ...``. Model arguments: ``checkpoint``, ``estim
 chain-rule), ``mc_num`` (MC samples), ``cfg``, ``greedy`` (compute ``is_greedy`` for MDMs),
 ``batch_size``, ``seed``, ``device``, ``attention``, and for generation ``steps``, ``sampler``,
 ``temperature``, ``max_gen_toks``, ``remasking``, ``block_length``, ``threshold``, ``factor``,
-``top_k``, ``top_p``, ``cache``, ``cache_window``, ``compile``, ``cuda_graphs`` (as ``mdmctl
-sample``'s options).
+``top_k``, ``top_p``, ``cache``, ``cache_window``, ``suffix_window``, ``compile``,
+``cuda_graphs`` (as ``mdmctl sample``'s options).
 
 - ``loglikelihood``: the likelihood engine (``evaluation.likelihood``), lm-eval's tokenisation of
   the pair; ``is_greedy`` from the greedy check (MDM) or next-token argmax (ARM).
@@ -67,6 +67,7 @@ class MdmctlLM(LM):
         top_p: float | str | None = None,
         cache: str = "none",
         cache_window: int | str = 0,
+        suffix_window: int | str | None = None,
         compile: bool | str = False,
         cuda_graphs: bool | str = False,
         max_batch_size: int | None = None,  # lm-eval passes it to every model; batches are fixed
@@ -106,6 +107,7 @@ class MdmctlLM(LM):
             top_p=num(top_p, float),
             cache=cache,
             cache_window=num(cache_window, int) or 0,
+            suffix_window=num(suffix_window, int),
             compile=_bool(compile),
             cuda_graphs=_bool(cuda_graphs),
         )

@@ -50,6 +50,9 @@ class SampleConfig:
     """MDM KV cache: none (exact), prefix, dual or delayed (approximations; sampling/cache.py)."""
     cache_window: int = 0
     """Dual cache: positions after the block that run fresh at every step with it."""
+    suffix_window: int | None = None
+    """Block decoding: masked positions after the block that each forward runs (DPad's sliding
+    window; an approximation). None: the whole canvas (exact)."""
     compile: bool = False
     """Both objectives: run the model through ``torch.compile`` (``compile_model``)."""
     cuda_graphs: bool = False
@@ -94,6 +97,12 @@ def _check_decoding(c: SampleConfig) -> None:
     if c.cache_window and c.cache != "dual":
         # prefix already recomputes the whole suffix, none the whole canvas
         raise ConfigError(f"--cache-window applies to --cache dual, not --cache {c.cache}")
+    if c.suffix_window is not None and c.suffix_window < 0:
+        raise ConfigError(f"--suffix-window: must be >= 0, got {c.suffix_window}")
+    if c.suffix_window is not None and c.block_length is None:
+        raise ConfigError(
+            "--suffix-window needs --block-length: with one block nothing follows the block"
+        )
     if c.min_length < 0:
         raise ConfigError(f"--min-length: must be >= 0, got {c.min_length}")
     if c.top_p is not None and not 0 < c.top_p <= 1:
@@ -113,7 +122,7 @@ def _check_decoding(c: SampleConfig) -> None:
         )
 
 
-MDM_ONLY = ("block_length", "threshold", "factor")
+MDM_ONLY = ("block_length", "threshold", "factor", "suffix_window")
 
 
 def _check_arm_options(c: SampleConfig) -> None:

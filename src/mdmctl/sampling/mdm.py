@@ -21,6 +21,11 @@ Decoding rules from LLaDA and Fast-dLLM (peers.md), all off by default:
   A finished row leaves the batch when decoding is deterministic (temperature 0, confidence
   order other than random); otherwise the batch runs until every row has finished, so that no
   row's noise depends on when its neighbours finished.
+- ``suffix_window`` (DPad's sliding window, Chen et al. 2025, arXiv 2508.14148): with blocks,
+  each forward runs the prompt, the blocks up to the current one and only this many of the
+  masked positions after it; the rest of the canvas is left out until its block comes. An
+  approximation (the model was trained on whole canvases and sees a shorter one), which saves
+  the forwards' work on positions that are mostly end-of-text padding to be.
 
 Unsupervised CFG: guided = uncond + (w + 1)(cond - uncond) with the prompt replaced by mask tokens
 in the unconditional pass; both passes run as one batched forward. Rows may differ in prompt
@@ -105,6 +110,8 @@ class Decoding:
     """For ``min_length`` and ``stop_at_eos``."""
     stop_at_eos: bool = False
     """Stop a batch once every row has finished (see the module docstring)."""
+    suffix_window: int | None = None
+    """Masked positions after the block that each forward runs; None: all (exact)."""
     keep_batch: bool = False
     """Finished rows stay in the batch even when decoding is deterministic: the forwards keep
     their shapes, which CUDA graphs replay (sampling/graphs.py). The output is the same."""
@@ -228,15 +235,17 @@ def sample_mdm(
             blk.sizes(j, c.length),
             blk.step_counts(j),
         )
+        width, docs = _visible(c, blk, j, d.suffix_window)  # the forwards' columns
         if hasattr(model, "begin_block"):  # a KV cache (sampling/cache.py): refill it
-            model.begin_block(in_block)
+            model.begin_block(in_block[:, :width])
             logits = None
         for k in range(int((size if d.parallel else block_steps).max())):
             masked = (x == mask_id) & in_block  # pads and prompt are never mask_id
             if not bool(masked.any()):
                 break
-            if logits is None:
-                logits = cfg_logits(model, x, c.doc_ids, c.prompt_mask, mask_id, d.cfg)
+            if logits is None:  # (B, width, V): the block's columns are all inside
+                xv, pv = x[:, :width], c.prompt_mask[:, :width]
+                logits = cfg_logits(model, xv, docs, pv, mask_id, d.cfg)
                 nfe += 1
             x, changed = _step(x, logits, masked, c, d, size, _times(k, block_steps), generator)
             if changed:
@@ -254,12 +263,29 @@ def sample_mdm(
                 x, c, blk, rows = x[keep], c.take(keep), blk.take(keep), rows[keep]
                 in_block, size, block_steps = in_block[keep], size[keep], block_steps[keep]
                 logits = None if logits is None else logits[keep]
+                docs = None if docs is None else docs[keep]
                 if hasattr(model, "take"):
                     model.take(keep)
             elif fill and n_done:
                 x = torch.where(done[:, None] & (x == mask_id), d.eos_id, x)
     out[rows] = x
     return _output(out, canvas, nfe)
+
+
+def _visible(
+    c: _Canvas, blk: _Blocks, j: int, window: int | None
+) -> tuple[int, torch.Tensor | None]:
+    """The width of block ``j``'s forwards and their segment ids (B, width). ``window`` None:
+    the whole canvas. Otherwise each row runs its prompt, its blocks up to ``j`` and the
+    ``window`` positions after block ``j``; its columns beyond, up to the widest row's, are their
+    own segment, as padding is: never attended, so a row's logits do not depend on its batch."""
+    if window is None:
+        return c.x.shape[1], c.doc_ids
+    prompt_len = -c.rel[:, 0]  # (B,) rel counts from the first generated slot
+    end = prompt_len + torch.minimum((j + 1) * blk.size + window, c.length)  # (B,)
+    width = int(end.max())
+    beyond = torch.arange(width, device=end.device)[None, :] >= end[:, None]  # (B, width)
+    return width, (beyond.long() if bool(beyond.any()) else None)
 
 
 def _in_block(c: _Canvas, blk: _Blocks, j: int) -> torch.Tensor:
