@@ -222,9 +222,9 @@ def bench_sample(
     splits: dict[str, str] | None = None,
     log=lambda msg: None,
 ) -> list[BenchRow]:
-    """One row per setting (the naive sampler first, the ARM last; ``compile``: also two fast
-    MDM settings (``COMPILED``) and the ARM through ``torch.compile``; ``cuda_graphs`` on a CUDA device: also
-    ``GRAPHED`` and the ARM with CUDA graphs). ``settings``: the MDM settings, by name
+    """One row per setting (the naive sampler first, the ARM last; ``compile``: also the
+    ``COMPILED`` MDM settings and the ARM through ``torch.compile``; ``cuda_graphs`` on a CUDA
+    device: also ``GRAPHED`` and the ARM with CUDA graphs). ``settings``: the MDM settings, by name
     (``SampleConfig`` fields; default ``MDM_SETTINGS``); the naive sampler runs first whatever
     they are, as every ratio is to it. ``splits``: the prompt files in ``data_dir``, by label
     (default: ``SPLITS``' files). With ``repeats`` > 1 every
