@@ -396,10 +396,12 @@ def test_lm_eval_model_args_reach_the_sampler(ckpts, monkeypatch):
         windows.append((mode, window))
         real_init(self, model, mode, window, mask_id, *rest)
 
-    rules = dict(block_length="2", threshold="0.5", cache="dual", cache_window="2")
+    rules = dict(block_length="2", threshold="0.5", cache="dual", cache_window="2",
+                 suffix_window="1")  # fmt: skip
     monkeypatch.setattr(cache_mod.CachedMDM, "__init__", spy)
     lm = MdmctlLM(checkpoint=str(ckpts["mdm"]), device="cpu", **rules)
     assert lm.decoding["cache_window"] == 2 and lm.decoding["threshold"] == 0.5
+    assert lm.decoding["suffix_window"] == 1
     prompts = ["the cat sat", "a dog"]
     got = lm.generate_until([SimpleNamespace(args=(p, {"until": [], "max_gen_toks": 6}))
                              for p in prompts])  # fmt: skip
