@@ -8,7 +8,8 @@
 #   bash benchmarks/arith_pair.sh [OUT] [MDM_STEPS] [ARM_STEPS] [SIZE]
 #
 # Defaults: work/arith, 1500, 1000, mini (4 layers, d 128). Writes OUT/{data,corpus,mdm,arm} and
-# OUT/bench.txt; with TRAIN_ONLY=1 it stops after training. Training runs on the default device
+# OUT/bench.txt; with TRAIN_ONLY=1 it stops after training; DIGITS=2 asks two-digit problems
+# (arith_problems.py --digits). Training runs on the default device
 # (CUDA when there is one); the bench on DEVICE (default cpu; gpu_check.sh arith sets cuda).
 #
 # The recipe is the GSM8K one at small scale: the conditional SFT loss (the MDM never masks the
@@ -23,7 +24,7 @@ SIZE=${4:-mini}
 HERE=$(dirname "$0")
 mkdir -p "$W"
 
-python "$HERE/arith_problems.py" "$W/data"
+python "$HERE/arith_problems.py" "$W/data" --digits "${DIGITS:-1}"
 mdmctl tokenize "$W/data/text.jsonl" --vocab-size 1024 --val-fraction 0.02 --out "$W/corpus"
 
 for objective in mdm arm; do

@@ -571,12 +571,18 @@ def test_arith_problems_are_right_held_out_and_seeded(tmp_path):
     train, test = read("a", "train.jsonl"), read("a", "test.jsonl")
     assert (len(train), len(test)) == (300, 40) and read("b", "test.jsonl") == test
     assert not {r["prompt"] for r in test} & {r["prompt"] for r in train}
-    for r in train + test:  # the equation uses the question's numbers, and its result is right
-        a, op, b, c, answer = re.fullmatch(r" <<(\d)([+*])(\d)=(\d+)>> #### (\d+)",
+    arith.write(tmp_path / "c", 300, 40, seed=1, digits=2)
+    two = read("c", "train.jsonl") + read("c", "test.jsonl")
+    for r in train + test + two:  # the equation uses the question's numbers, its result is right
+        a, op, b, c, answer = re.fullmatch(r" <<(\d+)([+*])(\d+)=(\d+)>> #### (\d+)",
                                            r["completion"]).groups()  # fmt: skip
         assert re.findall(r"\d+", r["prompt"]) == [a, b]
         assert int(c) == int(answer) == (int(a) + int(b) if op == "+" else int(a) * int(b))
     assert {r["completion"][4] for r in train} == {"+", "*"}  # both operations
+    assert all(len(x) == 1 for r in train + test for x in re.findall(r"\d+", r["prompt"]))
+    sums = [r for r in two if "+" in r["completion"]]  # two-digit operands, a carry among them
+    assert all(len(x) == 2 for r in sums for x in re.findall(r"\d+", r["prompt"]))
+    assert any(int(r["completion"].split()[-1]) >= 100 for r in sums)
     text = [r["text"] for r in read("a", "text.jsonl")]  # the tokenizer's corpus
     assert text == [r["prompt"] + r["completion"] for r in train]
 
