@@ -39,8 +39,8 @@ MUL = (
 
 def problem(rng: random.Random, digits: int = 1) -> dict[str, str]:
     """One problem; ``digits`` > 1: operands of that many digits, a single-digit multiplier
-    (two-digit sums carry, which a small model learns only in part: a task where samplers'
-    accuracies can differ)."""
+    (two-digit sums carry: a harder task, meant for a pair whose samplers' accuracies differ;
+    at arith_pair.sh's default budget only the ARM learns it, docs/benchmarks.md)."""
     lo = 2 if digits == 1 else 10 ** (digits - 1)
     a, b = rng.randint(lo, 10**digits - 1), rng.randint(lo, 10**digits - 1)
     op, templates = rng.choice((("+", ADD), ("*", MUL)))
