@@ -15,7 +15,7 @@ from mdmctl.errors import ConfigError
 from mdmctl.model import Transformer
 from mdmctl.sampling import SampleConfig
 from mdmctl.sampling.mdm import Decoding, _parallel, _spread, cfg_logits, sample_mdm
-from mdmctl.sampling.select import filter_logits, remask_score
+from mdmctl.sampling.select import RowStreams, filter_logits, remask_score
 
 MASK, PAD, EOS = 96, 95, 0
 VARIANTS = {
@@ -42,9 +42,11 @@ def mdm():
     return lambda x, d: m(x, doc_ids=d)
 
 
-def _run(model, prompts, dec, length=12, steps=6, seed=1):
+def _run(model, prompts, dec, length=12, steps=6, seed=1, rows=None):
+    """One stream for the batch, or with ``rows`` (each row's seed) a stream per row."""
+    gen = torch.Generator().manual_seed(seed) if rows is None else RowStreams.seeded(rows, "cpu")
     return sample_mdm(model, prompts, length=length, steps=steps, mask_id=MASK, pad_id=PAD,
-                      generator=torch.Generator().manual_seed(seed), decoding=dec)  # fmt: skip
+                      generator=gen, decoding=dec)  # fmt: skip
 
 
 def _spy(model, seen):
@@ -65,24 +67,38 @@ def test_every_variant_fills_the_canvas_keeps_the_prompt_and_is_seeded(mdm, name
     assert all(x[0, :3].tolist() == [1, 2, 3] and x[1, 0] == 4 for x in seen)
 
 
-@pytest.mark.parametrize("name", [n for n, d in VARIANTS.items() if d.temperature == 0])
+@pytest.mark.parametrize("name", VARIANTS)
 def test_ragged_batch_equals_alone(mdm, name):
-    alone = _run(mdm, [[7, 8]], VARIANTS[name]).tokens
-    batch = _run(mdm, [[1, 2, 3, 4, 5, 6], [7, 8]], VARIANTS[name]).tokens
+    """With a random stream per row (as ``generate`` samples), every sampler gives a row what it
+    gets alone, sampling and random orders too."""
+    alone = _run(mdm, [[7, 8]], VARIANTS[name], rows=[5]).tokens
+    batch = _run(mdm, [[1, 2, 3, 4, 5, 6], [7, 8]], VARIANTS[name], rows=[9, 5]).tokens
     assert torch.equal(batch[1], alone[0])
+    if VARIANTS[name].temperature == 0 and VARIANTS[name].remasking != "random":
+        # deterministic decoding: one stream for the batch is as good
+        assert torch.equal(_run(mdm, [[1, 2, 3, 4, 5, 6], [7, 8]], VARIANTS[name]).tokens, batch)
 
 
-@pytest.mark.parametrize(
-    "name", [n for n, d in VARIANTS.items() if d.temperature == 0 and d.remasking != "random"]
-)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_rows_of_different_lengths_and_steps_share_one_canvas(mdm, name):
     """Each row on its own schedule: the batch gives every row what it gets alone."""
     prompts, lengths, steps = [[1, 2, 3, 4, 5, 6], [7, 8], [9]], [5, 12, 9], [5, 6, 3]
-    out = _run(mdm, prompts, VARIANTS[name], length=lengths, steps=steps)
+    out = _run(mdm, prompts, VARIANTS[name], length=lengths, steps=steps, rows=[3, 4, 5])
     assert out.tokens.shape == (3, 12) and out.lengths == lengths
     for b, row in enumerate(out.rows()):
-        alone = _run(mdm, [prompts[b]], VARIANTS[name], length=lengths[b], steps=steps[b])
+        alone = _run(mdm, [prompts[b]], VARIANTS[name], lengths[b], steps[b], rows=[3 + b])
         assert row == alone.tokens[0].tolist() and MASK not in row
+
+
+def test_a_random_order_draws_from_the_batch_with_one_stream(mdm):
+    """Why ``generate`` gives each row its own stream: with one stream for the batch, what a
+    row draws depends on the rows before it (the reveal order of random remasking here)."""
+    dec, seen = Decoding(remasking="random"), {}
+    for prompts in ([[7, 8]], [[1, 2, 3], [7, 8]]):
+        spy = []
+        _run(_spy(mdm, spy), prompts, dec, length=8, steps=8)
+        seen[len(prompts)] = [(x[-1] == MASK).tolist() for x in spy]
+    assert seen[1] != seen[2]  # the row's canvas at each step: revealed in another order
 
 
 def test_cached_modes_with_rows_of_different_lengths(tiny_mdm):
@@ -120,6 +136,9 @@ def test_blocks_are_decoded_left_to_right_on_their_own_schedule(mdm):
         open_blocks = [bool((g[i : i + 4] == MASK).any()) for i in (0, 4, 8)]
         assert open_blocks == sorted(open_blocks)  # a later block never ahead of an earlier one
     assert _spread(10, 3) == [4, 3, 3] and _spread(2, 4) == [1, 1, 1, 1]
+    seen.clear()  # an uneven split: round(10 s) masks left after each step (docs/cli.md)
+    _run(_spy(mdm, seen), [[1, 2]], Decoding(), length=10, steps=4)
+    assert [int((x == MASK).sum()) for x in seen] == [10, 8, 5, 2]
 
 
 @pytest.mark.parametrize("cfg", [0.0, 0.5])
@@ -248,6 +267,66 @@ def test_finished_rows_leave_the_batch():
     kept = _run(spy, prompts, Decoding(eos_id=EOS, stop_at_eos=True, keep_batch=True), 12, 12)
     assert set(seen) == {2} and kept.nfe == out.nfe
     assert torch.equal(kept.tokens, out.tokens)
+    seen.clear()  # a stream per row: sampled rows leave the batch too, drawing what they drew
+    hot = Decoding(eos_id=EOS, stop_at_eos=True, temperature=1.0)
+    left = _run(spy, prompts, hot, 12, 12, rows=[1, 2])
+    assert seen[0] == 2 and seen[-1] == 1
+    stay = _run(model, prompts, replace(hot, keep_batch=True), 12, 12, rows=[1, 2])
+    assert torch.equal(left.tokens, stay.tokens)
+
+
+def _check_eos_rules(free, stop, late, eos: int, min_length: int) -> None:
+    """``stop`` (stop_at_eos) is ``free`` up to each row's first eos (what ``generate`` returns;
+    its masks after it are filled with eos); ``late`` (min_length) has no eos before it."""
+    assert stop.nfe <= free.nfe
+    for f, o in zip(free.rows(), stop.rows(), strict=True):
+        cut = f.index(eos) if eos in f else len(f)
+        assert o[: cut + 1] == f[: cut + 1]
+    assert all(eos not in r[:min_length] for r in late.rows())
+    assert MASK not in stop.tokens and MASK not in late.tokens
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_eos_rules_hold_for_every_sampler(name):
+    """Every variant, on a stand-in model that prefers eos from position 4 on: a row stops at
+    its first eos without changing a token before it, and min_length holds eos back."""
+    model, prompts = _eos_model(first_eos=4), [[1], [1, 2, 3]]
+    dec = replace(VARIANTS[name], eos_id=EOS, stop_at_eos=False, min_length=0)
+    free = _run(model, prompts, dec, 12, 12, rows=[1, 2])
+    assert EOS in free.tokens[0, :6].tolist()  # both rules are exercised
+    stop = _run(model, prompts, replace(dec, stop_at_eos=True), 12, 12, rows=[1, 2])
+    late = _run(model, prompts, replace(dec, min_length=6), 12, 12, rows=[1, 2])
+    _check_eos_rules(free, stop, late, EOS, 6)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual", "delayed"])
+def test_eos_rules_hold_with_caches(tiny_mdm, mode):
+    """A real model with a KV cache: call eos a token it reveals early, and the rules hold (the
+    finished row's cache rows leave with it)."""
+    from mdmctl.sampling.cache import CachedMDM
+
+    prompts, dec = [[1, 2, 3], [4, 5, 6, 7, 8]], Decoding(block_length=4, threshold=0.05)
+
+    def run(d):
+        return _run(CachedMDM(tiny_mdm, mode, mask_id=MASK), prompts, d, 12, 12)
+
+    eos = run(dec).tokens[0, 5].item()
+    free = run(replace(dec, eos_id=eos))
+    stop, late = (
+        run(replace(dec, eos_id=eos, stop_at_eos=True)),
+        run(replace(dec, eos_id=eos, min_length=6)),
+    )
+    assert eos in free.tokens[0, :6].tolist()
+    _check_eos_rules(free, stop, late, eos, 6)
+    for b, p in enumerate(prompts):  # and a stopped row is what it is alone
+        alone = _run(
+            CachedMDM(tiny_mdm, mode, mask_id=MASK),
+            [p],
+            replace(dec, eos_id=eos, stop_at_eos=True),
+            12,
+            12,
+        )
+        assert stop.rows()[b] == alone.rows()[0]
 
 
 @pytest.mark.parametrize("cfg", [0.0, 0.5])  # CFG: the cache holds the unconditional rows too
@@ -664,8 +743,8 @@ def test_steps_fewer_than_blocks_is_an_error(mdm):
 @pytest.mark.slow  # torch.compile of two tiny models: about 40 s on 2 cores
 def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm, caplog):
     """Dual-cache block decoding (full and window forwards, rows leaving), the delayed cache
-    and ragged ARM batches: the compiled model's tokens at temperature 0 are the eager model's, and the
-    graphs of both models (and of uniform ARM batches) fit dynamo's recompile limit."""
+    and ragged ARM batches: the compiled model's tokens at temperature 0 are the eager model's,
+    and the graphs of both models (and of uniform ARM batches) fit dynamo's recompile limit."""
 
     from mdmctl.sampling import compile_model
     from mdmctl.sampling.arm import sample_arm

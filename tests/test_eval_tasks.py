@@ -290,6 +290,28 @@ def test_cli_gsm8k_and_reverse_curse(tmp_path, corpus_dir):
     assert "--splits" in r.stderr
 
 
+def test_generation_tasks_on_an_arm_drop_the_mdm_recipe(tmp_path, ckpts):
+    """The recipes' MDM defaults (CFG 0.1 / 0.8, steps, sampler) do not apply to an ARM: left
+    at their defaults they are dropped silently; chosen, CFG is refused and steps / sampler are
+    ignored with one warning (as ``sample`` does)."""
+    from tests.conftest import run
+
+    data = tmp_path / "g.jsonl"
+    data.write_text(json.dumps({"question": "the cat sat", "answer": "#### 3"}) + "\n")
+    gsm = ("eval", "gsm8k", "--checkpoint", ckpts["arm"], "--data", data, "--length", "4")
+    r = run(*gsm, "--json")
+    assert json.loads(r.stdout)["n"] == 1 and "apply only to MDM" not in r.stderr
+    r = run(*gsm, "--steps", "8", "--sampler", "ancestral", "--json")
+    assert "--steps, --sampler apply only to MDM checkpoints; ignored" in " ".join(r.stderr.split())
+    assert "--cfg applies to objective 'mdm'" in run(*gsm, "--cfg", "0.5", code=2).stderr
+    rc = tmp_path / "rc"
+    rc.mkdir()
+    (rc / "p2d_prompts_test.jsonl").write_text('{"prompt": "the cat", "completion": " sat"}\n')
+    r = run("eval", "reverse-curse", "--checkpoint", ckpts["arm"], "--data-dir", rc,
+            "--splits", "p2d_same", "--total-length", "12", "--json")  # fmt: skip
+    assert json.loads(r.stdout)[0]["n"] == 1 and "apply only to MDM" not in r.stderr
+
+
 def test_rank_accuracy_prefers_the_likely_completion():
     """A fake model that always gives token 7 probability ~1: the candidate '7 7' wins for every
     prompt, so exactly the rows whose reference is '7 7' are ranked right (both estimators)."""

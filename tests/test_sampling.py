@@ -199,3 +199,75 @@ def test_arm_eos_stop_keeps_the_eos_and_cuts_after_it():
         m, [[3, 4], [5]], length=5, eos_id=0, generator=torch.Generator(), temperature=1.0
     )
     assert out == [[0], [0]] and nfe == 1
+
+
+@pytest.mark.parametrize(
+    "objective,options",
+    [
+        ("mdm", {"sampler": "ancestral"}),
+        ("mdm", {"remasking": "random", "top_k": 50, "block_length": 2}),
+        ("arm", {"top_p": 0.95}),
+    ],
+)
+def test_samples_do_not_depend_on_the_batch_size(ckpts, objective, options):
+    """Each sequence of a request draws from its own stream (seeded by its place in the
+    request), so sampled tokens are the same at any --batch-size, and a prompt's samples differ."""
+    from dataclasses import replace
+
+    from mdmctl.sampling import SampleConfig, sample_from_checkpoint
+
+    base = SampleConfig(checkpoint=str(ckpts[objective]), prompts=("the cat", "a", "the dog sat"),
+                        num_samples=2, length=6, temperature=1.0, device="cpu", stop_at_eos=False,
+                        **options)  # fmt: skip
+    one, four = (sample_from_checkpoint(replace(base, batch_size=n)) for n in (1, 4))
+    ids = [s.token_ids for s in one.samples]
+    assert ids == [s.token_ids for s in four.samples]
+    assert ids[0] != ids[1] or ids[2] != ids[3]  # two samples of a prompt: two streams
+    first = sample_from_checkpoint(replace(base, prompts=("the cat",), num_samples=1))
+    assert first.samples[0].token_ids == ids[0]  # the first sequence's stream is the seed's
+
+
+@pytest.mark.parametrize("sampler", ["confidence", "ancestral"])
+@pytest.mark.parametrize("temperature,cfg", [(0.0, 0.0), (1.0, 0.0), (0.7, 0.4)])
+@pytest.mark.parametrize("steps", [12, 5, 3])
+def test_one_block_is_the_reference_sampler(mdm, sampler, temperature, cfg, steps):
+    """Without blocks, with one block spanning the generation, and (one token per step)
+    threshold 1.0: token for token and forward for forward the pre-blocks sampler, frozen in
+    tests/reference_sampler.py, on a ragged batch."""
+    from tests.reference_sampler import reference_sample
+
+    prompts, kw = [[1, 2], [3, 4, 5, 6], [7]], dict(length=12, mask_id=MASK, pad_id=PAD)
+    want, nfe = reference_sample(mdm, prompts, steps=steps, generator=torch.Generator()
+                                 .manual_seed(3), sampler=sampler, temperature=temperature,
+                                 cfg=cfg, **kw)  # fmt: skip
+    base = Decoding(sampler=sampler, temperature=temperature, cfg=cfg)
+    variants = [base, Decoding(**{**vars(base), "block_length": 12})]
+    if sampler == "confidence" and steps == 12:
+        variants.append(Decoding(**{**vars(base), "threshold": 1.0}))
+    for dec in variants:
+        got = sample_mdm(mdm, prompts, steps=steps, generator=torch.Generator().manual_seed(3),
+                         decoding=dec, **kw)  # fmt: skip
+        assert torch.equal(got.tokens, want) and got.nfe == nfe, dec
+
+
+def test_noise_is_float64_and_drawn_at_masked_positions_only(mdm):
+    """One step over a canvas of prompt and masks draws exactly one float64 uniform per masked
+    position and vocabulary entry (nothing for the prompt or the padding), from each row's own
+    stream; confidence is fp32 whatever the logits' dtype."""
+    from mdmctl.sampling.select import RowStreams, token_confidence
+
+    prompts, V = [[1, 2, 3], [4]], 97  # canvas 3 + 4: row 0 has 4 masks, row 1 4 and 2 padding
+    kw = dict(length=4, steps=1, mask_id=MASK, pad_id=PAD, decoding=Decoding(temperature=1.0))
+    g = torch.Generator().manual_seed(5)
+    sample_mdm(mdm, prompts, generator=g, **kw)
+    ref = torch.Generator().manual_seed(5)
+    torch.rand((8, V), generator=ref, dtype=torch.float64)
+    assert torch.equal(g.get_state(), ref.get_state())
+    rows = RowStreams.seeded([5, 6], "cpu")
+    sample_mdm(mdm, prompts, generator=rows, **kw)
+    for gen, seed in zip(rows.generators, (5, 6), strict=True):
+        ref = torch.Generator().manual_seed(seed)
+        torch.rand((4, V), generator=ref, dtype=torch.float64)
+        assert torch.equal(gen.get_state(), ref.get_state())
+    logits = torch.randn(3, V, dtype=torch.bfloat16)
+    assert token_confidence(logits, logits.argmax(-1)).dtype == torch.float32

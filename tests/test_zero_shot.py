@@ -399,16 +399,16 @@ def test_lm_eval_model_args_reach_the_sampler(ckpts, monkeypatch):
     rules = dict(block_length="2", threshold="0.5", cache="dual", cache_window="2",
                  suffix_window="1")  # fmt: skip
     monkeypatch.setattr(cache_mod.CachedMDM, "__init__", spy)
-    lm = MdmctlLM(checkpoint=str(ckpts["mdm"]), device="cpu", **rules)
-    assert lm.decoding["cache_window"] == 2 and lm.decoding["threshold"] == 0.5
-    assert lm.decoding["suffix_window"] == 1
+    lm = MdmctlLM(checkpoint=str(ckpts["mdm"]), device="cpu", min_length="3", **rules)
+    assert lm.gen_cfg.min_length == 3 and lm.gen_cfg.suffix_window == 1
     prompts = ["the cat sat", "a dog"]
     got = lm.generate_until([SimpleNamespace(args=(p, {"until": [], "max_gen_toks": 6}))
                              for p in prompts])  # fmt: skip
-    scfg = SampleConfig(length=6, steps=6, temperature=0.0, batch_size=32, **lm.decoding)
+    scfg = SampleConfig(length=6, steps=6, temperature=0.0, batch_size=32, block_length=2,
+                        threshold=0.5, cache="dual", cache_window=2, suffix_window=1,
+                        min_length=3)  # fmt: skip
     want = generate(lm.model, lm.tok, lm.info, prompts, scfg, lm._device).texts
     assert got == [w or "" for w in want]
     assert windows == [("dual", 2)] * 2  # generate_until's sampler, then the reference's
-    arm = MdmctlLM(checkpoint=str(ckpts["arm"]), device="cpu", cache="dual", cache_window="2")
     with pytest.raises(ConfigError, match="--cache, --cache-window apply to objective 'mdm'"):
-        arm.generate_until([SimpleNamespace(args=("a dog", {"max_gen_toks": 4}))])
+        MdmctlLM(checkpoint=str(ckpts["arm"]), device="cpu", cache="dual", cache_window="2")

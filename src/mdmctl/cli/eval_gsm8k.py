@@ -20,6 +20,7 @@ from mdmctl.cli.common import (
     device_option,
     eval_app,
     json_option,
+    recipe_defaults,
     seed_option,
     with_decoding_options,
 )
@@ -30,6 +31,7 @@ from mdmctl.errors import ConfigError
 @eval_app.command("gsm8k")
 @with_decoding_options
 def eval_gsm8k(
+    ctx: typer.Context,
     checkpoint: Path | None = checkpoint_option(),
     data: str | None = typer.Option(
         None,
@@ -136,6 +138,7 @@ def eval_gsm8k(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
+            defaults=recipe_defaults(ctx, "cfg", "steps", "sampler"),
             **decoding,
         )
         r = evaluate_gsm8k(

@@ -22,6 +22,7 @@ from mdmctl.cli.common import (
     device_option,
     eval_app,
     json_option,
+    recipe_defaults,
     seed_option,
     with_decoding_options,
 )
@@ -31,6 +32,7 @@ from mdmctl.cli.progress import library_progress
 @eval_app.command("reverse-curse")
 @with_decoding_options
 def eval_reverse_curse(
+    ctx: typer.Context,
     checkpoint: Path | None = checkpoint_option(),
     data_dir: Path = typer.Option(
         ...,
@@ -105,6 +107,7 @@ def eval_reverse_curse(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
+            defaults=recipe_defaults(ctx, "cfg", "steps", "sampler"),
             **decoding,
         )
         res = evaluate_reverse_curse(

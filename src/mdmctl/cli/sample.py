@@ -105,7 +105,6 @@ def sample(
             **decoding,
         )
         res = sample_from_checkpoint(scfg, log=_log)
-        _warn_ignored_mdm_options(res.objective, steps=steps, sampler=sampler.value)
         for s in res.samples:
             if json_out:
                 print(json.dumps({"prompt": s.prompt, "text": s.text, "token_ids": s.token_ids}))
@@ -117,27 +116,4 @@ def sample(
             f"generated tokens in {res.seconds:.2f}s ({res.tokens_per_s:,.1f} tokens/s), "
             f"{res.nfe} forward passes",
             highlight=False,
-        )
-
-
-def _warn_ignored_mdm_options(objective: str, *, steps: int | None, sampler: str) -> None:
-    """One stderr line when an ARM checkpoint is given MDM-only options it cannot use (its
-    decoding is left to right: no denoising steps, no reveal order). ``--cfg`` is an error
-    instead (B26): it would change the result, these only look as if they did."""
-    from mdmctl.log import console
-
-    if objective != "arm":
-        return
-    given = [
-        name
-        for name, value, default in (("--steps", steps, None), ("--sampler", sampler, "confidence"))
-        if value != default
-    ]
-    if given:
-        verb = "applies" if len(given) == 1 else "apply"
-        console.print(
-            f"warning: {', '.join(given)} {verb} only to MDM checkpoints; ignored for this ARM "
-            "checkpoint",
-            highlight=False,
-            soft_wrap=True,
         )

@@ -207,11 +207,12 @@ def evaluate_gsm8k(
         rows = score(problems, gens)
         compliance = {"stopped": None, "answer_stopped": None, "marker": _share(gens)}
         return _result(rows, None, out, {"predictions": predictions}, compliance)
-    from mdmctl.sampling import load_model
+    from mdmctl.sampling import for_objective, load_model
 
     model, tok, info, step_dir, device = load_model(
         checkpoint, sample_cfg.device, sample_cfg.attention, log
     )
+    sample_cfg = for_objective(sample_cfg, model.cfg.objective)
     questions = [p.question for p in problems]
     prefix = _fewshot_prefix(fewshot, fewshot_data)
     t0 = time.perf_counter()

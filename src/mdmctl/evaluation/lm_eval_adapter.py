@@ -7,8 +7,9 @@ or ``mdmctl eval lm-eval --tasks ...``. Model arguments: ``checkpoint``, ``estim
 chain-rule), ``mc_num`` (MC samples), ``cfg``, ``greedy`` (compute ``is_greedy`` for MDMs),
 ``batch_size``, ``seed``, ``device``, ``attention``, and for generation ``steps``, ``sampler``,
 ``temperature``, ``max_gen_toks``, ``remasking``, ``block_length``, ``threshold``, ``factor``,
-``top_k``, ``top_p``, ``cache``, ``cache_window``, ``suffix_window``, ``compile``,
-``cuda_graphs`` (as ``mdmctl sample``'s options).
+``top_k``, ``top_p``, ``min_length``, ``cache``, ``cache_window``, ``suffix_window``,
+``compile``, ``cuda_graphs`` (as ``mdmctl sample``'s options; an ARM refuses the MDM-only ones
+that would change its output, and warns that ``steps`` and ``sampler`` do not apply to it).
 
 - ``loglikelihood``: the likelihood engine (``evaluation.likelihood``), lm-eval's tokenisation of
   the pair; ``is_greedy`` from the greedy check (MDM) or next-token argmax (ARM).
@@ -70,10 +71,11 @@ class MdmctlLM(LM):
         suffix_window: int | str | None = None,
         compile: bool | str = False,
         cuda_graphs: bool | str = False,
+        min_length: int | str = 0,
         max_batch_size: int | None = None,  # lm-eval passes it to every model; batches are fixed
     ) -> None:
         super().__init__()
-        from mdmctl.sampling import load_model
+        from mdmctl.sampling import SampleConfig, for_objective, load_model
 
         auto = batch_size is None or str(batch_size).startswith("auto")
         bs = 32 if auto else int(batch_size)
@@ -89,28 +91,34 @@ class MdmctlLM(LM):
             checkpoint, device or "auto", attention
         )
         self.mdm = self.model.cfg.objective == "mdm"
-        if not self.mdm and float(cfg):
-            raise ConfigError("cfg applies to objective 'mdm'; checkpoint objective is 'arm'")
         if not self.mdm:
             self.score_cfg = ScoreConfig(batch_size=bs, seed=int(seed))
-        self.steps, self.sampler = (int(steps) if steps else None), sampler
         self.temperature, self.max_gen_toks = float(temperature), int(max_gen_toks)
-        self.cfg_scale = float(cfg) if self.mdm else 0.0
-        # Decoding rules for generate_until (docs/cli.md, "mdmctl sample"); model_args are strings.
+        # generate_until's settings (docs/cli.md, "mdmctl sample"; model_args are strings),
+        # checked once here: an ARM refuses MDM-only ones that would change its output and
+        # warns about steps / sampler.
         num = lambda v, kind: None if v in (None, "", "None") else kind(v)  # noqa: E731
-        self.decoding = dict(
+        decoding = SampleConfig(
+            steps=num(steps, int) or None,
+            sampler=sampler,
+            temperature=self.temperature,
+            cfg=float(cfg),
+            seed=int(seed),
+            batch_size=bs,
             remasking=remasking,
             block_length=num(block_length, int),
             threshold=num(threshold, float),
             factor=num(factor, float),
             top_k=num(top_k, int),
             top_p=num(top_p, float),
+            min_length=num(min_length, int) or 0,
             cache=cache,
             cache_window=num(cache_window, int) or 0,
             suffix_window=num(suffix_window, int),
             compile=_bool(compile),
             cuda_graphs=_bool(cuda_graphs),
         )
+        self.gen_cfg = for_objective(decoding, self.model.cfg.objective)
 
     def _encode(self, text: str) -> list[int]:
         from mdmctl.sampling import encode_literal
@@ -151,7 +159,7 @@ class MdmctlLM(LM):
 
     # ------------------------------------------------------------------------ generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from mdmctl.sampling import SampleConfig, generate
+        from mdmctl.sampling import generate
 
         out: list[str | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
@@ -169,16 +177,8 @@ class MdmctlLM(LM):
         for (n, temp, until), idx in groups.items():
             n = min(n, L - 1)
             ids = [self._encode(requests[i].args[0])[-(L - n) :] for i in idx]
-            scfg = SampleConfig(
-                length=n,
-                steps=self.steps or n,
-                sampler=self.sampler,
-                temperature=temp,
-                cfg=self.cfg_scale,
-                seed=self.score_cfg.seed,
-                batch_size=self.score_cfg.batch_size,
-                **self.decoding,
-            )
+            steps = self.gen_cfg.steps or n
+            scfg = dataclasses.replace(self.gen_cfg, length=n, steps=steps, temperature=temp)
             g = generate(
                 self.model, self.tok, self.info, [""] * len(idx), scfg, self._device, prompt_ids=ids
             )

@@ -190,7 +190,7 @@ def evaluate_reverse_curse(
     rank_mc: int = 16,
     log=None,
 ) -> list[SplitResult]:
-    from mdmctl.sampling import encode_literal, generate, load_model
+    from mdmctl.sampling import encode_literal, for_objective, generate, load_model
 
     bad = [x for x in splits if x not in SPLITS]
     if bad or not splits:
@@ -203,6 +203,7 @@ def evaluate_reverse_curse(
     model, tok, info, step_dir, device = load_model(
         checkpoint, sample_cfg.device, sample_cfg.attention, log
     )
+    sample_cfg = for_objective(sample_cfg, model.cfg.objective)
     results, all_rows = [], []
     for name in splits:
         fname, direction = SPLITS[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,6 +59,10 @@ class SampleConfig:
     cuda_graphs: bool = False
     """Both objectives, on CUDA: replay each forward shape from a recorded CUDA graph
     (sampling/graphs.py)."""
+    defaults: frozenset[str] = frozenset()
+    """Fields left at a recipe's MDM defaults (e.g. ``eval reverse-curse``'s CFG 0.8), not chosen
+    by the user: an ARM drops these silently (``for_objective``) and refuses or warns about the
+    rest."""
 
     def __post_init__(self) -> None:
         check_finite(self, "--")
@@ -123,6 +128,28 @@ def _check_decoding(c: SampleConfig) -> None:
 
 
 MDM_ONLY = ("block_length", "threshold", "factor", "suffix_window")
+
+
+def for_objective(c: SampleConfig, objective: str) -> SampleConfig:
+    """``c`` as a checkpoint of ``objective`` uses it. An ARM decodes left to right: a recipe's
+    CFG default becomes 0; a chosen ``--steps`` or ``--sampler`` is ignored with one warning (they
+    only look as if they changed something); MDM-only options that would change the result are
+    refused (ConfigError)."""
+    if objective != "arm":
+        return c
+    if "cfg" in c.defaults:
+        c = replace(c, cfg=0.0)
+    _check_arm_options(c)
+    chosen = {"steps": c.steps is not None, "sampler": c.sampler != "confidence"}
+    ignored = [f"--{n}" for n, set_ in chosen.items() if set_ and n not in c.defaults]
+    if ignored:
+        verb = "applies" if len(ignored) == 1 else "apply"
+        logging.getLogger("mdmctl").warning(
+            "%s %s only to MDM checkpoints; ignored for this ARM checkpoint",
+            ", ".join(ignored),
+            verb,
+        )
+    return c
 
 
 def _check_arm_options(c: SampleConfig) -> None:
@@ -193,8 +220,8 @@ def load_model(checkpoint: str | None, device: str = "auto", attention: str = "a
     tok, info = info_from_file(step_dir / "tokenizer.json", loaded.model_cfg.objective == "mdm")
     if info.sha256 != loaded.tokenizer_sha256:
         raise CompatibilityError(
-            f"{step_dir}: tokenizer.json ({info.sha256[:12]}) is not the tokenizer the weights were "
-            f"trained with ({loaded.tokenizer_sha256[:12]})"
+            f"{step_dir}: tokenizer.json ({info.sha256[:12]}) is not the tokenizer the weights "
+            f"were trained with ({loaded.tokenizer_sha256[:12]})"
         )
     dev = resolve_device(device)
     model = Transformer(loaded.model_cfg, backend=resolve_backend(attention, dev))
@@ -213,7 +240,7 @@ class Generation:
 
 
 def encode_literal(tok, text: str) -> list[int]:
-    """Token ids of user text, with special-token strings (e.g. a literal '<|mask|>') kept as text."""
+    """Token ids of user text, special-token strings (e.g. a literal '<|mask|>') kept as text."""
     tok.encode_special_tokens = True
     try:
         return tok.encode(text, add_special_tokens=False).ids
@@ -221,7 +248,12 @@ def encode_literal(tok, text: str) -> list[int]:
         tok.encode_special_tokens = False
 
 
-_STREAM = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct, well-spread seeds per batch
+_STREAM = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct, well-spread seeds per row
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The random stream of the request's ``row``-th sequence (row 0's is the seed itself)."""
+    return (seed + row * _STREAM) % 2**63
 
 
 def decoding(cfg: SampleConfig, eos_id: int):
@@ -251,6 +283,7 @@ def generate(
     from mdmctl.sampling.arm import sample_arm
     from mdmctl.sampling.cache import CachedMDM
     from mdmctl.sampling.mdm import sample_mdm
+    from mdmctl.sampling.select import RowStreams
 
     mc = model.cfg
     if mc.objective == "arm":
@@ -267,7 +300,7 @@ def generate(
         for i, n in zip(ids, lengths, strict=True)
     ]
     for i, n in zip(ids, lengths, strict=True):
-        # ARM: eos + prompt + n generated, of which the last is never fed back: len(i) + n positions.
+        # ARM: eos + prompt + n generated, the last never fed back: len(i) + n positions.
         if len(i) + n > mc.seq_len:
             raise ConfigError(
                 f"prompt is {len(i)} tokens; model context is {mc.seq_len} "
@@ -284,14 +317,13 @@ def generate(
     )
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]
-    nfe = done = n_batches = 0
+    nfe = done = 0
     # CUDA graphs replay fixed shapes: finished rows stay in their batch.
     rules = replace(decoding(cfg, info.eos_id), keep_batch=cfg.cuda_graphs)
     for rows in _batches(ids, lengths, cfg.batch_size, mc.objective):
-        # Each batch draws from its own stream: stopping one early (eos) leaves the noise of the
-        # others as it was. The first batch's stream is the seed's.
-        gen = torch.Generator().manual_seed((cfg.seed + n_batches * _STREAM) % 2**63)
-        n_batches += 1
+        # Each sequence draws from its own stream, seeded by its place in the request: its tokens
+        # do not depend on the batch size, its neighbours, or when they finish.
+        gen = RowStreams.seeded([row_seed(cfg.seed, r) for r in rows], device)
         chunk = [ids[r] for r in rows]
         n_gen = [lengths[r] for r in rows]
         if mc.objective == "mdm":
@@ -404,8 +436,8 @@ def graphed_model(model, net, device):
 def _batches(ids: list[list[int]], lengths: list[int], size: int, objective: str):
     """Rows of each generation batch. A batch holds rows of any prompt and generation length
     (MDM: right-padded canvases; ARM: left-padded prompts; the padding is its own attention
-    segment either way), so rows of similar widths go together: less padding. At temperature 0
-    (random remasking aside) a row's result does not depend on its batch."""
+    segment either way), so rows of similar widths go together: less padding. A row's result
+    does not depend on its batch (each row has its own random stream)."""
     if objective == "mdm":  # the canvas: prompt + generation
         order = sorted(range(len(ids)), key=lambda i: (len(ids[i]) + lengths[i], len(ids[i])))
     else:  # the prompt is padded; each row stops at its own length
@@ -416,6 +448,7 @@ def _batches(ids: list[list[int]], lengths: list[int], size: int, objective: str
 
 def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
     model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
+    cfg = for_objective(cfg, model.cfg.objective)
     prompts = [p for p in cfg.prompts for _ in range(cfg.num_samples)]
     ids = [encode_literal(tok, p) if p else [] for p in prompts]
     lengths = [cfg.length or fit_length(len(i), model.cfg.seq_len) for i in ids]

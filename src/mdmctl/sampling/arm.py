@@ -3,11 +3,13 @@
 Each prompt is preceded by eos, the document separator the model saw in training. Rows of any
 prompt and generation length share one batch: shorter prompts are padded on the left, each row's
 positions start at 0 at its own first token and the padding is an attention segment of its own,
-so a row sees exactly what it sees alone. With deterministic decoding (temperature 0) a row that
-has finished (its eos, or its length reached) leaves the batch (unless ``keep_batch``: CUDA
-graphs replay fixed shapes); otherwise the batch runs until every row has finished, so that no
-row's noise depends on when its neighbours finished. A finished row that stays runs on past its
-end, even past the context (its positions held at the last), and nothing of it is read.
+so a row sees exactly what it sees alone; with a random stream per row (``RowStreams``, as
+``generate`` samples) it draws what it draws alone too. A row that has finished (its eos, or its
+length reached) leaves the batch where that changes no other row's draws: with a stream per row
+or at temperature 0 (unless ``keep_batch``: CUDA graphs replay fixed shapes); with one stream for
+the batch at a temperature the batch runs until every row has finished. A finished row that
+stays runs on past its end, even past the context (its positions held at the last), and nothing
+of it is read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from mdmctl.model import Transformer
-from mdmctl.sampling.select import filter_logits, gumbel_argmax
+from mdmctl.sampling.select import RowStreams, Streams, filter_logits, gumbel_argmax
 
 
 @torch.no_grad()
@@ -25,7 +27,7 @@ def sample_arm(
     *,
     length: int | list[int],
     eos_id: int,
-    generator: torch.Generator,
+    generator: Streams,
     temperature: float = 0.0,
     device: torch.device | str = "cpu",
     stop_at_eos: bool = True,
@@ -57,8 +59,8 @@ def sample_arm(
     out = torch.full((B, int(n.max())), eos_id, dtype=torch.long, device=device)
     produced = n.clone()  # (B,) tokens each row returns
     live = torch.arange(B, device=device)  # batch row -> prompt
-    # deterministic: a finished row's absence changes no other row
-    leave = temperature == 0 and not keep_batch
+    # a finished row's absence changes no other row's draws
+    leave = (temperature == 0 or isinstance(generator, RowStreams)) and not keep_batch
     for k in range(int(n.max())):
         if k < min_length:
             logits[:, eos_id] = float("-inf")
@@ -74,6 +76,8 @@ def sample_arm(
         if leave and n_finished:
             live, nxt = live[~finished], nxt[~finished]
             _keep_rows(cache, ~finished)
+            if isinstance(generator, RowStreams):
+                generator = generator.take(~finished)
         if not leave and cache.offset is not None:
             # Finished rows stay: the context check is for the rows that may still write.
             cache.offset_min = min(o for o, m in zip(offsets, lengths, strict=True) if m > k + 1)

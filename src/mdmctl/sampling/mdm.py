@@ -18,9 +18,10 @@ Decoding rules from LLaDA and Fast-dLLM (peers.md), all off by default:
   ``min_length`` forbids eos at the first generated positions; with ``stop_at_eos`` a row is
   finished once its first eos is revealed with nothing masked before it. Tokens after a row's
   first eos are cut from its output, so this changes no visible token; they are filled with eos.
-  A finished row leaves the batch when decoding is deterministic (temperature 0, confidence
-  order other than random); otherwise the batch runs until every row has finished, so that no
-  row's noise depends on when its neighbours finished.
+  A finished row leaves the batch when that changes no other row's draws: with a random stream
+  per row (``RowStreams``, as ``generate`` samples), or deterministic decoding (temperature 0,
+  confidence order other than random); with one stream for the batch, the batch otherwise runs
+  until every row has finished.
 - ``suffix_window`` (DPad's sliding window, Chen et al. 2025, arXiv 2508.14148): with blocks,
   each forward runs the prompt, the blocks up to the current one and only this many of the
   masked positions after it; the rest of the canvas is left out until its block comes. An
@@ -46,10 +47,13 @@ import torch
 
 from mdmctl.errors import ConfigError
 from mdmctl.sampling.select import (
+    RowStreams,
+    Streams,
     filter_logits,
     gumbel_argmax,
     remask_score,
     token_confidence,
+    uniform,
 )
 
 Sampler = Literal["ancestral", "confidence"]
@@ -208,13 +212,14 @@ def sample_mdm(
     steps: int | list[int],
     mask_id: int,
     pad_id: int,
-    generator: torch.Generator,
+    generator: Streams,
     decoding: Decoding | None = None,
     device: torch.device | str = "cpu",
 ) -> MDMSampleOutput:
     """Generate ``length`` tokens after each prompt in ``steps`` steps (each optionally per row:
     one canvas holds rows of any length, the shorter right-padded); returns the generated ids and
-    the NFE."""
+    the NFE. ``generator``: one stream for the batch, or ``RowStreams`` (one per row: each row
+    draws what it draws alone, whatever the batch)."""
     d = decoding or Decoding()
     lengths = length if isinstance(length, list) else [length] * len(prompts)
     c = _canvas(prompts, lengths, mask_id, pad_id, device)
@@ -223,8 +228,11 @@ def sample_mdm(
     rows = torch.arange(len(prompts), device=c.x.device)  # the rows still decoding
     canvas, x, logits, nfe = c, c.x, None, 0
     # A finished row leaves the batch (its later forwards are skipped) where that changes no
-    # other row's draws: deterministic decoding. Otherwise the batch stops when all have finished.
-    quiet = d.temperature == 0 and d.sampler == "confidence" and d.remasking != "random"
+    # other row's draws: deterministic decoding, or a stream per row. Otherwise the batch stops
+    # when all have finished.
+    quiet = isinstance(generator, RowStreams) or (
+        d.temperature == 0 and d.sampler == "confidence" and d.remasking != "random"
+    )
     # keep_batch: such a row stays, its masks filled with eos as the output would fill them
     # (nothing left to reveal, so no forward runs for it alone); the shapes hold.
     drop, fill = quiet and not d.keep_batch, quiet and d.keep_batch
@@ -266,6 +274,8 @@ def sample_mdm(
                 docs = None if docs is None else docs[keep]
                 if hasattr(model, "take"):
                     model.take(keep)
+                if isinstance(generator, RowStreams):
+                    generator = generator.take(keep)
             elif fill and n_done:
                 x = torch.where(done[:, None] & (x == mask_id), d.eos_id, x)
     out[rows] = x
@@ -326,22 +336,22 @@ def _step(x, logits, masked, c: _Canvas, d: Decoding, size, times, generator):
     if d.min_length and d.eos_id >= 0:
         lg[c.rel[idx] < d.min_length, d.eos_id] = float("-inf")
     lg = filter_logits(lg, d.top_k, d.top_p)
-    cand = gumbel_argmax(lg, d.temperature, generator)  # (N,) candidates at masked slots
+    cand = gumbel_argmax(lg, d.temperature, generator, idx[0])  # (N,) candidates at masked slots
     if d.sampler == "ancestral":
         last = (s <= 0)[idx[0]]  # (N,) a row's last step reveals all it has left
-        if bool(last.all()):
-            reveal = last
-        else:  # each masked token with probability (t - s) / t
+        reveal = last.clone()
+        if not bool(last.all()):  # each other masked token with probability (t - s) / t
             p = ((t - s) / t.clamp(min=1e-12)).float()[idx[0]]  # fp32, as a Python float compared
-            u = torch.rand(cand.shape, generator=generator, device=generator.device)
-            reveal = last | (u.to(cand.device) < p)
+            # drawn only where a row is not at its last step: what it draws is its own affair
+            reveal[~last] = uniform(generator, idx[0][~last]) < p[~last]
     else:
         score = torch.full(x.shape, float("-inf"), device=x.device)
-        score[idx] = remask_score(lg, cand, d.remasking, generator)
+        score[idx] = remask_score(lg, cand, d.remasking, generator, idx[0])
         rank = _ranks(score)  # (B, total): 0 = revealed first
-        if d.parallel:
+        if d.parallel:  # the rules compare the candidate's probability (the score, if it is one)
             prob = torch.zeros(x.shape, device=x.device)
-            prob[idx] = token_confidence(lg, cand)
+            low = d.remasking == "low-confidence"
+            prob[idx] = score[idx] if low else token_confidence(lg, cand)
             chosen = _parallel(prob, rank, masked, d)
         else:
             # Remaining after this step follows the block's schedule: round(size · s) masked

@@ -2,6 +2,11 @@
 
 Gumbel noise is drawn in float64 and only for the rows being decided: float32 Gumbel measurably
 lowers sample diversity (arXiv 2409.02908). Temperature 0 is argmax.
+
+Random numbers come from a ``torch.Generator`` (one stream for the batch) or from ``RowStreams``
+(one stream per sequence, as ``mdmctl.sampling.generate`` uses): then a sequence's draws depend
+only on its own seed and its own decoding, never on its batch neighbours, the batch size or when
+the other rows finish.
 """
 
 from __future__ import annotations
@@ -9,14 +14,61 @@ from __future__ import annotations
 import torch
 
 
-def gumbel_argmax(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator
+class RowStreams:
+    """One random stream per batch row. A draw for N items, each of a row (``rows`` (N,),
+    ascending, as ``nonzero`` gives them), takes each row's share from that row's generator, in
+    order: what a row draws is what it would draw alone."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    @classmethod
+    def seeded(cls, seeds: list[int], device: torch.device | str) -> RowStreams:
+        """Generators on ``device``: noise is drawn where the logits are (a CPU generator would
+        draw a CUDA step's (N, V) float64 noise on the host and copy it over)."""
+        dev = torch.device(device)
+        return cls([torch.Generator(device=dev).manual_seed(s) for s in seeds])
+
+    def take(self, keep: torch.Tensor) -> RowStreams:
+        """The streams of the rows where ``keep`` (B,) is true."""
+        return RowStreams([g for g, k in zip(self.generators, keep.tolist(), strict=True) if k])
+
+    def rand(self, rows: torch.Tensor, tail: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Uniform [0, 1) of shape (N, *tail), row ``rows[i]``'s stream for item i."""
+        counts = torch.bincount(rows, minlength=len(self.generators)).tolist()
+        parts = [
+            torch.rand((n, *tail), generator=g, dtype=dtype, device=g.device)
+            for g, n in zip(self.generators, counts, strict=True)
+            if n
+        ]
+        if not parts:
+            return torch.empty((0, *tail), dtype=dtype, device=rows.device)
+        return torch.cat(parts).to(rows.device)
+
+
+Streams = torch.Generator | RowStreams
+
+
+def uniform(
+    streams: Streams, rows: torch.Tensor, tail: tuple[int, ...] = (), dtype=torch.float32
 ) -> torch.Tensor:
-    """Sample from softmax(logits / temperature) per row. logits (N, V) -> ids (N,)."""
+    """(N, *tail) uniform draws for N items of batch rows ``rows`` (N,), on ``rows``' device."""
+    if isinstance(streams, RowStreams):
+        return streams.rand(rows, tail, dtype)
+    u = torch.rand((len(rows), *tail), generator=streams, dtype=dtype, device=streams.device)
+    return u.to(rows.device)
+
+
+def gumbel_argmax(
+    logits: torch.Tensor, temperature: float, streams: Streams, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sample from softmax(logits / temperature) per row. logits (N, V) -> ids (N,); ``rows``
+    (N,): the batch row of each (default: row i is item i)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=generator.device)
-    u = u.to(logits.device)
+    if rows is None:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+    u = uniform(streams, rows, (logits.shape[-1],), torch.float64)
     gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
     return (logits.double() / temperature + gumbel).argmax(dim=-1)
 
@@ -43,16 +95,20 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 
 def remask_score(
-    logits: torch.Tensor, ids: torch.Tensor, kind: str, generator: torch.Generator
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    kind: str,
+    streams: Streams,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """How sure the model is of each candidate, higher first revealed. logits (N, V), ids (N,).
+    """How sure the model is of each candidate, higher first revealed. logits (N, V), ids (N,);
+    ``rows`` (N,) as for ``gumbel_argmax`` (random draws only).
 
     low-confidence: p(chosen) (LLaDA, MaskGIT); margin: p(top1) - p(top2) (Dream's topk_margin);
     entropy: minus the entropy of the position's distribution (Dream's entropy); random: uniform
     (LLaDA's random remasking)."""
     if kind == "random":
-        u = torch.rand(ids.shape, generator=generator, device=generator.device)
-        return u.to(ids.device)
+        return uniform(streams, torch.arange(len(ids), device=ids.device) if rows is None else rows)
     if kind == "low-confidence":
         return token_confidence(logits, ids)
     logp = torch.log_softmax(logits.float(), dim=-1)  # fp32, masked positions only
