@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 
 import pytest
@@ -574,6 +575,7 @@ def test_bench_sample_runs_every_setting(ckpts):
     assert (arm.vs_arm, arm.arm_tokens_ratio, arm.arm_latency_tokens_ratio) == (0.0, 1.0, 1.0)
     assert all(r.latency_tokens_per_s > 0 and r.vs_arm is not None for r in rows)
     assert naive.arm_tokens_ratio == pytest.approx(naive.tokens_per_s / arm.tokens_per_s)
+    assert len({r.hardware for r in rows}) == 1 and "torch" in rows[0].hardware
     for r in rows:  # two files of 3 prompts each: the overall accuracy is their mean
         assert list(r.accuracy_by_file) == ["p2d_same", "d2p_same"]
         assert sum(r.accuracy_by_file.values()) / 2 == pytest.approx(r.accuracy)
@@ -676,6 +678,7 @@ def test_bench_sample_cli_on_files_of_any_folder(ckpts, tmp_path):
               "--no-compile", "--device", "cpu").stdout  # fmt: skip
     assert "sampling on test (batch 2)" in out and "accuracy (test)" in out
     assert "ARM, KV cache" in out and "the ARM's accuracy" in out
+    assert f"on {os.cpu_count()} x " in out and "threads, torch 2." in out  # the hardware
 
 
 def test_bench_prompt_files_are_checked(tmp_path):

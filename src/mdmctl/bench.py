@@ -133,6 +133,7 @@ class BenchRow:
     arm_tokens_ratio: float | None = None
     arm_latency_tokens_ratio: float | None = None
     accuracy_by_file: dict[str, float] | None = None  # the accuracy in each file, by label
+    hardware: str = ""  # what it ran on (runtime.hardware)
 
 
 def _prompts(
@@ -231,7 +232,7 @@ def bench_sample(
     setting is timed that many times, in rounds over all settings so that a slow spell of a
     shared machine touches them alike, and the fastest time is kept (answers do not change at
     temperature 0)."""
-    from mdmctl.runtime import resolve_device
+    from mdmctl.runtime import hardware, resolve_device
     from mdmctl.sampling import SampleConfig, load_model
 
     graphs = cuda_graphs and resolve_device(device).type == "cuda"
@@ -276,7 +277,10 @@ def bench_sample(
                 stats = dict(stats, latency_s=min(old["latency_s"], stats["latency_s"]), **fast)
             best[name] = (stats, answers, h)
             log(f"{name}: {stats['prompts_per_s']:.1f} prompts/s, accuracy {stats['accuracy']:.3f}")
-    return _rows(runs, best, files)
+    rows = _rows(runs, best, files)
+    for r in rows:
+        r.hardware = hardware(loaded[mdm][3])
+    return rows
 
 
 def split_files(names: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -68,6 +68,21 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
+def hardware(device: torch.device) -> str:
+    """What a measurement ran on, for the record: the card, or the CPU's model, cores and
+    threads; torch's version (and CUDA's)."""
+    if device.type == "cuda":
+        card = torch.cuda.get_device_name(device)
+        return f"{card}, torch {torch.__version__} (CUDA {torch.version.cuda})"
+    model = "CPU"
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        model = names[0] if names else model
+    return (f"{os.cpu_count()} x {model}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")  # fmt: skip
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

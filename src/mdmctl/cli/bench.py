@@ -104,6 +104,7 @@ def bench_sample_cmd(
                       _opt(r.agreement, ".3f"))  # fmt: skip
         console = results_console()
         console.print(t)
+        console.print(f"on {rows[0].hardware}")
         for line in targets(rows):
             console.print(line)
 
