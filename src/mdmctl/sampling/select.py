@@ -36,14 +36,13 @@ class RowStreams:
     def rand(self, rows: torch.Tensor, tail: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Uniform [0, 1) of shape (N, *tail), row ``rows[i]``'s stream for item i."""
         counts = torch.bincount(rows, minlength=len(self.generators)).tolist()
-        parts = [
-            torch.rand((n, *tail), generator=g, dtype=dtype, device=g.device)
-            for g, n in zip(self.generators, counts, strict=True)
-            if n
-        ]
-        if not parts:
-            return torch.empty((0, *tail), dtype=dtype, device=rows.device)
-        return torch.cat(parts).to(rows.device)
+        out = torch.empty((len(rows), *tail), dtype=dtype, device=self.generators[0].device)
+        start = 0
+        for g, n in zip(self.generators, counts, strict=True):
+            if n:  # each row's share written in place: no copy to join them
+                torch.rand((n, *tail), generator=g, dtype=dtype, out=out[start : start + n])
+                start += n
+        return out.to(rows.device)
 
 
 Streams = torch.Generator | RowStreams
