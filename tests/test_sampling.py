@@ -271,3 +271,23 @@ def test_noise_is_float64_and_drawn_at_masked_positions_only(mdm):
         assert torch.equal(gen.get_state(), ref.get_state())
     logits = torch.randn(3, V, dtype=torch.bfloat16)
     assert token_confidence(logits, logits.argmax(-1)).dtype == torch.float32
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_row_streams_draw_on_the_model_device(ckpts):
+    """On CUDA the streams live on the GPU (no host-side noise copied over every step), and
+    sampled tokens still do not depend on the batch size."""
+    from dataclasses import replace
+
+    from mdmctl.sampling import SampleConfig, sample_from_checkpoint
+    from mdmctl.sampling.select import RowStreams
+
+    streams = RowStreams.seeded([1, 2], "cuda")
+    u = streams.rand(torch.tensor([0, 0, 1], device="cuda"), (5,), torch.float64)
+    assert u.device.type == "cuda" and all(g.device.type == "cuda" for g in streams.generators)
+    base = SampleConfig(checkpoint=str(ckpts["mdm"]), prompts=("the cat", "a", "the dog"),
+                        num_samples=2, length=6, temperature=1.0, device="cuda",
+                        stop_at_eos=False)  # fmt: skip
+    one, four = (sample_from_checkpoint(replace(base, batch_size=n)) for n in (1, 4))
+    assert [s.token_ids for s in one.samples] == [s.token_ids for s in four.samples]
