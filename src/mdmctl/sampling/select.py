@@ -33,15 +33,21 @@ class RowStreams:
         """The streams of the rows where ``keep`` (B,) is true."""
         return RowStreams([g for g, k in zip(self.generators, keep.tolist(), strict=True) if k])
 
+    def shares(self, rows: torch.Tensor) -> list[tuple[torch.Generator, slice]]:
+        """Each row's generator and its items' slice, for the rows with items."""
+        counts = torch.bincount(rows, minlength=len(self.generators)).tolist()
+        out, start = [], 0
+        for g, n in zip(self.generators, counts, strict=True):
+            if n:
+                out.append((g, slice(start, start + n)))
+                start += n
+        return out
+
     def rand(self, rows: torch.Tensor, tail: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Uniform [0, 1) of shape (N, *tail), row ``rows[i]``'s stream for item i."""
-        counts = torch.bincount(rows, minlength=len(self.generators)).tolist()
         out = torch.empty((len(rows), *tail), dtype=dtype, device=self.generators[0].device)
-        start = 0
-        for g, n in zip(self.generators, counts, strict=True):
-            if n:  # each row's share written in place: no copy to join them
-                torch.rand((n, *tail), generator=g, dtype=dtype, out=out[start : start + n])
-                start += n
+        for g, items in self.shares(rows):  # each share written in place: no copy to join them
+            torch.rand(out[items].shape, generator=g, dtype=dtype, out=out[items])
         return out.to(rows.device)
 
 
@@ -67,9 +73,21 @@ def gumbel_argmax(
         return logits.argmax(dim=-1)
     if rows is None:
         rows = torch.arange(logits.shape[0], device=logits.device)
-    u = uniform(streams, rows, (logits.shape[-1],), torch.float64)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
-    return (logits.double() / temperature + gumbel).argmax(dim=-1)
+    if not isinstance(streams, RowStreams):
+        u = uniform(streams, rows, (logits.shape[-1],), torch.float64)
+        return _perturbed(logits, u, temperature).argmax(dim=-1)
+    # Row by row: float64 noise and logits for one row's positions at a time, never (N, V) of
+    # them (gigabytes at a large batch and vocabulary).
+    ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+    for g, items in streams.shares(rows):
+        u = torch.rand(logits[items].shape, generator=g, dtype=torch.float64, device=g.device)
+        ids[items] = _perturbed(logits[items], u.to(logits.device), temperature).argmax(dim=-1)
+    return ids
+
+
+def _perturbed(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature plus Gumbel noise from uniforms ``u``, in float64. (n, V)."""
+    return logits.double() / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))
 
 
 def token_confidence(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
