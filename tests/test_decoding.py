@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import replace
 
 import pytest
@@ -678,7 +677,7 @@ def test_bench_sample_cli_on_files_of_any_folder(ckpts, tmp_path):
               "--no-compile", "--device", "cpu").stdout  # fmt: skip
     assert "sampling on test (batch 2)" in out and "accuracy (test)" in out
     assert "ARM, KV cache" in out and "the ARM's accuracy" in out
-    assert f"on {os.cpu_count()} x " in out and "threads, torch 2." in out  # the hardware
+    assert "CPUs usable, " in out and "threads, torch 2." in out  # the hardware
 
 
 def test_bench_prompt_files_are_checked(tmp_path):

@@ -291,3 +291,49 @@ def test_row_streams_draw_on_the_model_device(ckpts):
                         stop_at_eos=False)  # fmt: skip
     one, four = (sample_from_checkpoint(replace(base, batch_size=n)) for n in (1, 4))
     assert [s.token_ids for s in one.samples] == [s.token_ids for s in four.samples]
+
+
+def test_gumbel_groups_do_not_change_the_draws(monkeypatch):
+    """Under RowStreams the noise is drawn and reduced in groups of rows (bounded memory): any
+    grouping gives what one (N, V) draw of every row's uniforms gives."""
+    import mdmctl.sampling.select as select
+
+    logits, rows = torch.randn(30, 50), torch.tensor([0] * 7 + [1] * 3 + [2] * 20)
+    u = select.RowStreams.seeded([1, 2, 3], "cpu").rand(rows, (50,), torch.float64)
+    want = select._perturbed(logits, u, 0.7).argmax(-1)
+    for cap in (50, 500, 1 << 24):  # one row a group (the 20-row one too large), some, all
+        monkeypatch.setattr(select, "GUMBEL_CHUNK", cap)
+        got = select.gumbel_argmax(logits, 0.7, select.RowStreams.seeded([1, 2, 3], "cpu"), rows)
+        assert torch.equal(got, want)
+
+
+def test_for_objective_drops_only_what_a_recipe_left(caplog):
+    """For an ARM: a recipe's CFG still at the recipe's value becomes 0, a chosen one is refused;
+    steps and sampler are dropped, with a warning only when the user chose them."""
+    from dataclasses import replace
+
+    from mdmctl.errors import ConfigError
+    from mdmctl.sampling import SampleConfig, for_objective
+
+    recipe = SampleConfig(cfg=0.8, steps=32, defaults=frozenset({("cfg", 0.8), ("steps", 32)}))
+    with caplog.at_level("WARNING", logger="mdmctl"):
+        arm = for_objective(recipe, "arm")
+    assert (arm.cfg, arm.steps, arm.sampler) == (0.0, None, "confidence") and not caplog.records
+    assert for_objective(recipe, "mdm") == recipe
+    with pytest.raises(ConfigError, match="--cfg applies to objective 'mdm'"):
+        for_objective(replace(recipe, cfg=0.5), "arm")  # changed after the recipe set it
+    with caplog.at_level("WARNING", logger="mdmctl"):
+        for_objective(replace(recipe, steps=64, sampler="ancestral"), "arm")
+    assert [r.getMessage() for r in caplog.records] == [
+        "--steps, --sampler apply only to MDM checkpoints; ignored for this ARM checkpoint"
+    ]
+
+
+def test_arm_pretrain_summary_samples_without_a_warning(tmp_path, corpus_dir):
+    from tests.conftest import run
+
+    r = run("pretrain", "--objective", "arm", "--size", "tiny", "--seq-len", "32", "--steps", "2",
+            "--batch-size", "4", "--data", corpus_dir, "--out", tmp_path / "a", "--show-samples",
+            "1", "--device", "cpu")  # fmt: skip
+    assert "sample 1:" in r.stdout + r.stderr
+    assert "only to MDM checkpoints" not in " ".join((r.stdout + r.stderr).split())

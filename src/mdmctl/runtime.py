@@ -79,7 +79,8 @@ def hardware(device: torch.device) -> str:
         with open("/proc/cpuinfo") as f:
             names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
         model = names[0] if names else model
-    return (f"{os.cpu_count()} x {model}, {torch.get_num_threads()} threads, "
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{model}, {cpus} CPUs usable, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}")  # fmt: skip
 
 

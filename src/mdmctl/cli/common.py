@@ -339,12 +339,13 @@ def _finite(value: float | None) -> float | None:
     return value
 
 
-def recipe_defaults(ctx: typer.Context, *names: str) -> frozenset[str]:
-    """Which of the options ``names`` the user left at their defaults (``SampleConfig.defaults``:
-    a recipe's MDM settings, which an ARM checkpoint drops silently)."""
+def recipe_defaults(ctx: typer.Context, **values: Any) -> frozenset[tuple[str, Any]]:
+    """The (option, value) pairs of ``values`` the user left at their defaults
+    (``SampleConfig.defaults``: a recipe's MDM settings, which an ARM checkpoint drops
+    silently)."""
     # By name: newer Typer releases carry their own copy of click and of its enum.
     left = ("DEFAULT", "DEFAULT_MAP")
-    return frozenset(n for n in names if ctx.get_parameter_source(n).name in left)
+    return frozenset((n, v) for n, v in values.items() if ctx.get_parameter_source(n).name in left)
 
 
 def _log(msg: str) -> None:

@@ -138,7 +138,7 @@ def eval_gsm8k(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
-            defaults=recipe_defaults(ctx, "cfg", "steps", "sampler"),
+            defaults=recipe_defaults(ctx, cfg=cfg, steps=steps, sampler=sampler.value),
             **decoding,
         )
         r = evaluate_gsm8k(

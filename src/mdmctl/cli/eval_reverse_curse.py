@@ -107,7 +107,7 @@ def eval_reverse_curse(
             batch_size=batch_size,
             device=device,
             attention=attention.value,
-            defaults=recipe_defaults(ctx, "cfg", "steps", "sampler"),
+            defaults=recipe_defaults(ctx, cfg=cfg, steps=steps, sampler=sampler.value),
             **decoding,
         )
         res = evaluate_reverse_curse(

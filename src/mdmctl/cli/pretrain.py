@@ -298,6 +298,7 @@ def _summary_samples(result: Any, n: int) -> list[str]:
             num_samples=n,
             length=min(64, result.seq_len - 1),
             steps=min(64, result.seq_len - 1),
+            defaults=frozenset({("steps", min(64, result.seq_len - 1))}),  # an ARM: none
             # Confidence order (mdmctl sample's default): on the Quick start's model, 80% of the
             # generated words are corpus words, against 59% with ancestral sampling
             # (docs/benchmarks.md, "First run").

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -59,10 +59,10 @@ class SampleConfig:
     cuda_graphs: bool = False
     """Both objectives, on CUDA: replay each forward shape from a recorded CUDA graph
     (sampling/graphs.py)."""
-    defaults: frozenset[str] = frozenset()
-    """Fields left at a recipe's MDM defaults (e.g. ``eval reverse-curse``'s CFG 0.8), not chosen
-    by the user: an ARM drops these silently (``for_objective``) and refuses or warns about the
-    rest."""
+    defaults: frozenset[tuple[str, Any]] = frozenset()
+    """(field, value) pairs a recipe set, not the user (e.g. ``eval reverse-curse``'s CFG 0.8):
+    for an ARM, ``for_objective`` drops a field still at that value silently, and refuses or
+    warns about the rest."""
 
     def __post_init__(self) -> None:
         check_finite(self, "--")
@@ -137,11 +137,12 @@ def for_objective(c: SampleConfig, objective: str) -> SampleConfig:
     refused (ConfigError)."""
     if objective != "arm":
         return c
-    if "cfg" in c.defaults:
+    recipe = {n for n, v in c.defaults if getattr(c, n) == v}  # still the recipe's value
+    if "cfg" in recipe:
         c = replace(c, cfg=0.0)
     _check_arm_options(c)
     chosen = {"steps": c.steps is not None, "sampler": c.sampler != "confidence"}
-    ignored = [f"--{n}" for n, set_ in chosen.items() if set_ and n not in c.defaults]
+    ignored = [f"--{n}" for n, set_ in chosen.items() if set_ and n not in recipe]
     if ignored:
         verb = "applies" if len(ignored) == 1 else "apply"
         logging.getLogger("mdmctl").warning(
@@ -149,7 +150,7 @@ def for_objective(c: SampleConfig, objective: str) -> SampleConfig:
             ", ".join(ignored),
             verb,
         )
-    return c
+    return replace(c, steps=None, sampler="confidence")  # what the ARM runs: neither
 
 
 def _check_arm_options(c: SampleConfig) -> None:

@@ -39,8 +39,9 @@ def sample_arm(
     """Generated ids per prompt and the number of forward passes. ``length``: tokens to generate,
     one for all rows or one per row; with ``stop_at_eos`` a row ends at its first eos (kept).
     ``top_k`` / ``top_p`` filter each distribution; eos is not sampled before ``min_length``.
-    ``keep_batch``: finished rows stay in the batch at temperature 0 too (fixed shapes for CUDA
-    graphs; the same output)."""
+    ``keep_batch``: finished rows stay in the batch even where they could leave it (fixed shapes
+    for CUDA graphs; the same output). ``generator``: one stream for the batch, or
+    ``RowStreams`` (one per row)."""
     B = len(prompts)
     lengths = [length] * B if isinstance(length, int) else list(length)
     n = torch.tensor(lengths, device=device)  # (B,)

@@ -15,9 +15,9 @@ import torch
 
 
 class RowStreams:
-    """One random stream per batch row. A draw for N items, each of a row (``rows`` (N,),
-    ascending, as ``nonzero`` gives them), takes each row's share from that row's generator, in
-    order: what a row draws is what it would draw alone."""
+    """One random stream per batch row. A draw for N items, each of a row (``rows`` (N,), which
+    must be ascending, as ``nonzero`` gives them), takes each row's share from that row's
+    generator, in order: what a row draws is what it would draw alone."""
 
     def __init__(self, generators: list[torch.Generator]) -> None:
         self.generators = generators
@@ -45,10 +45,18 @@ class RowStreams:
 
     def rand(self, rows: torch.Tensor, tail: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Uniform [0, 1) of shape (N, *tail), row ``rows[i]``'s stream for item i."""
-        out = torch.empty((len(rows), *tail), dtype=dtype, device=self.generators[0].device)
-        for g, items in self.shares(rows):  # each share written in place: no copy to join them
-            torch.rand(out[items].shape, generator=g, dtype=dtype, out=out[items])
+        out = draw(self.shares(rows), len(rows), tail, dtype, self.generators[0].device)
         return out.to(rows.device)
+
+
+def draw(shares, n: int, tail: tuple[int, ...], dtype: torch.dtype, device, first: int = 0):
+    """(n, *tail) uniforms for the items of ``shares`` (``RowStreams.shares``; the first item is
+    ``first``), each row's written in place from its generator: no copy to join them."""
+    out = torch.empty((n, *tail), dtype=dtype, device=device)
+    for g, items in shares:
+        part = out[items.start - first : items.stop - first]
+        torch.rand(part.shape, generator=g, dtype=dtype, out=part)
+    return out
 
 
 Streams = torch.Generator | RowStreams
@@ -57,7 +65,8 @@ Streams = torch.Generator | RowStreams
 def uniform(
     streams: Streams, rows: torch.Tensor, tail: tuple[int, ...] = (), dtype=torch.float32
 ) -> torch.Tensor:
-    """(N, *tail) uniform draws for N items of batch rows ``rows`` (N,), on ``rows``' device."""
+    """(N, *tail) uniform draws for N items of batch rows ``rows`` (N,, ascending), on ``rows``'
+    device."""
     if isinstance(streams, RowStreams):
         return streams.rand(rows, tail, dtype)
     u = torch.rand((len(rows), *tail), generator=streams, dtype=dtype, device=streams.device)
@@ -68,7 +77,7 @@ def gumbel_argmax(
     logits: torch.Tensor, temperature: float, streams: Streams, rows: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Sample from softmax(logits / temperature) per row. logits (N, V) -> ids (N,); ``rows``
-    (N,): the batch row of each (default: row i is item i)."""
+    (N,), ascending: the batch row of each (default: row i is item i)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     if rows is None:
@@ -76,13 +85,34 @@ def gumbel_argmax(
     if not isinstance(streams, RowStreams):
         u = uniform(streams, rows, (logits.shape[-1],), torch.float64)
         return _perturbed(logits, u, temperature).argmax(dim=-1)
-    # Row by row: float64 noise and logits for one row's positions at a time, never (N, V) of
-    # them (gigabytes at a large batch and vocabulary).
+    # In groups of rows: float64 noise and logits for at most GUMBEL_CHUNK entries at a time,
+    # never (N, V) of them (gigabytes at a large batch and vocabulary); one reduction per group,
+    # not per row (on a GPU, launches).
     ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-    for g, items in streams.shares(rows):
-        u = torch.rand(logits[items].shape, generator=g, dtype=torch.float64, device=g.device)
-        ids[items] = _perturbed(logits[items], u.to(logits.device), temperature).argmax(dim=-1)
+    V, device = logits.shape[-1], streams.generators[0].device
+    for group in _groups(streams.shares(rows), max(1, GUMBEL_CHUNK // V)):
+        a, b = group[0][1].start, group[-1][1].stop
+        u = draw(group, b - a, (V,), torch.float64, device, first=a).to(logits.device)
+        ids[a:b] = _perturbed(logits[a:b], u, temperature).argmax(dim=-1)
     return ids
+
+
+GUMBEL_CHUNK = 1 << 24
+"""Entries of float64 noise per group of rows (128 MiB): a row with more is a group alone."""
+
+
+def _groups(shares: list, cap: int):
+    """Consecutive shares in groups of at most ``cap`` items (a larger share alone)."""
+    group, n = [], 0
+    for g, items in shares:
+        size = items.stop - items.start
+        if group and n + size > cap:
+            yield group
+            group, n = [], 0
+        group.append((g, items))
+        n += size
+    if group:
+        yield group
 
 
 def _perturbed(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
