@@ -119,3 +119,20 @@ def ckpts(tmp_path_factory, corpus_dir):
         )
         out[obj] = root / obj / "checkpoints" / "step-00000004"
     return out
+
+
+@pytest.fixture
+def mdmctl_log(caplog, monkeypatch):
+    """caplog for the "mdmctl" logger at WARNING. Once a CLI test has set up logging, "mdmctl"
+    no longer propagates to the root logger caplog listens on: its handler sits on "mdmctl"
+    itself, whatever ran before."""
+    import logging
+
+    logger = logging.getLogger("mdmctl")
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="mdmctl"):
+            yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
