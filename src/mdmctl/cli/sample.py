@@ -63,7 +63,10 @@ def sample(
         callback=_finite,
     ),
     decoding: dict[str, Any] | None = None,  # with_decoding_options
-    seed: int = seed_option("Seed of the sampling noise."),
+    seed: int = seed_option(
+        "Seed of the sampling noise. Each sequence draws from its own stream (the seed and its "
+        "place in the request), so no sample depends on --batch-size."
+    ),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="Samples per prompt."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help=GEN_BATCH_HELP),
     stop_at_eos: bool = typer.Option(
