@@ -277,9 +277,9 @@ def bench_sample(
                 stats = dict(stats, latency_s=min(old["latency_s"], stats["latency_s"]), **fast)
             best[name] = (stats, answers, h)
             log(f"{name}: {stats['prompts_per_s']:.1f} prompts/s, accuracy {stats['accuracy']:.3f}")
-    rows = _rows(runs, best, files)
+    rows, ran_on = _rows(runs, best, files), hardware(loaded[mdm][3])
     for r in rows:
-        r.hardware = hardware(loaded[mdm][3])
+        r.hardware = ran_on
     return rows
 
 
