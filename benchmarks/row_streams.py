@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from mdmctl.runtime import hardware
+from mdmctl.device import hardware
 from mdmctl.sampling import load_model
 from mdmctl.sampling.mdm import Decoding, sample_mdm
 from mdmctl.sampling.select import RowStreams

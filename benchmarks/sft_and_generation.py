@@ -29,9 +29,8 @@ def main() -> None:
     from mdmctl.data.readers import CorpusSpec
     from mdmctl.data.shards import TokenizeConfig, tokenize_corpus
     from mdmctl.evaluation.gsm8k import evaluate_gsm8k
-    from mdmctl.finetune import finetune
     from mdmctl.sampling import SampleConfig
-    from mdmctl.train import pretrain
+    from mdmctl.train import finetune, pretrain
 
     g = Path(args.gsm8k)
     quiet = lambda m: None  # noqa: E731

@@ -45,7 +45,7 @@ def hf_llama(cfg):
 
 def step_fn(model, is_hf, opt, x, device, dtype):
     from mdmctl.autoregressive import arm_loss
-    from mdmctl.runtime import autocast
+    from mdmctl.device import autocast
 
     with autocast(device, dtype):
         if is_hf:
@@ -59,8 +59,8 @@ def step_fn(model, is_hf, opt, x, device, dtype):
 
 def bench(size, args, device, dtype, backend):
     from mdmctl.config import ModelConfig
+    from mdmctl.device import peak_flops
     from mdmctl.model import Transformer
-    from mdmctl.runtime import peak_flops
 
     overrides = {"objective": "arm", "vocab_size": args.vocab}
     if args.seq_len:

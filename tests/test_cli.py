@@ -382,7 +382,7 @@ def test_arm_sample_warns_about_mdm_only_options(ckpts):
 def test_summary_reports_skipped_non_finite_steps(capsys, tmp_path):
     from types import SimpleNamespace
 
-    from mdmctl.cli import _render_train_summary
+    from mdmctl.cli import render_train_summary
 
     r = SimpleNamespace(
         run_dir=tmp_path,
@@ -402,11 +402,11 @@ def test_summary_reports_skipped_non_finite_steps(capsys, tmp_path):
         resumed_from=None,
         nonfinite_skips=2,
     )
-    _render_train_summary(r, [], json_out=True)
+    render_train_summary(r, [], json_out=True)
     assert json.loads(capsys.readouterr().out)["nonfinite_skips"] == 2
-    _render_train_summary(r, [], json_out=False)
+    render_train_summary(r, [], json_out=False)
     assert "non-finite steps skipped" in capsys.readouterr().out
-    _render_train_summary(SimpleNamespace(**{**vars(r), "nonfinite_skips": 0}), [], False)
+    render_train_summary(SimpleNamespace(**{**vars(r), "nonfinite_skips": 0}), [], False)
     assert "non-finite" not in capsys.readouterr().out
 
 
@@ -438,7 +438,7 @@ def test_runs_lists_each_run_with_its_progress_and_best_loss(ckpts, tmp_path):
 
 def test_loss_curve_png(ckpts, tmp_path):
     pytest.importorskip("matplotlib")
-    from mdmctl.runs import plot_loss_curve
+    from mdmctl.run_summary import plot_loss_curve
 
     path = plot_loss_curve(ckpts["mdm"].parents[1], tmp_path / "loss.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

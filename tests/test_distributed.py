@@ -301,7 +301,7 @@ def _nan_worker(rank: int, store: str, out: str, corpus_dir: str, results) -> No
     """A rank of a 2-process gloo group whose loss turns NaN on rank 1 only, at step 3."""
     import torch.distributed as dist
 
-    import mdmctl.train as tr
+    import mdmctl.train.pretraining as tr
     from mdmctl.errors import DivergenceError
 
     torch.set_num_threads(1)
@@ -341,7 +341,7 @@ def test_nan_on_one_rank_stops_both_at_the_same_step(tmp_path, corpus_dir):
 @pytest.mark.slow
 def test_finetune_on_two_ranks_matches_one_process(tmp_path, ckpts):
     from mdmctl.config import FinetuneConfig
-    from mdmctl.finetune import finetune
+    from mdmctl.train import finetune
 
     rows = [
         {"prompt": f"the cat sat on the mat {i}", "completion": " the dog ran."} for i in range(40)

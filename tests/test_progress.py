@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mdmctl.cli.progress import ProgressReporter
+from mdmctl.progress import ProgressReporter
 
 
 def test_plain_lines_when_not_a_terminal(capsys, monkeypatch):
@@ -38,8 +38,7 @@ def test_eta_from_the_rate_since_the_first_update(capsys, monkeypatch):
 
 
 def test_library_loops_show_one_display_at_a_time(capsys, monkeypatch):
-    from mdmctl.cli.progress import library_progress
-    from mdmctl.progress import report
+    from mdmctl.progress import library_progress, report
 
     monkeypatch.setenv("MDMCTL_PROGRESS_EVERY", "0")
     report("unseen", 1, 1)  # no hook installed: nothing happens

@@ -10,9 +10,8 @@ from mdmctl.config import FinetuneConfig, ModelConfig, RunConfig, TrainConfig
 from mdmctl.data.sft import Tokenized, collate, read_examples
 from mdmctl.diffusion import mdm_sft_loss
 from mdmctl.errors import ConfigError, DataError
-from mdmctl.finetune import finetune
 from mdmctl.model import Transformer
-from mdmctl.train import pretrain
+from mdmctl.train import finetune, pretrain
 
 from .conftest import SHARED
 

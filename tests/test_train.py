@@ -108,7 +108,7 @@ def test_never_refuses_non_empty_out(tmp_path, corpus_dir):
 
 
 def test_nan_loss_stops_before_update(tmp_path, corpus_dir, monkeypatch):
-    import mdmctl.train as tr
+    import mdmctl.train.pretraining as tr
 
     calls = {"n": 0}
     real = tr.mdm_loss
@@ -172,7 +172,7 @@ def test_run_dir_lock_refuses_a_live_owner_and_takes_over_a_dead_one(tmp_path, c
     import socket
 
     from mdmctl.errors import RunLockedError
-    from mdmctl.runlock import LOCK_NAME
+    from mdmctl.train.lock import LOCK_NAME
 
     out = tmp_path / "r"
     out.mkdir()

@@ -232,7 +232,7 @@ def bench_sample(
     setting is timed that many times, in rounds over all settings so that a slow spell of a
     shared machine touches them alike, and the fastest time is kept (answers do not change at
     temperature 0)."""
-    from mdmctl.runtime import hardware, resolve_device
+    from mdmctl.device import hardware, resolve_device
     from mdmctl.sampling import SampleConfig, load_model
 
     graphs = cuda_graphs and resolve_device(device).type == "cuda"

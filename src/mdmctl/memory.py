@@ -166,7 +166,7 @@ def plan_training(
     exists. Returns ``tc`` with the chosen size; logs the estimate for the run header.
 
     ``MDMCTL_MEMORY_CHECK=0`` skips the check (an estimate can be wrong; the user decides)."""
-    from mdmctl.runtime import resolve_device, resolve_dtype
+    from mdmctl.device import resolve_device, resolve_dtype
 
     if os.environ.get("MDMCTL_MEMORY_CHECK", "1") == "0":
         return tc

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import _finite, _log, app, cli_errors, device_option, json_option
+from mdmctl.cli.common import app, cli_errors, device_option, finite_option, json_option, log_info
 
 bench_app = typer.Typer(help="Benchmarks that run on your machine.", no_args_is_help=True,
                         rich_markup_mode=None)  # fmt: skip
@@ -44,7 +44,7 @@ def bench_sample_cmd(
         None, "--limit", min=1, help="First N prompts of each file. Default: all."
     ),
     cfg: float = typer.Option(
-        0.0, "--cfg", min=0, help="MDM unsupervised CFG for every setting.", callback=_finite
+        0.0, "--cfg", min=0, help="MDM unsupervised CFG for every setting.", callback=finite_option
     ),
     repeats: int = typer.Option(
         1,
@@ -81,7 +81,7 @@ def bench_sample_cmd(
         rows = bench_sample(mdm=str(mdm), arm=str(arm) if arm else None, data_dir=str(data_dir),
                             batch_size=batch_size, latency_prompts=latency_prompts, limit=limit,
                             cfg=cfg, repeats=repeats, compile=compile, device=device,
-                            cuda_graphs=cuda_graphs, splits=files, log=_log)  # fmt: skip
+                            cuda_graphs=cuda_graphs, splits=files, log=log_info)  # fmt: skip
         if json_out:
             print(json.dumps(as_dicts(rows), indent=1))
             return

@@ -331,7 +331,7 @@ def _root(
     setup_logging(verbose)
 
 
-def _finite(value: float | None) -> float | None:
+def finite_option(value: float | None) -> float | None:
     """Typer callback for float options: ``inf`` and ``nan`` parse as floats and pass Typer's
     ``min=`` checks (``nan < 0`` is false), then fail far from the option (``--lr inf``)."""
     if value is not None and not math.isfinite(value):
@@ -348,22 +348,22 @@ def recipe_defaults(ctx: typer.Context, **values: Any) -> frozenset[tuple[str, A
     return frozenset((n, v) for n, v in values.items() if ctx.get_parameter_source(n).name in left)
 
 
-def _log(msg: str) -> None:
+def log_info(msg: str) -> None:
     from mdmctl.log import info
 
     info(msg)
 
 
-def _tokenize_with_progress(cfg: Any) -> Any:
-    from mdmctl.cli.progress import ProgressReporter
+def tokenize_with_progress(cfg: Any) -> Any:
     from mdmctl.data.shards import tokenize_corpus
+    from mdmctl.progress import ProgressReporter
 
     with ProgressReporter(f"tokenizing {cfg.corpus.description}") as bar:
 
         def progress(docs: int, tokens: int) -> None:
             bar.update(docs, status=f"documents, {tokens:,} tokens")
 
-        return tokenize_corpus(cfg, progress=progress, log=_log)
+        return tokenize_corpus(cfg, progress=progress, log=log_info)
 
 
 def main() -> None:

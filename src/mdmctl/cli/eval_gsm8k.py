@@ -12,20 +12,20 @@ from mdmctl.cli.common import (
     SAMPLER_HELP,
     Attention,
     SamplerName,
-    _finite,
-    _log,
     attention_option,
     checkpoint_option,
     cli_errors,
     device_option,
     eval_app,
+    finite_option,
     json_option,
+    log_info,
     recipe_defaults,
     seed_option,
     with_decoding_options,
 )
-from mdmctl.cli.progress import library_progress
 from mdmctl.errors import ConfigError
+from mdmctl.progress import library_progress
 
 
 @eval_app.command("gsm8k")
@@ -96,21 +96,21 @@ def eval_gsm8k(
         "--temperature",
         min=0,
         help="Sampling temperature; 0 = argmax (SMDM --temperature 0.1).",
-        callback=_finite,
+        callback=finite_option,
     ),
     cfg: float = typer.Option(
         0.1,
         "--cfg",
         min=0,
         help="Unsupervised CFG scale (SMDM --cfg1 0.1; ARM checkpoints: 0).",
-        callback=_finite,
+        callback=finite_option,
     ),
     answer_cfg: float | None = typer.Option(
         None,
         "--answer-cfg",
         min=0,
         help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg.",
-        callback=_finite,
+        callback=finite_option,
     ),
     decoding: dict[str, Any] | None = None,  # with_decoding_options
     batch_size: int = typer.Option(
@@ -155,7 +155,7 @@ def eval_gsm8k(
             two_stage=two_stage,
             answer_length=answer_length,
             answer_cfg=answer_cfg,
-            log=_log,
+            log=log_info,
         )
         d = {
             "task": "gsm8k",
@@ -169,7 +169,7 @@ def eval_gsm8k(
             "settings": r.settings,
         }
         if r.predictions_path:
-            _log(f"wrote {r.predictions_path}")
+            log_info(f"wrote {r.predictions_path}")
         if json_out:
             print(json.dumps(d, indent=2))
         else:

@@ -8,15 +8,15 @@ from pathlib import Path
 import typer
 
 from mdmctl.cli.common import (
-    _finite,
-    _log,
     checkpoint_option,
     cli_errors,
     device_option,
     eval_app,
+    finite_option,
     json_option,
+    log_info,
 )
-from mdmctl.cli.progress import library_progress
+from mdmctl.progress import library_progress
 
 
 @eval_app.command("lm-eval")
@@ -40,7 +40,7 @@ def eval_lm_eval(
         None,
         "--limit",
         help="Documents per task (or a fraction). Default: all.",
-        callback=_finite,
+        callback=finite_option,
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Rows per forward."),
     device: str = device_option(),
@@ -74,7 +74,7 @@ def eval_lm_eval(
             bootstrap_iters=bootstrap_iters,
         )
         if output:
-            _log(f"wrote {output}")
+            log_info(f"wrote {output}")
         if json_out:
             print(json.dumps(res["results"], indent=2, default=str))
         else:

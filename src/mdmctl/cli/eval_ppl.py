@@ -9,16 +9,16 @@ import typer
 
 from mdmctl.cli.common import (
     Attention,
-    _log,
     attention_option,
     checkpoint_option,
     cli_errors,
     device_option,
     eval_app,
     json_option,
+    log_info,
     seed_option,
 )
-from mdmctl.cli.progress import library_progress
+from mdmctl.progress import library_progress
 
 
 @eval_app.command("ppl")
@@ -66,7 +66,7 @@ def eval_ppl(
                 attention=attention.value,
                 text_field=text_field,
             ),
-            log=_log,
+            log=log_info,
         )
         d = {
             "task": "ppl",

@@ -13,20 +13,20 @@ from mdmctl.cli.common import (
     SAMPLER_HELP,
     Attention,
     SamplerName,
-    _finite,
-    _log,
     attention_option,
     canonical_name,
     checkpoint_option,
     cli_errors,
     device_option,
     eval_app,
+    finite_option,
     json_option,
+    log_info,
     recipe_defaults,
     seed_option,
     with_decoding_options,
 )
-from mdmctl.cli.progress import library_progress
+from mdmctl.progress import library_progress
 
 
 @eval_app.command("reverse-curse")
@@ -68,14 +68,14 @@ def eval_reverse_curse(
         "--temperature",
         min=0,
         help="Sampling temperature; 0 = argmax (SMDM: 0).",
-        callback=_finite,
+        callback=finite_option,
     ),
     cfg: float = typer.Option(
         0.8,
         "--cfg",
         min=0,
         help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0).",
-        callback=_finite,
+        callback=finite_option,
     ),
     decoding: dict[str, Any] | None = None,  # with_decoding_options
     batch_size: int = typer.Option(
@@ -120,10 +120,10 @@ def eval_reverse_curse(
             rank=rank,
             rank_mc=rank_mc,
             splits=tuple(_split_name(x.strip(), SPLITS) for x in splits.split(",") if x.strip()),
-            log=_log,
+            log=log_info,
         )
         if out:
-            _log(f"wrote {out}")
+            log_info(f"wrote {out}")
         if json_out:
             print(json.dumps([r.__dict__ for r in res], indent=2))
             return

@@ -12,19 +12,19 @@ import typer
 
 from mdmctl.cli.common import (
     Attention,
-    _finite,
-    _log,
     attention_option,
     canonical_name,
     checkpoint_option,
     cli_errors,
     device_option,
     eval_app,
+    finite_option,
     json_option,
+    log_info,
     seed_option,
 )
-from mdmctl.cli.progress import library_progress
 from mdmctl.errors import ConfigError
+from mdmctl.progress import library_progress
 
 
 def _render_zero_shot(results: list[Any], json_out: bool) -> None:
@@ -79,10 +79,10 @@ def _zero_shot(names: list[str], opts: dict[str, Any], out: Path | None, json_ou
             device=opts["device"],
             attention=opts["attention"].value,
         )
-        results = evaluate_tasks(names, cfg, out=str(out) if out else None, log=_log)
+        results = evaluate_tasks(names, cfg, out=str(out) if out else None, log=log_info)
         _render_zero_shot(results, json_out)
         if out:
-            _log(f"wrote {out}")
+            log_info(f"wrote {out}")
 
 
 class EstimatorName(str, Enum):
@@ -122,7 +122,7 @@ def _zero_shot_command(name: str, help_text: str, task: Any) -> None:
             "--cfg",
             help=f"MDM unsupervised CFG scale (ARM checkpoints: none). Default: {task.cfg:g} "
             "(the paper's).",
-            callback=_finite,
+            callback=finite_option,
         ),
         batch_size: int = typer.Option(32, "--batch-size", min=1, help=BATCH_HELP),
         seed: int = seed_option(SEED_HELP),
@@ -183,7 +183,7 @@ def eval_all(
         None,
         "--cfg",
         help="MDM unsupervised CFG scale for every task. Default: the paper's per task.",
-        callback=_finite,
+        callback=finite_option,
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help=BATCH_HELP),
     seed: int = seed_option(SEED_HELP),

@@ -1,4 +1,4 @@
-"""``mdmctl finetune``: a thin layer over ``mdmctl.finetune.finetune``."""
+"""``mdmctl finetune``: a thin layer over ``mdmctl.train.finetune``."""
 
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ from mdmctl.cli.common import (
     WARMUP_HELP,
     Attention,
     Parallel,
-    _finite,
-    _log,
     app,
     attention_option,
     cli_errors,
     device_option,
     dtype_option,
+    finite_option,
     json_option,
+    log_info,
     seed_option,
 )
-from mdmctl.cli.train_common import _after_training, _render_train_summary, _with_progress
+from mdmctl.cli.train_report import after_training, render_train_summary, with_train_progress
 
 
 class SFTObjective(str, Enum):
@@ -66,7 +66,7 @@ def finetune(
         0.0,
         "--cfg-dropout",
         help="Standard-CFG baseline: mask the whole prompt with this probability (MDM).",
-        callback=_finite,
+        callback=finite_option,
     ),
     fmt: SFTFormat = typer.Option(
         SFTFormat.auto,
@@ -86,13 +86,13 @@ def finetune(
         0.05,
         "--val-fraction",
         help="Share of examples held out for the conditional validation loss.",
-        callback=_finite,
+        callback=finite_option,
     ),
     epochs: float | None = typer.Option(
         None,
         "--epochs",
         help="Passes over the examples (instead of --steps). Default: 1.",
-        callback=_finite,
+        callback=finite_option,
     ),
     steps: int | None = typer.Option(
         None,
@@ -118,7 +118,7 @@ def finetune(
         "--lr",
         help="Peak learning rate. Default: 3e-3 for checkpoints of the CPU sizes (tiny, mini, "
         "small), 2e-4 (SMDM's) otherwise.",
-        callback=_finite,
+        callback=finite_option,
     ),
     warmup_steps: int | None = typer.Option(
         None,
@@ -213,12 +213,12 @@ def finetune(
             attention=attention.value,
             dtype=dtype,
         )
-        from mdmctl.finetune import finetune as lib_finetune
+        from mdmctl.train import finetune as lib_finetune
 
-        result = _with_progress(
+        result = with_train_progress(
             lambda on_step: lib_finetune(
-                fcfg, resume=resume, overwrite=overwrite, on_step=on_step, log=_log
+                fcfg, resume=resume, overwrite=overwrite, on_step=on_step, log=log_info
             )
         )
-        _render_train_summary(result, [], json_out)
-        _after_training(result, json_out)
+        render_train_summary(result, [], json_out)
+        after_training(result, json_out)

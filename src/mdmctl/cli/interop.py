@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import Objective, _log, app, checkpoint_option, cli_errors, json_option
+from mdmctl.cli.common import Objective, app, checkpoint_option, cli_errors, json_option, log_info
 
 
 class WeightDtype(str, Enum):
@@ -52,7 +52,7 @@ def export_cmd(
         if json_out:
             print(json.dumps({**asdict(r), "out": str(r.out), "checkpoint": str(r.checkpoint)}))
             return
-        _log(
+        log_info(
             f"exported {r.checkpoint} ({r.objective.upper()}, {r.n_params / 1e6:.2f}M parameters) "
             f"to {r.out}: {', '.join(r.files)} in {r.seconds:.1f}s"
         )
@@ -106,13 +106,13 @@ def import_cmd(
             n_heads=n_heads,
             seq_len=seq_len,
             overwrite=overwrite,
-            log=_log,
+            log=log_info,
         )
         if json_out:
             print(json.dumps({**asdict(r), "out": str(r.out), "step_dir": str(r.step_dir)}))
             return
         m = r.model
-        _log(
+        log_info(
             f"imported {source} ({r.layout} layout) as an {m['objective'].upper()} "
             f"{m['name']} ({m['n_layers']}x{m['d_model']}, vocab {m['vocab_size']}, context "
             f"{m['seq_len']}) in {r.seconds:.1f}s: {r.step_dir}"

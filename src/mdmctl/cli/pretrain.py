@@ -17,18 +17,18 @@ from mdmctl.cli.common import (
     Attention,
     Objective,
     Parallel,
-    _finite,
-    _log,
-    _tokenize_with_progress,
     app,
     attention_option,
     cli_errors,
     device_option,
     dtype_option,
+    finite_option,
     json_option,
     launch_rank,
+    log_info,
+    tokenize_with_progress,
 )
-from mdmctl.cli.train_common import _after_training, _render_train_summary, _with_progress
+from mdmctl.cli.train_report import after_training, render_train_summary, with_train_progress
 
 
 @app.command()
@@ -78,7 +78,7 @@ def pretrain(
         "--flops",
         help="Compute budget C = 6·N·D, N non-embedding parameters (instead of --steps). "
         "Default: none.",
-        callback=_finite,
+        callback=finite_option,
     ),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="Global batch in sequences. Default: 64."
@@ -113,7 +113,7 @@ def pretrain(
         "--lr",
         help="Peak learning rate. Default: 3e-3 for the CPU sizes (tiny, mini, small), 2e-4 "
         "(SMDM's) for SMDM sizes.",
-        callback=_finite,
+        callback=finite_option,
     ),
     warmup_steps: int | None = typer.Option(
         None,
@@ -127,13 +127,13 @@ def pretrain(
         min=0,
         max=1,
         help="MDM: probability of a variable-length batch. Default: 0.01.",
-        callback=_finite,
+        callback=finite_option,
     ),
     eps: float | None = typer.Option(
         None,
         "--eps",
         help="MDM: minimum masking probability, p = (1 - eps)·t + eps. Default: 1e-3.",
-        callback=_finite,
+        callback=finite_option,
     ),
     doc_mask: bool | None = typer.Option(
         None,
@@ -249,8 +249,8 @@ def pretrain(
                     "'mdmctl tokenize' (or one 'mdmctl pretrain') first, or pass --data"
                 )
 
-            _log(f"no --data: tokenizing the built-in corpus into {DEFAULT_DATA} (once)")
-            _tokenize_with_progress(TokenizeConfig(out=str(DEFAULT_DATA)))
+            log_info(f"no --data: tokenizing the built-in corpus into {DEFAULT_DATA} (once)")
+            tokenize_with_progress(TokenizeConfig(out=str(DEFAULT_DATA)))
         run = RunConfig(
             model=model_cfg,
             train=train_cfg,
@@ -267,21 +267,21 @@ def pretrain(
         samples = (
             _summary_samples(result, show_samples) if show_samples and launch_rank() == 0 else []
         )
-        _render_train_summary(result, samples, json_out)
-        _after_training(result, json_out)
+        render_train_summary(result, samples, json_out)
+        after_training(result, json_out)
 
 
 def _run_pretrain(run: Any, resume: str, overwrite: bool, verify_data: bool = False) -> Any:
     from mdmctl.train import pretrain as lib_pretrain
 
-    return _with_progress(
+    return with_train_progress(
         lambda on_step: lib_pretrain(
             run,
             resume=resume,
             overwrite=overwrite,
             verify_data=verify_data,
             on_step=on_step,
-            log=_log,
+            log=log_info,
         )
     )
 

@@ -1,4 +1,4 @@
-"""``mdmctl runs``: a thin layer over ``mdmctl.runs.find_runs``."""
+"""``mdmctl runs``: a thin layer over ``mdmctl.run_summary.find_runs``."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def runs_cmd(
         from rich.table import Table
 
         from mdmctl.log import results_console
-        from mdmctl.runs import find_runs
+        from mdmctl.run_summary import find_runs
 
         runs = find_runs(root)
         if json_out:

@@ -13,19 +13,19 @@ from mdmctl.cli.common import (
     SAMPLER_HELP,
     Attention,
     SamplerName,
-    _finite,
-    _log,
     app,
     attention_option,
     checkpoint_option,
     cli_errors,
     device_option,
+    finite_option,
     json_option,
+    log_info,
     seed_option,
     with_decoding_options,
 )
-from mdmctl.cli.progress import library_progress
 from mdmctl.errors import ConfigError
+from mdmctl.progress import library_progress
 
 
 @app.command()
@@ -53,14 +53,14 @@ def sample(
     ),
     sampler: SamplerName = typer.Option(SamplerName.confidence, "--sampler", help=SAMPLER_HELP),
     temperature: float = typer.Option(
-        1.0, "--temperature", min=0, help="Sampling temperature; 0 = argmax.", callback=_finite
+        1.0, "--temperature", min=0, help="Sampling temperature; 0 = argmax.", callback=finite_option
     ),
     cfg: float = typer.Option(
         0.0,
         "--cfg",
         min=0,
         help="Unsupervised classifier-free guidance scale (MDM).",
-        callback=_finite,
+        callback=finite_option,
     ),
     decoding: dict[str, Any] | None = None,  # with_decoding_options
     seed: int = seed_option(
@@ -107,7 +107,7 @@ def sample(
             stop_at_eos=stop_at_eos,
             **decoding,
         )
-        res = sample_from_checkpoint(scfg, log=_log)
+        res = sample_from_checkpoint(scfg, log=log_info)
         for s in res.samples:
             if json_out:
                 print(json.dumps({"prompt": s.prompt, "text": s.text, "token_ids": s.token_ids}))

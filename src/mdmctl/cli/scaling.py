@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import _log, app, cli_errors, json_option, seed_option
+from mdmctl.cli.common import app, cli_errors, json_option, log_info, seed_option
 from mdmctl.errors import ConfigError
 
 scaling_app = typer.Typer(
@@ -139,10 +139,10 @@ def fit_cmd(
             raise ConfigError("nothing to fit: " + "; ".join(res["skipped"]))
         if out:
             atomic_write_text(out, json.dumps(res, indent=1) + "\n")
-            _log(f"wrote {out}")
+            log_info(f"wrote {out}")
         if plot:
             plot_fit(res, plot)
-            _log(f"wrote {plot}")
+            log_info(f"wrote {plot}")
         if json_out:
             print(json.dumps(res, indent=1))
             return

@@ -211,9 +211,9 @@ def load_model(checkpoint: str | None, device: str = "auto", attention: str = "a
     """(model in eval mode, tokenizer, tokenizer info, step dir, device) from a checkpoint."""
     from mdmctl import checkpoint as ckpt
     from mdmctl.attention import resolve_backend
+    from mdmctl.device import resolve_device
     from mdmctl.errors import CompatibilityError
     from mdmctl.model import Transformer
-    from mdmctl.runtime import resolve_device
     from mdmctl.tokenizer import info_from_file
 
     step_dir = ckpt.resolve_checkpoint(checkpoint, log=log)

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from mdmctl import runlock
 from mdmctl.errors import RunLockedError
+from mdmctl.train import lock as runlock
 
 
 def _dead_pid() -> int:

@@ -6,13 +6,13 @@ import json
 from typing import Any
 
 
-def _with_progress(fn: Any) -> Any:
+def with_train_progress(fn: Any) -> Any:
     """Run a training call with progress (ETA, loss, lr, tokens/s, val, MFU): a bar on a
     terminal, a line every 30 s in a log file.
 
     Under torchrun only rank 0 shows it (the library calls ``on_step`` on rank 0 only)."""
     from mdmctl.cli.common import launch_rank
-    from mdmctl.cli.progress import ProgressReporter
+    from mdmctl.progress import ProgressReporter
 
     if launch_rank() != 0:
         return fn(None)
@@ -32,7 +32,7 @@ def _with_progress(fn: Any) -> Any:
         return fn(on_step)
 
 
-def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
+def render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
     if getattr(r, "rank", 0) != 0:
         return  # under torchrun, rank 0 reports for the run
     world, parallel = getattr(r, "world_size", 1), getattr(r, "parallel", "none")
@@ -88,21 +88,21 @@ def _render_train_summary(r: Any, samples: list[str], json_out: bool) -> None:
         out.print(f"[bold]sample {i + 1}:[/] {escape(repr(s))}")  # text may hold [brackets]
 
 
-def _after_training(r: Any, json_out: bool) -> None:
+def after_training(r: Any, json_out: bool) -> None:
     """The loss curve beside metrics.jsonl, and a one-line hint of what to do next (stderr)."""
     if getattr(r, "rank", 0) != 0:
         return
     from pathlib import Path
 
-    from mdmctl.cli.common import _log
+    from mdmctl.cli.common import log_info
     from mdmctl.errors import ConfigError
     from mdmctl.log import console
-    from mdmctl.runs import plot_loss_curve
+    from mdmctl.run_summary import plot_loss_curve
 
     try:
-        _log(f"wrote {plot_loss_curve(Path(r.run_dir))}")
+        log_info(f"wrote {plot_loss_curve(Path(r.run_dir))}")
     except ConfigError as e:  # matplotlib is an optional extra
-        _log(f"loss curve skipped: {e}")
+        log_info(f"loss curve skipped: {e}")
     if not json_out:
         console.print(
             f"next: mdmctl sample --checkpoint {r.run_dir} --prompt 'The'  |  "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import DEFAULT_DATA, _finite, _tokenize_with_progress, app, cli_errors
+from mdmctl.cli.common import DEFAULT_DATA, app, cli_errors, finite_option, tokenize_with_progress
 
 
 @app.command()
@@ -46,7 +46,7 @@ def tokenize(
         "<|endoftext|>, </s>, <eos>, [EOS], <|eot_id|>, <|end_of_text|>, [SEP].",
     ),
     val_fraction: float = typer.Option(
-        0.01, "--val-fraction", help="Share of documents held out for validation.", callback=_finite
+        0.01, "--val-fraction", help="Share of documents held out for validation.", callback=finite_option
     ),
     shard_tokens: int = typer.Option(
         50_000_000, "--shard-tokens", min=1024, help="Tokens per shard file."
@@ -80,7 +80,7 @@ def tokenize(
             shard_tokens=shard_tokens,
             max_docs=max_docs,
         )
-        manifest = _tokenize_with_progress(cfg)
+        manifest = tokenize_with_progress(cfg)
         m = manifest.meta
         if json_out:
             print(json.dumps(m, indent=2))

@@ -1,6 +1,7 @@
 """Supervised fine-tuning (``mdmctl finetune``): a checkpoint trained on prompt/response examples
-with the pretraining loop, checkpoints and resume of ``mdmctl.train`` (see ``data/sft.py`` for the
-batches and docs/cli.md for the SMDM options each setting maps to)."""
+as a ``Job`` for the shared loop (``loop.py``): the same checkpoints and resume as pretraining (see
+``data/sft.py`` for the batches, docs/method.md §3 for the loss and docs/cli.md for the SMDM
+options each setting maps to)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import torch
 from mdmctl import checkpoint as ckpt
 from mdmctl.config import FinetuneConfig, RunConfig
 from mdmctl.data.batches import mix
+from mdmctl.device import resolve_device
 from mdmctl.errors import CompatibilityError, ConfigError, DataError
 from mdmctl.log import info
 from mdmctl.model import Transformer
-from mdmctl.runtime import resolve_device
-from mdmctl.train import TrainResult, _Job, _plan_memory, _train, _train_config_for_world
+from mdmctl.train.loop import Job, OnStep, TrainResult, run_job
+from mdmctl.train.pretraining import plan_memory, train_config_for_world
 
 
 def finetune(
@@ -26,7 +28,7 @@ def finetune(
     *,
     resume: str = "auto",
     overwrite: bool = False,
-    on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+    on_step: OnStep | None = None,
     log: Callable[[str], None] = info,
 ) -> TrainResult:
     """Supervised fine-tuning of a checkpoint on prompt/response examples (see ``data/sft.py``).
@@ -48,7 +50,7 @@ def finetune(
     from mdmctl.diffusion import mdm_conditional_elbo, mdm_sft_loss
     from mdmctl.tokenizer import info_from_file
 
-    tc = _train_config_for_world(cfg.train, log)
+    tc = train_config_for_world(cfg.train, log)
     cfg = replace(cfg, train=tc)
     init = ckpt.resolve_checkpoint(cfg.init, log=log)
     loaded = ckpt.load_checkpoint(init)
@@ -99,7 +101,7 @@ def finetune(
     else:
         total_steps = tc.steps
     # Planned at the longest row a micro-batch can have (batches are cut to their longest row).
-    tc = _plan_memory(tc, replace(model_cfg, seq_len=fit), cfg.device, cfg.dtype, log)
+    tc = plan_memory(tc, replace(model_cfg, seq_len=fit), cfg.device, cfg.dtype, log)
     cfg = replace(cfg, train=tc)
     micro = tc.micro_batch_size or tc.batch_size
     log(
@@ -181,7 +183,7 @@ def finetune(
     )
     config_dict = {"model": model_cfg.to_dict(), **cfg.to_dict(), "init": str(init)}
     config_dict["sft"] = {k: v for k, v in config_dict["sft"].items() if k not in ("init", "out")}
-    job = _Job(
+    job = Job(
         cfg=run_cfg,
         config_dict=config_dict,
         loader=loader,
@@ -199,4 +201,4 @@ def finetune(
         init=init,
         log_extra=log_extra,
     )
-    return _train(job, resume=resume, overwrite=overwrite, on_step=on_step, log=log)
+    return run_job(job, resume=resume, overwrite=overwrite, on_step=on_step, log=log)
