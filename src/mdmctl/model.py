@@ -9,7 +9,6 @@ mask id. Init follows SMDM (GPT-NeoX style).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -18,6 +17,7 @@ import torch.utils.checkpoint
 
 from mdmctl.attention import Backend, attention
 from mdmctl.config import ModelConfig
+from mdmctl.kv_cache import KVCache
 
 
 class RMSNorm(nn.Module):
@@ -56,40 +56,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-@dataclass
-class KVCache:
-    """Per-layer keys and values (after RoPE). k, v: (B, Lmax, H, Dh).
-
-    ARM (left to right): a forward of L tokens writes positions [length, length + L), attends to
-    [0, length + L) causally and advances ``length``. ``bidirectional`` (MDM block decoding,
-    sampling/cache.py): a forward from ``length`` 0 fills the whole canvas; a forward with
-    ``positions`` runs each row's own window and its queries attend to every cached position."""
-
-    k: list[torch.Tensor] = field(default_factory=list)
-    v: list[torch.Tensor] = field(default_factory=list)
-    length: int = 0
-    bidirectional: bool = False
-    write: torch.Tensor | None = None
-    """(B, L) bool: write only these positions of the next forward (the rest keep their cached
-    keys and values), so each row of a batch refreshes only its own block."""
-    positions: torch.Tensor | None = None
-    """(B, L) the canvas position of each token of the next forward, per row (MDM windows)."""
-    offset: torch.Tensor | None = None
-    """(B,) left padding of each row (ARM batches of ragged prompts): a row's token at cache column
-    c sits at position c - offset, and the padding columns are a segment no row attends to."""
-    offset_min: int = 0
-    """The least padded offset among the rows that may still write (sample_arm keeps it), as an
-    int: the context check needs no device sync."""
-    column: torch.Tensor | None = None
-    """(1,) ARM decode of one token at this cache column, given as a tensor: the forward then
-    attends over the whole cache with the columns after it masked, so every step runs the same
-    kernels on the same shapes (CUDA graphs, sampling/graphs.py). ``length`` must equal it."""
-
-    def pad_left(self, offset: torch.Tensor | None) -> None:
-        """Set each row's left padding (``offset``); None: no row is padded."""
-        self.offset, self.offset_min = offset, 0 if offset is None else int(offset.min())
-
-
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -122,32 +88,8 @@ class Block(nn.Module):
         q, k, v = (t.view(B, L, self.n_heads, self.head_dim) for t in (q, k, v))  # (B, L, H, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         kv_doc_ids = None
-        if cache is not None and cache.positions is not None:  # per-row windows of the canvas
-            pos = cache.positions  # (B, L)
-            at = pos[:, :, None, None].expand(B, L, self.n_heads, self.head_dim)
-            if cache.write is not None:
-                keep = ~cache.write[:, :, None, None]  # (B, L, 1, 1)
-                k = torch.where(keep, cache.k[layer].gather(1, at), k)
-                v = torch.where(keep, cache.v[layer].gather(1, at), v)
-            cache.k[layer].scatter_(1, at, k)
-            cache.v[layer].scatter_(1, at, v)
-            k, v = cache.k[layer], cache.v[layer]
-            if doc_ids is not None:  # doc_ids cover the canvas: the queries' are gathered
-                doc_ids, kv_doc_ids = doc_ids.gather(1, pos), doc_ids
-        elif cache is not None and cache.column is not None:  # one column, the whole cache
-            for buf, new in ((cache.k[layer], k), (cache.v[layer], v)):
-                buf.index_copy_(1, cache.column, new)
-            k, v = cache.k[layer], cache.v[layer]
-            # doc_ids (B, Lmax): 1 on the columns this row sees; the query sees them
-            doc_ids, kv_doc_ids = torch.ones_like(doc_ids[:, :L]), doc_ids
-        elif cache is not None:
-            start = cache.length
-            cache.k[layer][:, start : start + L] = k
-            cache.v[layer][:, start : start + L] = v
-            end = cache.k[layer].shape[1] if cache.bidirectional else start + L
-            k, v = cache.k[layer][:, :end], cache.v[layer][:, :end]
-            if doc_ids is not None and doc_ids.shape[1] != L:  # ids of the cached columns
-                doc_ids, kv_doc_ids = doc_ids[:, start : start + L], doc_ids
+        if cache is not None:  # the cache's layout decides what is written and attended to
+            k, v, doc_ids, kv_doc_ids = cache.store(layer, k, v, doc_ids)
         y = attention(
             q, k, v, causal=causal, doc_ids=doc_ids, kv_doc_ids=kv_doc_ids, backend=backend
         ).reshape(B, L, D)
@@ -206,28 +148,15 @@ class Transformer(nn.Module):
         ``select`` (B, L) bool: return logits only at those positions, (N, V) in row-major order.
         Scoring needs a few positions of long rows; the head is skipped everywhere else."""
         B, L = idx.shape
-        windows = cache is not None and cache.positions is not None
-        start = cache.length if cache is not None and not windows else 0
-        shifted = cache is not None and not windows and cache.offset is not None
-        first = cache.offset_min if shifted else 0  # the least padded row's offset
-        if start + L - first > self.cfg.seq_len:
-            raise ValueError(
-                f"sequence of {start + L - first} tokens exceeds seq_len={self.cfg.seq_len}"
+        span = L if cache is None else cache.span(L)
+        if span > self.cfg.seq_len:
+            raise ValueError(f"sequence of {span} tokens exceeds seq_len={self.cfg.seq_len}")
+        if cache is None:
+            cos, sin = self.rope_cos[:L], self.rope_sin[:L]
+        else:  # positions (and, for left-padded rows, document ids) from the cache's layout
+            cos, sin, doc_ids = cache.rope(
+                self.rope_cos, self.rope_sin, B, L, doc_ids, self.cfg.seq_len
             )
-        if windows:  # positions within the cached canvas, which fits the context
-            cos, sin = self.rope_cos[cache.positions], self.rope_sin[cache.positions]
-        elif cache is not None and cache.column is not None:
-            cos, sin, doc_ids = self._column_decode(cache, B)
-        elif shifted:  # each row from position 0 at its first real column; padding at 0
-            pos = (start + torch.arange(L, device=idx.device))[None] - cache.offset[:, None]
-            # (B, L); past its end a row that stays in the batch runs on, unread
-            pos = pos.clamp(min=0, max=self.cfg.seq_len - 1)
-            cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-            # (B, start + L): 0 on the padding, 1 on the row; every layer's keys use them
-            cols = torch.arange(start + L, device=idx.device)
-            doc_ids = (cols[None] >= cache.offset[:, None]).long()
-        else:
-            cos, sin = self.rope_cos[start : start + L], self.rope_sin[start : start + L]
         # cos, sin: (L, H, Dh/2), or per row (B, L, H, Dh/2)
         x = self.tok_emb(idx)  # (B, L, D)
         last = len(self.blocks) - 1
@@ -252,23 +181,13 @@ class Transformer(nn.Module):
             else:
                 x = block(x, cos, sin, **kwargs)
             # x: (B, L, D); after the last block with select: (N, D)
-        if cache is not None and not windows:
-            cache.length += L
+        if cache is not None:
+            cache.advance(L)
         logits = self.head(self.norm(x)).float()  # (B, L, V) or (N, V); fp32 for log-softmax
         if self.cfg.objective == "mdm":
             # The mask is an input-only token: x0 never contains it, so the head never predicts it.
             logits[..., self.cfg.mask_id] = float("-inf")
         return logits
-
-    def _column_decode(self, cache: KVCache, B: int):
-        """RoPE tables (B, 1, H, Dh/2) and the columns each row sees (B, Lmax) for a one-token
-        ARM decode at ``cache.column``, all from tensors (no host-side offsets)."""
-        cols = torch.arange(cache.k[0].shape[1], device=cache.column.device)  # (Lmax,)
-        offset = cache.offset if cache.offset is not None else cols.new_zeros(B)
-        pos = (cache.column - offset)[:, None]  # (B, 1): the row's own position
-        pos = pos.clamp(max=self.cfg.seq_len - 1)  # a finished row runs on, unread
-        sees = (cols[None] >= offset[:, None]) & (cols[None] <= cache.column)  # (B, Lmax)
-        return self.rope_cos[pos], self.rope_sin[pos], sees.long()
 
     def new_cache(
         self, batch: int, device, dtype: torch.dtype, length: int | None = None

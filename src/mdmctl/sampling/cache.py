@@ -41,7 +41,8 @@ from typing import Literal
 
 import torch
 
-from mdmctl.model import KVCache, Transformer
+from mdmctl.kv_cache import KVCache
+from mdmctl.model import Transformer
 
 CacheMode = Literal["none", "prefix", "dual", "delayed"]
 CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual", "delayed")

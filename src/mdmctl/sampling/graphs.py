@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mdmctl.model import KVCache
+from mdmctl.kv_cache import KVCache
 
 log = logging.getLogger("mdmctl")
 
