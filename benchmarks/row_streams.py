@@ -15,8 +15,8 @@ import time
 
 import torch
 
+from mdmctl.checkpoint import load_model
 from mdmctl.device import hardware
-from mdmctl.sampling import load_model
 from mdmctl.sampling.mdm import Decoding, sample_mdm
 from mdmctl.sampling.select import RowStreams
 

@@ -72,7 +72,7 @@ def main() -> None:
         )
         rates = {}
         for bs in (1, 32):
-            scfg = SampleConfig(
+            scfg = SampleConfig.create(
                 length=64, steps=64, temperature=0.0, cfg=0.1, batch_size=bs, device="cpu"
             )
             t0 = time.perf_counter()

@@ -135,7 +135,7 @@ def test_non_finite_options_are_refused(make, field):
 def _sample_cfg(**kw):
     from mdmctl.sampling import SampleConfig
 
-    return SampleConfig(**kw)
+    return SampleConfig.create(**kw)
 
 
 def _finetune_cfg(**kw):

@@ -380,7 +380,7 @@ def test_sample_config_rules():
         (dict(suffix_window=4), "--suffix-window needs --block-length"),
     ]:
         with pytest.raises(ConfigError, match=match):
-            SampleConfig(**kw)
+            SampleConfig.create(**kw)
 
 
 def test_cli_decoding_options_and_arm_refusal(ckpts):
@@ -781,7 +781,7 @@ def test_compiled_model_samples_what_the_eager_model_samples(tiny_mdm, caplog):
 
 
 def test_compile_that_cannot_run_is_a_config_error(monkeypatch):
-    import mdmctl.sampling as sampling
+    import mdmctl.sampling.compiled as sampling
 
     def broken(*a, **k):
         raise RuntimeError("Compiler: cc is not found\nmore")

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from mdmctl.checkpoint import load_model
 from mdmctl.errors import CheckpointError, CompatibilityError, ConfigError, TokenizerError
 from mdmctl.interop import export_hf, import_model
 from mdmctl.interop.files import parse_size, read_weights
 from mdmctl.interop.keys import smdm_qkv_to_stacked
-from mdmctl.sampling import load_model
 from mdmctl.tokenizer import MASK_TOKEN, prepare, tokenizer_file
 
 from .conftest import run

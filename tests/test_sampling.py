@@ -216,7 +216,7 @@ def test_samples_do_not_depend_on_the_batch_size(ckpts, objective, options):
 
     from mdmctl.sampling import SampleConfig, sample_from_checkpoint
 
-    base = SampleConfig(checkpoint=str(ckpts[objective]), prompts=("the cat", "a", "the dog sat"),
+    base = SampleConfig.create(checkpoint=str(ckpts[objective]), prompts=("the cat", "a", "the dog sat"),
                         num_samples=2, length=6, temperature=1.0, device="cpu", stop_at_eos=False,
                         **options)  # fmt: skip
     one, four = (sample_from_checkpoint(replace(base, batch_size=n)) for n in (1, 4))
@@ -286,7 +286,7 @@ def test_row_streams_draw_on_the_model_device(ckpts):
     streams = RowStreams.seeded([1, 2], "cuda")
     u = streams.rand(torch.tensor([0, 0, 1], device="cuda"), (5,), torch.float64)
     assert u.device.type == "cuda" and all(g.device.type == "cuda" for g in streams.generators)
-    base = SampleConfig(checkpoint=str(ckpts["mdm"]), prompts=("the cat", "a", "the dog"),
+    base = SampleConfig.create(checkpoint=str(ckpts["mdm"]), prompts=("the cat", "a", "the dog"),
                         num_samples=2, length=6, temperature=1.0, device="cuda",
                         stop_at_eos=False)  # fmt: skip
     one, four = (sample_from_checkpoint(replace(base, batch_size=n)) for n in (1, 4))
@@ -315,14 +315,14 @@ def test_for_objective_drops_only_what_a_recipe_left(mdmctl_log):
     from mdmctl.errors import ConfigError
     from mdmctl.sampling import SampleConfig, for_objective
 
-    recipe = SampleConfig(cfg=0.8, steps=32, defaults=frozenset({("cfg", 0.8), ("steps", 32)}))
+    recipe = SampleConfig.create(cfg=0.8, steps=32, defaults=frozenset({("cfg", 0.8), ("steps", 32)}))
     arm = for_objective(recipe, "arm")
-    assert (arm.cfg, arm.steps, arm.sampler) == (0.0, None, "confidence")
+    assert (arm.decoding.cfg, arm.steps, arm.decoding.sampler) == (0.0, None, "confidence")
     assert not mdmctl_log.records
     assert for_objective(recipe, "mdm") == recipe
     with pytest.raises(ConfigError, match="--cfg applies to objective 'mdm'"):
-        for_objective(replace(recipe, cfg=0.5), "arm")  # changed after the recipe set it
-    for_objective(replace(recipe, steps=64, sampler="ancestral"), "arm")
+        for_objective(recipe.evolve(cfg=0.5), "arm")  # changed after the recipe set it
+    for_objective(recipe.evolve(steps=64, sampler="ancestral"), "arm")
     assert [r.getMessage() for r in mdmctl_log.records] == [
         "--steps, --sampler apply only to MDM checkpoints; ignored for this ARM checkpoint"
     ]

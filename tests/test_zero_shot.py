@@ -400,11 +400,11 @@ def test_lm_eval_model_args_reach_the_sampler(ckpts, monkeypatch):
                  suffix_window="1")  # fmt: skip
     monkeypatch.setattr(cache_mod.CachedMDM, "__init__", spy)
     lm = MdmctlLM(checkpoint=str(ckpts["mdm"]), device="cpu", min_length="3", **rules)
-    assert lm.gen_cfg.min_length == 3 and lm.gen_cfg.suffix_window == 1
+    assert lm.gen_cfg.decoding.min_length == 3 and lm.gen_cfg.decoding.suffix_window == 1
     prompts = ["the cat sat", "a dog"]
     got = lm.generate_until([SimpleNamespace(args=(p, {"until": [], "max_gen_toks": 6}))
                              for p in prompts])  # fmt: skip
-    scfg = SampleConfig(length=6, steps=6, temperature=0.0, batch_size=32, block_length=2,
+    scfg = SampleConfig.create(length=6, steps=6, temperature=0.0, batch_size=32, block_length=2,
                         threshold=0.5, cache="dual", cache_window=2, suffix_window=1,
                         min_length=3)  # fmt: skip
     want = generate(lm.model, lm.tok, lm.info, prompts, scfg, lm._device).texts

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 
+from mdmctl.checkpoint import load_model
 from mdmctl.evaluation.reverse_curse import SPLITS, is_hit
-from mdmctl.sampling import SampleConfig, encode_literal, generate, load_model
+from mdmctl.sampling import SampleConfig, generate
 from mdmctl.sampling.mdm import cfg_logits
+from mdmctl.tokenizer import encode_literal
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ def run_variant(model, tok, info, rows, v: Variant, seed: int, batch: int = 100)
 
 def check_against_mdmctl(model, tok, info, rows, device) -> None:
     """The ``smdm`` variant must equal mdmctl's confidence sampler (eval reverse-curse)."""
-    cfg = SampleConfig(steps=32, sampler="confidence", temperature=0.0, cfg=0.8, batch_size=64)
+    cfg = SampleConfig.create(steps=32, sampler="confidence", temperature=0.0, cfg=0.8, batch_size=64)
     plen = [len(encode_literal(tok, r["prompt"])) for r in rows]
     g = generate(
         model, tok, info, [r["prompt"] for r in rows], cfg, device, [max(8, 52 - n) for n in plen]

@@ -23,7 +23,7 @@ off the rows.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,8 @@ def _measure(loaded, prompts, refs, scfg, latency_prompts: int):
     """(stats, answers, hits) of one setting."""
     from mdmctl.evaluation.generation import binomial_stderr
     from mdmctl.evaluation.reverse_curse import is_hit
-    from mdmctl.sampling import encode_literal, generate
+    from mdmctl.sampling import generate
+    from mdmctl.tokenizer import encode_literal
 
     model, tok, info, device = loaded
     # SMDM's canvas: prompt + generation = 52 tokens, at least 8 generated; a prompt too long
@@ -181,7 +182,7 @@ def _measure(loaded, prompts, refs, scfg, latency_prompts: int):
     ids = [encode_literal(tok, p)[-(L - 8) :] for p in prompts]
     lengths = [max(8, min(52, L) - len(i)) for i in ids]
     g = generate(model, tok, info, prompts, scfg, device, lengths, prompt_ids=ids)
-    answers, n_tok = _answers(g, tok, info.eos_id, scfg.stop_at_eos)
+    answers, n_tok = _answers(g, tok, info.eos_id, scfg.decoding.stop_at_eos)
     # Batch 1 on prompts spread evenly over the list, so that every file is represented.
     n = len(prompts)
     pick = [i * n // min(latency_prompts, n) for i in range(min(latency_prompts, n))]
@@ -191,13 +192,13 @@ def _measure(loaded, prompts, refs, scfg, latency_prompts: int):
         tok,
         info,
         [prompts[i] for i in pick],
-        replace(scfg, batch_size=1),
+        scfg.evolve(batch_size=1),
         device,
         [lengths[i] for i in pick],
         prompt_ids=[ids[i] for i in pick],
     )
     seconds = time.perf_counter() - t0
-    one_tok = _answers(one, tok, info.eos_id, scfg.stop_at_eos)[1]
+    one_tok = _answers(one, tok, info.eos_id, scfg.decoding.stop_at_eos)[1]
     hits = [is_hit(a, r) for a, r in zip(answers, refs, strict=True)]
     stats = dict(prompts_per_s=n / g.seconds, tokens_per_s=n_tok / g.seconds,
                  nfe_per_prompt=one.nfe / len(pick), latency_s=seconds / len(pick),
@@ -232,26 +233,27 @@ def bench_sample(
     setting is timed that many times, in rounds over all settings so that a slow spell of a
     shared machine touches them alike, and the fastest time is kept (answers do not change at
     temperature 0)."""
+    from mdmctl.checkpoint import load_model
     from mdmctl.device import hardware, resolve_device
-    from mdmctl.sampling import SampleConfig, load_model
+    from mdmctl.sampling import SampleConfig
 
     graphs = cuda_graphs and resolve_device(device).type == "cuda"
     splits = split_files(SPLITS) if splits is None else splits
     prompts, refs, files = _prompts(Path(data_dir), limit, splits)
-    base = SampleConfig(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
+    base = SampleConfig.create(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
     chosen = {
         NAIVE: MDM_SETTINGS[NAIVE],
         **(settings or MDM_SETTINGS),
         **(COMPILED if compile else {}),
         **(GRAPHED if graphs else {}),
     }
-    runs = [(name, mdm, "mdm", replace(base, **kw)) for name, kw in chosen.items()]
+    runs = [(name, mdm, "mdm", base.evolve(**kw)) for name, kw in chosen.items()]
     if arm:
-        runs.append((ARM, arm, "arm", replace(base, cfg=0.0)))
+        runs.append((ARM, arm, "arm", base.evolve(cfg=0.0)))
     if arm and compile:
-        runs.append(("ARM, KV cache, compiled", arm, "arm", replace(base, cfg=0.0, compile=True)))
+        runs.append(("ARM, KV cache, compiled", arm, "arm", base.evolve(cfg=0.0, compile=True)))
     if arm and graphs:
-        runs.append((f"{ARM}, CUDA graphs", arm, "arm", replace(base, cfg=0.0, cuda_graphs=True)))
+        runs.append((f"{ARM}, CUDA graphs", arm, "arm", base.evolve(cfg=0.0, cuda_graphs=True)))
     loaded = {}
     for _, path, objective, _ in runs:
         if path not in loaded:

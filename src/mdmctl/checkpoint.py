@@ -400,3 +400,27 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: P
             parts.append(f"shape mismatch ({len(shapes)}): {shapes[:5]}")
         raise CompatibilityError(f"{path}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+def load_model(
+    checkpoint: str | None, device: str = "auto", attention: str = "auto", log: Any = None
+) -> tuple[Any, Any, Any, Path, torch.device]:
+    """(model in eval mode, tokenizer, tokenizer info, step dir, device) from a checkpoint: the
+    weights checked against the tokenizer they were trained with."""
+    from mdmctl.attention import resolve_backend
+    from mdmctl.device import resolve_device
+    from mdmctl.model import Transformer
+    from mdmctl.tokenizer import info_from_file
+
+    step_dir = resolve_checkpoint(checkpoint, log=log)
+    loaded = load_checkpoint(step_dir)
+    tok, info = info_from_file(step_dir / "tokenizer.json", loaded.model_cfg.objective == "mdm")
+    if info.sha256 != loaded.tokenizer_sha256:
+        raise CompatibilityError(
+            f"{step_dir}: tokenizer.json ({info.sha256[:12]}) is not the tokenizer the weights "
+            f"were trained with ({loaded.tokenizer_sha256[:12]})"
+        )
+    dev = resolve_device(device)
+    model = Transformer(loaded.model_cfg, backend=resolve_backend(attention, dev))
+    load_weights(model, loaded.state_dict, step_dir / "model.safetensors")
+    return model.to(dev).eval(), tok, info, step_dir, dev

@@ -66,6 +66,11 @@ TINY_SIZES: dict[str, tuple[int, int, int, int, int]] = {
 
 MODEL_SIZES: tuple[str, ...] = tuple(TINY_SIZES) + tuple(SMDM_SIZES)
 
+# Defaults that depend on the size: the CPU sizes train longer at a higher rate than SMDM's (whose
+# code uses 2e-4).
+CPU_STEPS, SMDM_STEPS = 2000, 1000
+CPU_LR, SMDM_LR = 3e-3, 2e-4
+
 
 def suggest_size(name: str) -> str:
     """'; did you mean X?' for an unknown size. A parameter count ('20M', '1.2B') gets the SMDM
@@ -79,6 +84,16 @@ def suggest_size(name: str) -> str:
         return ""
     nearest = min(SMDM_SIZES, key=lambda s: abs(math.log(int(s[:-1]) / millions)))
     return f"; did you mean '{nearest}'?"
+
+
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A config field that is also a command-line option: its help (and ``min``, ``max``, and
+    ``default_help`` where the default is computed) live with the field, and ``cli/options.py``
+    builds the option from them, so an option's default and help exist in one place. A default
+    of ``...`` makes the field (and the option) required."""
+    if default is ...:
+        return field(metadata={"help": help, **cli})
+    return field(default=default, metadata={"help": help, **cli})
 
 
 def check_finite(obj: Any, prefix: str) -> None:
@@ -100,12 +115,19 @@ class ModelConfig:
     """LLaMA-style transformer shared by the MDM and the ARM (method.md §2)."""
 
     name: str = "custom"
-    objective: Objective = "mdm"
-    n_layers: int = 2
-    d_model: int = 64
-    n_heads: int = 2
-    d_ff: int = 256
-    seq_len: int = 64
+    objective: Objective = option("mdm", "mdm (masked diffusion) or arm (autoregressive baseline).")
+    n_layers: int = option(2, "Transformer blocks.", min=1, default_help="the size's")
+    d_model: int = option(64, "Model width.", min=1, default_help="the size's")
+    n_heads: int = option(2, "Attention heads.", min=1, default_help="the size's")
+    d_ff: int = option(256, "MLP hidden width.", min=1, default_help="the size's")
+    seq_len: int = option(
+        64,
+        "Context length.",
+        min=8,
+        default_help="the size's ("
+        + ", ".join(f"{n} {s[4]}" for n, s in TINY_SIZES.items())
+        + ", SMDM sizes 2048)",
+    )
     vocab_size: int = 0
     """Embedding rows: the tokenizer's vocabulary (which contains the mask token, if any)."""
     mask_id: int = -1
@@ -188,46 +210,78 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and bookkeeping for pretraining (method.md §3)."""
 
-    steps: int | None = None
-    """Optimizer steps. Exactly one of steps / tokens / flops decides the run length."""
-    tokens: int | None = None
-    flops: float | None = None
-    """Compute budget C = 6·N·D with N non-embedding parameters (SMDM's accounting)."""
-    batch_size: int = 64
-    """Global batch, in sequences of seq_len tokens."""
-    micro_batch_size: int | None = None
-    """Sequences per forward pass; batch_size / micro_batch_size is the accumulation."""
-    lr: float | None = None
-    """Peak learning rate; default 3e-3 for the CPU sizes, 2e-4 (SMDM's code) for SMDM sizes."""
+    steps: int | None = option(
+        None,
+        "Optimizer steps.",
+        min=1,
+        default_help=f"{CPU_STEPS} for the CPU sizes ({', '.join(TINY_SIZES)}), {SMDM_STEPS} for "
+        "SMDM sizes",
+    )
+    """Exactly one of steps / tokens / flops decides the run length."""
+    tokens: int | None = option(
+        None, "Training tokens, rounded up to whole steps (instead of --steps).", min=1
+    )
+    flops: float | None = option(
+        None, "Compute budget C = 6·N·D, N non-embedding parameters (instead of --steps)."
+    )
+    """SMDM's accounting."""
+    batch_size: int = option(64, "Global batch in sequences.", min=1)
+    """Each of seq_len tokens (fine-tuning: examples, ``SFT_BATCH_SIZE``)."""
+    micro_batch_size: int | None = option(
+        None,
+        "Sequences per forward (gradient accumulation).",
+        min=1,
+        default_help="--batch-size (under torchrun: --batch-size / processes)",
+    )
+    """batch_size / micro_batch_size is the accumulation."""
+    lr: float | None = option(
+        None,
+        "Peak learning rate.",
+        default_help=f"{CPU_LR:g} for the CPU sizes ({', '.join(TINY_SIZES)}), {SMDM_LR:g} "
+        "(SMDM's) for SMDM sizes",
+    )
     min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None
-    """Default: 1% of steps, at least min(100, steps // 10)."""
+    warmup_steps: int | None = option(
+        None,
+        "Linear warmup, then cosine decay to 0.1·lr.",
+        min=0,
+        default_help="1% of the steps, at least min(100, steps / 10)",
+    )
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    eps: float = 1e-3
-    """MDM: masking probability p = (1 - eps)·t + eps."""
-    var_len_prob: float = 0.01
-    """MDM: probability that a batch is cut to a length drawn from U{1..seq_len}."""
-    val_every: int = 200
+    eps: float = option(1e-3, "MDM: minimum masking probability, p = (1 - eps)·t + eps.")
+    var_len_prob: float = option(
+        0.01, "MDM: probability of a variable-length batch.", min=0, max=1
+    )
+    """A variable-length batch is cut to a length drawn from U{1..seq_len}."""
+    val_every: int = option(200, "Validate every N steps (and at the end).", min=1)
     val_batches: int = 4
     val_mc: int = 8
     """MDM validation: stratified t samples per sequence."""
-    save_every: int = 500
-    keep_last: int = 2
+    save_every: int = option(500, "Save a checkpoint every N steps (and at the end).", min=1)
+    keep_last: int = option(2, "Checkpoints kept.", min=2)
     log_every: int = 10
-    seed: int = 0
-    doc_mask: bool = False
-    """Block-diagonal attention so packed documents do not attend to each other."""
-    max_nonfinite_skips: int = 0
-    parallel: Parallel = "auto"
-    """Multi-process training under torchrun (docs/distributed.md): ``ddp``
-    (DistributedDataParallel), ``fsdp`` (FSDP2 ``fully_shard`` per block, then the root) or
-    ``none``; ``auto`` is none for one process and ddp for more."""
-    activation_checkpointing: bool = False
-    """Recompute each block's activations in backward (``torch.utils.checkpoint``, non-reentrant):
-    less memory for one more forward; same results."""
+    seed: int = option(0, "Data order and every masking draw derive from it.")
+    doc_mask: bool = option(False, "Block-diagonal attention over packed documents.")
+    """So packed documents do not attend to each other."""
+    max_nonfinite_skips: int = option(
+        0,
+        "Skip up to N steps with a non-finite loss or gradient instead of stopping (exit 5).",
+        min=0,
+    )
+    parallel: Parallel = option(
+        "auto",
+        "Multi-process training under torchrun: ddp, fsdp (FSDP2) or none; auto is none for one "
+        "process, ddp for more (docs/distributed.md).",
+    )
+    """``ddp`` (DistributedDataParallel), ``fsdp`` (FSDP2 ``fully_shard`` per block, then the
+    root)."""
+    activation_checkpointing: bool = option(
+        False, "Recompute each block's activations in backward: less memory, one more forward."
+    )
+    """``torch.utils.checkpoint``, non-reentrant; same results."""
 
     def __post_init__(self) -> None:
         check_finite(self, "train.")
@@ -296,12 +350,12 @@ class TrainConfig:
                     f"{tokens_per_step} tokens)"
                 )
             return steps
-        return 2000 if model.name in TINY_SIZES else 1000
+        return CPU_STEPS if model.name in TINY_SIZES else SMDM_STEPS
 
     def resolve_lr(self, model: ModelConfig) -> float:
         if self.lr is not None:
             return self.lr
-        return 3e-3 if model.name in TINY_SIZES else 2e-4
+        return CPU_LR if model.name in TINY_SIZES else SMDM_LR
 
     def resolve_warmup(self, steps: int) -> int:
         if self.warmup_steps is not None:
@@ -325,9 +379,13 @@ class RunConfig:
     data: str = ""
     """Tokenized corpus directory (``mdmctl tokenize`` output)."""
     out: str = ""
-    device: str = "auto"
-    attention: AttentionBackend = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N.")
+    attention: AttentionBackend = option(
+        "auto", "Attention kernel; auto: xformers where it can run, else PyTorch SDPA."
+    )
+    dtype: Literal["auto", "fp32", "bf16"] = option(
+        "auto", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16 (CUDA only)."
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -403,38 +461,73 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 SFT_OBJECTIVES = ("auto", "conditional", "unconditional")
+SFTFormat = Literal["auto", "prompt-response", "messages", "gsm8k", "gsm8k-equations"]
+SFT_BATCH_SIZE = 32
+"""Fine-tuning's global batch, in examples per optimizer step (SMDM: 64 for the reverse curse,
+256 for GSM8K)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FinetuneConfig:
     """Supervised fine-tuning from a checkpoint (method.md §3, §6)."""
 
-    init: str
-    """Checkpoint to start from (step dir or run dir)."""
-    data: str
-    """Training examples: jsonl (prompt/response, messages, gsm8k) or the gsm8k equations .txt."""
-    out: str = ""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    objective: Literal["auto", "conditional", "unconditional"] = "auto"
-    """MDM: conditional (prompt never masked; the default) or unconditional (whole sequence).
-    ARM checkpoints always train next-token CE on the response."""
-    cfg_dropout: float = 0.0
-    """Standard-CFG baseline: mask the whole prompt with this probability (MDM)."""
-    format: str = "auto"
-    prompt_field: str = "prompt"
-    response_field: str | None = None
-    val_fraction: float = 0.05
-    epochs: float | None = None
-    """Run length in passes over the training examples (instead of train.steps); default 1."""
-    overlong: Literal["drop", "error"] = "drop"
-    batching: Literal["random", "sorted"] = "random"
+    init: str = option(..., "Checkpoint to start from (step dir or run dir).")
+    data: str = option(
+        ...,
+        "Examples: jsonl (prompt/response, prompt/completion, messages, question/answer) or "
+        "GSM8K equations .txt.",
+    )
+    out: str = option(
+        "", "Run directory.", default_help="runs/<init run>-sft-<data file stem>"
+    )
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=SFT_BATCH_SIZE))
+    objective: Literal["auto", "conditional", "unconditional"] = option(
+        "auto",
+        "MDM: conditional (prompt never masked) or unconditional (whole sequence); auto is "
+        "conditional. ARM checkpoints: cross-entropy on the response (unconditional: on the "
+        "whole sequence).",
+    )
+    cfg_dropout: float = option(
+        0.0, "Standard-CFG baseline: mask the whole prompt with this probability (MDM)."
+    )
+    format: SFTFormat = option(
+        "auto",
+        "Data format; auto: gsm8k-equations for a .txt file, else by the first line's fields.",
+    )
+    prompt_field: str = option("prompt", "Field holding the prompt (prompt-response jsonl).")
+    response_field: str | None = option(
+        None,
+        "Field holding the response (prompt-response jsonl).",
+        default_help="'completion' if present, else 'response'",
+    )
+    val_fraction: float = option(
+        0.05, "Share of examples held out for the conditional validation loss."
+    )
+    epochs: float | None = option(
+        None, "Passes over the examples (instead of --steps).", default_help="1"
+    )
+    """Run length in passes over the training examples (instead of train.steps)."""
+    overlong: Literal["drop", "error"] = option(
+        "drop", "Examples longer than the context: drop (counted and reported) or error."
+    )
+    batching: Literal["random", "sorted"] = option(
+        "random",
+        "random (SMDM; the MDM learns to stop from the eos padding) or sorted (less padding; "
+        "ARM).",
+    )
     """random (SMDM): batches drawn at random, so a row sits beside longer ones and learns to
-    fill its canvas with eos after its answer. sorted: length-sorted batches, less padding (ARM)."""
-    pad_to: str = "auto"
-    """Padding with eos: a length, 'context', 'batch' (each micro-batch's longest row) or 'auto'
-    (the context for the GSM8K formats, as SMDM pads GSM8K to 256; 'batch' otherwise)."""
-    seq_len: int | None = None
-    """Fine-tuning context (at most the checkpoint's)."""
+    fill its canvas with eos after its answer. sorted: length-sorted batches, less padding."""
+    pad_to: str = option(
+        "auto",
+        "Pad rows with eos to N tokens, 'context', or 'batch' (each micro-batch's longest row). "
+        "auto: context for GSM8K formats (SMDM: 256), else batch.",
+    )
+    seq_len: int | None = option(
+        None,
+        "Context for fine-tuning (at most the checkpoint's).",
+        min=8,
+        default_help="the checkpoint's",
+    )
     device: str = "auto"
     attention: AttentionBackend = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
@@ -469,3 +562,71 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
         return {"sft": d, "train": self.train.to_dict()}
+
+
+DEFAULT_DATA = "data/builtin"
+"""Where the built-in corpus is tokenized on first use (``mdmctl pretrain`` without --data)."""
+
+
+def pretrain_config(
+    *,
+    config_file: str | Path | None = None,
+    size: str | None = None,
+    model: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    attention: AttentionBackend = "auto",
+    dtype: Literal["auto", "fp32", "bf16"] = "auto",
+) -> RunConfig:
+    """A pretraining run's config. Each field takes, in this order of precedence, the value given
+    here (``None`` is not given), the ``--config`` file's, the size preset's, the default.
+
+    ``model`` and ``train`` hold ModelConfig / TrainConfig fields; a run length given here
+    (steps, tokens or flops) replaces the file's. The run folder defaults to
+    ``runs/<objective>-<size>-<data folder name>``: everything that names a natural run, so a
+    second run on other data gets its own folder."""
+    file_cfg = load_toml(config_file) if config_file else {"model": {}, "train": {}}
+    model_over = {**file_cfg["model"], **_given(model)}
+    model_over.setdefault("objective", "mdm")
+    preset = model_over.pop("name", None)
+    model_cfg = ModelConfig.from_name(size or preset or "tiny", **model_over)
+    train_over, flags = dict(file_cfg["train"]), _given(train)
+    if any(k in flags for k in ("steps", "tokens", "flops")):
+        for k in ("steps", "tokens", "flops"):
+            train_over.pop(k, None)
+    data_dir = Path(data or DEFAULT_DATA)
+    run_dir = out or Path("runs") / f"{model_cfg.objective}-{model_cfg.name}-{data_dir.name}"
+    return RunConfig(
+        model=model_cfg,
+        train=TrainConfig.from_dict({**train_over, **flags}),
+        data=str(data_dir),
+        out=str(run_dir),
+        device=device,
+        attention=attention,
+        dtype=dtype,
+    )
+
+
+def finetune_config(
+    *, init: str | Path, data: str | Path, out: str | Path | None = None,
+    train: dict[str, Any] | None = None, **sft: Any,
+) -> FinetuneConfig:  # fmt: skip
+    """A fine-tuning run's config: ``train`` fields given (not ``None``) over fine-tuning's
+    defaults (``SFT_BATCH_SIZE``), ``sft`` the other FinetuneConfig fields. The run folder
+    defaults to ``runs/<init run>-sft-<data file stem>``: two fine-tunes of one model on
+    different data do not collide."""
+    init, data = Path(init), Path(data)
+    run_name = (init.parent.parent.name if init.name.startswith("step-") else init.name) or "run"
+    return FinetuneConfig(
+        init=str(init),
+        data=str(data),
+        out=str(out or Path("runs") / f"{run_name}-sft-{data.stem}"),
+        train=TrainConfig.from_dict({"batch_size": SFT_BATCH_SIZE, **_given(train)}),
+        **sft,
+    )
+
+
+def _given(values: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (values or {}).items() if v is not None}

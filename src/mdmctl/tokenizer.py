@@ -171,3 +171,12 @@ def info_from_file(path: str | Path, need_mask: bool = True) -> tuple[Tokenizer,
     ARM's tokenizer may lack a mask token (``need_mask=False``)."""
     tok = load_tokenizer(path)
     return tok, prepare(tok, add_missing=False, need_mask=need_mask)
+
+
+def encode_literal(tok: Tokenizer, text: str) -> list[int]:
+    """Token ids of user text, special-token strings (e.g. a literal '<|mask|>') kept as text."""
+    tok.encode_special_tokens = True
+    try:
+        return tok.encode(text, add_special_tokens=False).ids
+    finally:
+        tok.encode_special_tokens = False

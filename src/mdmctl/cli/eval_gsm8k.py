@@ -128,7 +128,7 @@ def eval_gsm8k(
 
         if length is not None and total_length is not None:
             raise ConfigError("give --total-length (the canvas) or --length (generated tokens)")
-        scfg = SampleConfig(
+        scfg = SampleConfig.create(
             checkpoint=str(checkpoint) if checkpoint else None,
             steps=steps,
             sampler=sampler.value,

@@ -97,7 +97,7 @@ def eval_reverse_curse(
         from mdmctl.log import results_console
         from mdmctl.sampling import SampleConfig
 
-        scfg = SampleConfig(
+        scfg = SampleConfig.create(
             checkpoint=str(checkpoint) if checkpoint else None,
             steps=steps,
             sampler=sampler.value,

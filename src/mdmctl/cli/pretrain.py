@@ -292,7 +292,7 @@ def _summary_samples(result: Any, n: int) -> list[str]:
     if result.checkpoint is None:
         return []
     res = sample_from_checkpoint(
-        SampleConfig(
+        SampleConfig.create(
             checkpoint=str(result.checkpoint),
             prompts=("",),
             num_samples=n,

@@ -91,7 +91,7 @@ def sample(
                 ]
             except (OSError, UnicodeDecodeError) as e:
                 raise ConfigError(f"--prompt-file {prompt_file}: {e}") from None
-        scfg = SampleConfig(
+        scfg = SampleConfig.create(
             checkpoint=str(checkpoint) if checkpoint else None,
             prompts=tuple(prompts or [""]),
             length=length,

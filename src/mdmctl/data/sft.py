@@ -31,14 +31,15 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
+from mdmctl.config import SFTFormat
 from mdmctl.errors import DataError
 
-Format = Literal["auto", "prompt-response", "messages", "gsm8k", "gsm8k-equations"]
-FORMATS = ("auto", "prompt-response", "messages", "gsm8k", "gsm8k-equations")
+Format = SFTFormat
+FORMATS: tuple[str, ...] = get_args(SFTFormat)
 
 
 Batching = Literal["random", "sorted"]

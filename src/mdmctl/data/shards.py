@@ -424,3 +424,26 @@ def tokenizer_info(manifest: CorpusManifest) -> TokenizerInfo:
     """The corpus's tokenizer ids (fields checked by ``read_manifest``)."""
     t = manifest.meta["tokenizer"]
     return TokenizerInfo(t["vocab_size"], t["mask_id"], t["eos_id"], t["pad_id"], t["sha256"])
+
+
+def ensure_builtin_corpus(
+    tokenize: Callable[[TokenizeConfig], CorpusManifest] = tokenize_corpus,
+    log: Callable[[str], None] = lambda msg: None,
+) -> None:
+    """Tokenize the built-in corpus into ``DEFAULT_DATA`` unless it is there (``mdmctl pretrain``
+    without --data, the Quick start). ``tokenize``: ``tokenize_corpus`` or a caller's wrapper of
+    it (the CLI's shows progress)."""
+    import os
+
+    from mdmctl.config import DEFAULT_DATA
+
+    if (Path(DEFAULT_DATA) / "corpus.json").is_file():
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every rank would tokenize into the same folder at once.
+        raise ConfigError(
+            f"no --data and no {DEFAULT_DATA}/corpus.json: under torchrun, run "
+            "'mdmctl tokenize' (or one 'mdmctl pretrain') first, or pass --data"
+        )
+    log(f"no --data: tokenizing the built-in corpus into {DEFAULT_DATA} (once)")
+    tokenize(TokenizeConfig(out=DEFAULT_DATA))

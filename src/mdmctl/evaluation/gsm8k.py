@@ -12,7 +12,7 @@ stopped (eos before the canvas end) and that contain the ``####`` marker.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mdmctl.errors import ConfigError, DataError
@@ -207,7 +207,8 @@ def evaluate_gsm8k(
         rows = score(problems, gens)
         compliance = {"stopped": None, "answer_stopped": None, "marker": _share(gens)}
         return _result(rows, None, out, {"predictions": predictions}, compliance)
-    from mdmctl.sampling import for_objective, load_model
+    from mdmctl.checkpoint import load_model
+    from mdmctl.sampling import for_objective
 
     model, tok, info, step_dir, device = load_model(
         checkpoint, sample_cfg.device, sample_cfg.attention, log
@@ -229,7 +230,7 @@ def evaluate_gsm8k(
     reasoning, graded, nfe, s2 = s1.texts, s1.texts, s1.nfe, None
     if two_stage:
         ids2 = stage_contexts(tok, questions, reasoning, prefix=prefix)
-        cfg2 = sample_cfg if answer_cfg is None else replace(sample_cfg, cfg=answer_cfg)
+        cfg2 = sample_cfg if answer_cfg is None else sample_cfg.evolve(cfg=answer_cfg)
         s2 = _generate_stage(
             model, tok, info, ids2, cfg2, device, total_length, answer_length or length
         )
@@ -253,13 +254,13 @@ def evaluate_gsm8k(
     }
     settings = {
         "checkpoint": str(step_dir),
-        "sampler": sample_cfg.sampler,
+        "sampler": sample_cfg.decoding.sampler,
         "steps": sample_cfg.steps,
         "total_length": None if length else total_length,
         "length": length,
-        "temperature": sample_cfg.temperature,
-        "cfg": sample_cfg.cfg,
-        "answer_cfg": (sample_cfg.cfg if answer_cfg is None else answer_cfg) if two_stage else None,
+        "temperature": sample_cfg.decoding.temperature,
+        "cfg": sample_cfg.decoding.cfg,
+        "answer_cfg": (sample_cfg.decoding.cfg if answer_cfg is None else answer_cfg) if two_stage else None,
         "batch_size": sample_cfg.batch_size,
         "fewshot": fewshot,
         "two_stage": two_stage,

@@ -386,7 +386,7 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
     """lm-eval's tokenisation of a (context, continuation) pair: trailing whitespace of the context
     moves to the continuation, the pair is encoded whole and the continuation is what follows the
     context's own token count, so the boundary tokenises as in running text."""
-    from mdmctl.sampling import encode_literal
+    from mdmctl.tokenizer import encode_literal
 
     n_space = len(context) - len(context.rstrip())
     if n_space:

@@ -75,7 +75,8 @@ class MdmctlLM(LM):
         max_batch_size: int | None = None,  # lm-eval passes it to every model; batches are fixed
     ) -> None:
         super().__init__()
-        from mdmctl.sampling import SampleConfig, for_objective, load_model
+        from mdmctl.checkpoint import load_model
+        from mdmctl.sampling import SampleConfig, for_objective
 
         auto = batch_size is None or str(batch_size).startswith("auto")
         bs = 32 if auto else int(batch_size)
@@ -98,7 +99,7 @@ class MdmctlLM(LM):
         # checked once here: an ARM refuses MDM-only ones that would change its output and
         # warns about steps / sampler.
         num = lambda v, kind: None if v in (None, "", "None") else kind(v)  # noqa: E731
-        decoding = SampleConfig(
+        decoding = SampleConfig.create(
             steps=num(steps, int) or None,
             sampler=sampler,
             temperature=self.temperature,
@@ -121,7 +122,7 @@ class MdmctlLM(LM):
         self.gen_cfg = for_objective(decoding, self.model.cfg.objective)
 
     def _encode(self, text: str) -> list[int]:
-        from mdmctl.sampling import encode_literal
+        from mdmctl.tokenizer import encode_literal
 
         return encode_literal(self.tok, text) if text else []
 
@@ -178,7 +179,7 @@ class MdmctlLM(LM):
             n = min(n, L - 1)
             ids = [self._encode(requests[i].args[0])[-(L - n) :] for i in idx]
             steps = self.gen_cfg.steps or n
-            scfg = dataclasses.replace(self.gen_cfg, length=n, steps=steps, temperature=temp)
+            scfg = self.gen_cfg.evolve(length=n, steps=steps, temperature=temp)
             g = generate(
                 self.model, self.tok, self.info, [""] * len(idx), scfg, self._device, prompt_ids=ids
             )

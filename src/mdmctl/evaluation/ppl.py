@@ -66,7 +66,7 @@ def _windows_from_files(
     from mdmctl.data.readers import CorpusSpec, iter_documents
 
     ids: list[int] = []
-    from mdmctl.sampling import encode_literal
+    from mdmctl.tokenizer import encode_literal
 
     for text, _ in iter_documents(CorpusSpec(paths=tuple(paths), text_field=text_field)):
         ids.extend(encode_literal(tok, text) + [eos_id])
@@ -76,9 +76,9 @@ def _windows_from_files(
 
 
 def evaluate_ppl(cfg: PplConfig, log=None) -> PplResult:
+    from mdmctl.checkpoint import load_model
     from mdmctl.data.shards import read_manifest
     from mdmctl.memory import check_eval_batch
-    from mdmctl.sampling import load_model
 
     t0 = time.perf_counter()
     model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)

@@ -157,7 +157,7 @@ def rank_accuracy(
     stratified t, common random numbers across a prompt's candidates; ARM: exact). Returns the
     accuracy and the number of candidates per prompt (chance = 1 / that)."""
     from mdmctl.evaluation.likelihood import ScoreConfig, loglikelihood
-    from mdmctl.sampling import encode_literal
+    from mdmctl.tokenizer import encode_literal
 
     cands = rank_candidates(rows, persons)
     n_cand = len(cands[0])
@@ -190,7 +190,9 @@ def evaluate_reverse_curse(
     rank_mc: int = 16,
     log=None,
 ) -> list[SplitResult]:
-    from mdmctl.sampling import encode_literal, for_objective, generate, load_model
+    from mdmctl.checkpoint import load_model
+    from mdmctl.sampling import for_objective, generate
+    from mdmctl.tokenizer import encode_literal
 
     bad = [x for x in splits if x not in SPLITS]
     if bad or not splits:

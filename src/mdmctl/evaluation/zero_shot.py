@@ -247,7 +247,7 @@ def evaluate_tasks(
     one results JSON holding every task's metrics and per-document scores (several tasks)."""
     import json
 
-    from mdmctl.sampling import load_model
+    from mdmctl.checkpoint import load_model
 
     tasks = resolve_tasks(names)
     loaded = [(t, *load_docs(t, cfg.data, cfg.limit)) for t in tasks]  # fail early on bad data

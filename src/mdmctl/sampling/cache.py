@@ -37,15 +37,11 @@ does not depend on its batch neighbours.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from mdmctl.kv_cache import KVCache
 from mdmctl.model import Transformer
-
-CacheMode = Literal["none", "prefix", "dual", "delayed"]
-CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual", "delayed")
+from mdmctl.sampling.decoding import CacheMode
 
 
 class CachedMDM:

@@ -41,11 +41,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from mdmctl.errors import ConfigError
+from mdmctl.sampling.decoding import Decoding
 from mdmctl.sampling.select import (
     RowStreams,
     Streams,
@@ -56,9 +56,6 @@ from mdmctl.sampling.select import (
     uniform,
 )
 
-Sampler = Literal["ancestral", "confidence"]
-Remasking = Literal["low-confidence", "random", "margin", "entropy"]
-REMASKING: tuple[str, ...] = ("low-confidence", "random", "margin", "entropy")
 ModelFn = Callable[
     [torch.Tensor, torch.Tensor], torch.Tensor
 ]  # (x (B, L), doc_ids (B, L)) -> logits
@@ -94,35 +91,6 @@ def cfg_logits(
     guided = unc + (cfg + 1.0) * (cond - unc)
     # -inf - -inf is nan at the mask column: keep it -inf (never predicted).
     return torch.where(torch.isinf(cond) & (cond < 0), cond, guided)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Decoding:
-    """How the canvas is revealed; the defaults are the plain samplers of method.md §5."""
-
-    sampler: Sampler = "confidence"
-    temperature: float = 0.0
-    cfg: float = 0.0
-    remasking: Remasking = "low-confidence"
-    block_length: int | None = None
-    threshold: float | None = None
-    factor: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_length: int = 0
-    eos_id: int = -1
-    """For ``min_length`` and ``stop_at_eos``."""
-    stop_at_eos: bool = False
-    """Stop a batch once every row has finished (see the module docstring)."""
-    suffix_window: int | None = None
-    """Masked positions after the block that each forward runs; None: all (exact)."""
-    keep_batch: bool = False
-    """Finished rows stay in the batch even when decoding is deterministic: the forwards keep
-    their shapes, which CUDA graphs replay (sampling/graphs.py). The output is the same."""
-
-    @property
-    def parallel(self) -> bool:
-        return self.threshold is not None or self.factor is not None
 
 
 @dataclass

@@ -1,0 +1,92 @@
+"""How an MDM's canvas is revealed (docs/method.md §5): one ``Decoding`` definition, torch-free.
+
+``SampleConfig`` holds one; the samplers (``mdm.py``, and ``arm.py`` for the options both
+objectives share) read it; the command line builds its decoding options from its fields, whose
+help lives here (``config.option``), so an option, its default and its help exist once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mdmctl.config import option
+
+Sampler = Literal["ancestral", "confidence"]
+SAMPLERS: tuple[str, ...] = ("ancestral", "confidence")
+Remasking = Literal["low-confidence", "random", "margin", "entropy"]
+REMASKING: tuple[str, ...] = ("low-confidence", "random", "margin", "entropy")
+CacheMode = Literal["none", "prefix", "dual", "delayed"]
+CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual", "delayed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decoding:
+    """How the canvas is revealed; the defaults are the plain samplers of docs/method.md §5.1."""
+
+    sampler: Sampler = option(
+        "confidence",
+        "MDM reveal order: confidence (the most confident tokens first) or ancestral (the true "
+        "reverse process).",
+    )
+    temperature: float = option(0.0, "Sampling temperature; 0 = argmax.", min=0)
+    cfg: float = option(0.0, "Unsupervised classifier-free guidance scale (MDM).", min=0)
+    remasking: Remasking = option(
+        "low-confidence",
+        "MDM confidence sampler: which masked tokens are revealed first. low-confidence: the "
+        "chosen token's probability (LLaDA low_confidence, Dream maskgit_plus); margin: top-1 "
+        "minus top-2 probability (Dream topk_margin); entropy: the lowest entropy; random (LLaDA "
+        "random).",
+    )
+    block_length: int | None = option(
+        None,
+        "MDM semi-autoregressive decoding (LLaDA block_length): blocks of this many generated "
+        "tokens, left to right, the steps spread evenly over them. Default: one block.",
+        min=1,
+    )
+    threshold: float | None = option(
+        None,
+        "MDM parallel decoding (Fast-dLLM threshold): each step reveals every masked token of "
+        "the block whose probability exceeds this, at least one; the model, not --steps, sets "
+        "the step count. Default: off.",
+        min=0,
+        max=1,
+    )
+    factor: float | None = option(
+        None,
+        "MDM parallel decoding, Fast-dLLM's factor rule: the n-th most confident token is "
+        "revealed while its probability is at least 1 - factor / (n + 1). Default: off.",
+        min=0,
+    )
+    top_k: int | None = option(
+        None, "Sample among the k most likely tokens. Default: all.", min=1
+    )  # both objectives
+    top_p: float | None = option(
+        None,
+        "Nucleus sampling: among the fewest tokens whose probability reaches p. Default: 1 (all).",
+        min=0,
+        max=1,
+    )  # both objectives
+    min_length: int = option(
+        0, "No end-of-text before this many generated tokens.", min=0
+    )  # both objectives
+    suffix_window: int | None = option(
+        None,
+        "MDM block decoding (DPad's sliding window): each forward runs the prompt, the blocks "
+        "so far and only this many masked positions after the current block; the rest of the "
+        "canvas waits for its block. An approximation: less work where the canvas is mostly "
+        "end-of-text to be (docs/benchmarks.md). Default: the whole canvas.",
+        min=0,
+    )
+    stop_at_eos: bool = option(False, "Truncate at end-of-text.")
+    """A row is finished once its first eos is revealed with nothing masked before it, and its
+    output is cut there; the batch stops once every row has finished (``mdm.py``)."""
+    eos_id: int = -1
+    """For ``min_length`` and ``stop_at_eos`` (the checkpoint's tokenizer sets it)."""
+    keep_batch: bool = False
+    """Finished rows stay in the batch even when decoding is deterministic: the forwards keep
+    their shapes, which CUDA graphs replay (sampling/graphs.py). The output is the same."""
+
+    @property
+    def parallel(self) -> bool:
+        return self.threshold is not None or self.factor is not None
