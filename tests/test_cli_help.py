@@ -117,7 +117,7 @@ def test_eval_all_tasks_take_both_spellings(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(
-        eval_zero_shot, "_zero_shot", lambda names, opts, out, json_out: seen.update(names=names)
+        eval_zero_shot, "_zero_shot", lambda names, o: seen.update(names=names)
     )
     r = runner.invoke(app, ["eval", "all", "--tasks", "arc-easy, arc_challenge,social-iqa,piqa"])
     assert r.exit_code == 0, r.output
@@ -128,9 +128,9 @@ def test_eval_all_tasks_take_both_spellings(monkeypatch):
 
 
 def test_reverse_curse_split_names_take_both_spellings():
-    from mdmctl.cli.eval_reverse_curse import _split_name
+    from mdmctl.cli.eval_reverse_curse import split_name
 
     known = {"p2d_same": 0, "d2p_reverse": 1}
-    assert _split_name("p2d-same", known) == "p2d_same"
-    assert _split_name("d2p_reverse", known) == "d2p_reverse"
-    assert _split_name("p2d-backwards", known) == "p2d-backwards"
+    assert split_name("p2d-same", known) == "p2d_same"
+    assert split_name("d2p_reverse", known) == "d2p_reverse"
+    assert split_name("p2d-backwards", known) == "p2d-backwards"

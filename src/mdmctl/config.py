@@ -112,7 +112,7 @@ def check_finite(obj: Any, prefix: str) -> None:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
-    """LLaMA-style transformer shared by the MDM and the ARM (method.md §2)."""
+    """LLaMA-style transformer shared by the MDM and the ARM (docs/method.md §2)."""
 
     name: str = "custom"
     objective: Objective = option("mdm", "mdm (masked diffusion) or arm (autoregressive baseline).")
@@ -208,14 +208,14 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainConfig:
-    """Optimisation and bookkeeping for pretraining (method.md §3)."""
+    """Optimisation and bookkeeping for pretraining (docs/method.md §3)."""
 
     steps: int | None = option(
         None,
         "Optimizer steps.",
         min=1,
-        default_help=f"{CPU_STEPS} for the CPU sizes ({', '.join(TINY_SIZES)}), {SMDM_STEPS} for "
-        "SMDM sizes",
+        default_help=f"{CPU_STEPS} for the CPU sizes ({', '.join(TINY_SIZES)}), {SMDM_STEPS} "
+        "otherwise (SMDM sizes)",
     )
     """Exactly one of steps / tokens / flops decides the run length."""
     tokens: int | None = option(
@@ -237,8 +237,8 @@ class TrainConfig:
     lr: float | None = option(
         None,
         "Peak learning rate.",
-        default_help=f"{CPU_LR:g} for the CPU sizes ({', '.join(TINY_SIZES)}), {SMDM_LR:g} "
-        "(SMDM's) for SMDM sizes",
+        default_help=f"{CPU_LR:.0e} for the CPU sizes ({', '.join(TINY_SIZES)}), {SMDM_LR:.0e} "
+        "(SMDM's) otherwise".replace("e-0", "e-"),
     )
     min_lr_ratio: float = 0.1
     warmup_steps: int | None = option(
@@ -469,7 +469,7 @@ SFT_BATCH_SIZE = 32
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FinetuneConfig:
-    """Supervised fine-tuning from a checkpoint (method.md §3, §6)."""
+    """Supervised fine-tuning from a checkpoint (docs/method.md §3, §6)."""
 
     init: str = option(..., "Checkpoint to start from (step dir or run dir).")
     data: str = option(

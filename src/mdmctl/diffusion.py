@@ -1,4 +1,4 @@
-"""Masked diffusion: forward masking, the MDM training loss and the ELBO (method.md §3-4).
+"""Masked diffusion: forward masking, the MDM training loss and the ELBO (docs/method.md §3-4).
 
 Forward process: each token of x0 is independently replaced by ``mask_id`` with probability t
 (linear schedule, alpha_t = 1 - t). The loss, an upper bound on -log p(x0), is
@@ -98,7 +98,7 @@ def mdm_sft_loss(
     conditional: bool = True,
     cfg_dropout: float = 0.0,
 ) -> torch.Tensor:
-    """Fine-tuning loss (method.md §3). x0 (B, L) prompt + response + eos padding.
+    """Fine-tuning loss (docs/method.md §3). x0 (B, L) prompt + response + eos padding.
 
     conditional: the prompt is never masked; only the other positions are noised and the sum is
     normalised by their count. unconditional: the whole sequence, normalised by B·L (the reverse

@@ -3,7 +3,7 @@
 One process per device, launched by ``torchrun`` (which sets ``RANK``, ``LOCAL_RANK`` and
 ``WORLD_SIZE``). Backend nccl on CUDA (device ``cuda:LOCAL_RANK``), gloo on CPU.
 
-Invariants this module keeps (reliability.md §2, §6, §9, §10):
+Invariants this module keeps (docs/distributed.md):
 
 - **Same maths at any world size.** Every rank reads the same global batch; rank r computes the
   contiguous micro-batches ``[r·k, (r+1)·k)`` of it (k = accumulation / world), each with the same
@@ -77,7 +77,7 @@ def resolve_parallel(parallel: str, world: int) -> str:
 
 def rank_micro_batches(accum: int, world: int, rank: int) -> range:
     """The global micro-batch indices rank ``rank`` computes: a contiguous block of
-    ``accum / world``, i.e. rows ``[r·G/W, (r+1)·G/W)`` of the global batch (reliability.md §9)."""
+    ``accum / world``, i.e. rows ``[r·G/W, (r+1)·G/W)`` of the global batch (docs/distributed.md)."""
     if accum % world:
         raise ConfigError(
             f"{accum} micro-batches per step cannot be split over {world} processes; make "

@@ -1,4 +1,4 @@
-"""The transformer shared by the MDM and the ARM (method.md §2).
+"""The transformer shared by the MDM and the ARM (docs/method.md §2).
 
 LLaMA-style: pre-norm RMSNorm, rotary embeddings (rotate-half, full head dim), SwiGLU MLP
 ``w3(silu(w1 x) * w2 x)``, no biases, untied embeddings, final RMSNorm. The two objectives differ only

@@ -1,4 +1,4 @@
-"""IsoFLOP scaling laws (method.md §1: the paper's first result): plan a sweep, fit it.
+"""IsoFLOP scaling laws (docs/method.md §1: the paper's first result): plan a sweep, fit it.
 
 Compute is counted as the paper counts it, C = 6·N·D with N the non-embedding parameters and D the
 training tokens (``TrainConfig.resolve_steps`` turns ``--flops C`` into steps the same way).

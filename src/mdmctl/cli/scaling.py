@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
 import typer
 
-from mdmctl.cli.common import app, cli_errors, json_option, log_info, seed_option
+from mdmctl.cli.common import app, cli_errors, log_info, print_json
+from mdmctl.cli.options import SEED, Opt, Options, argument, command, json_out
+from mdmctl.config import DEFAULT_DATA
 from mdmctl.errors import ConfigError
 
 scaling_app = typer.Typer(
@@ -28,123 +29,115 @@ def _floats(text: str, option: str) -> list[float]:
     return values
 
 
-@scaling_app.command("plan")
-def plan_cmd(
-    flops: str = typer.Option(
-        ..., "--flops", help="Compute budgets C = 6·N·D, comma-separated (e.g. 1e15,3e15,1e16)."
-    ),
-    objective: str = typer.Option("mdm,arm", "--objective", help="mdm, arm or both (mdm,arm)."),
-    sizes: str = typer.Option(
-        "19M,34M,48M,66M,85M,113M,170M,268M,472M",
-        "--sizes",
-        help="Model sizes along each curve: named sizes (SMDM's family, tiny, mini, small) or "
-        "LxD shapes (L layers of width D, d_ff 4·D), comma-separated.",
-    ),
-    data: Path = typer.Option(Path("data/builtin"), "--data", help="Tokenized corpus."),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Global batch (sequences)."),
-    seq_len: int = typer.Option(2048, "--seq-len", min=1, help="Context length of every run."),
-    min_steps: int = typer.Option(
-        100, "--min-steps", min=1, help="Leave out sizes that get fewer optimizer steps."
-    ),
-    max_steps: int | None = typer.Option(
-        None,
-        "--max-steps",
-        min=1,
-        help="Leave out sizes that would need more optimizer steps. Default: no limit.",
-    ),
-    runs_dir: str = typer.Option("runs/scaling", "--runs-dir", help="Where the runs will go."),
-    extra: str = typer.Option(
-        "",
-        "--extra",
-        help="More pretrain options for every run, e.g. '--config sweep.toml'. Default: none.",
-    ),
-    out: Path = typer.Option(Path("sweep.sh"), "--out", help="The sweep script to write."),
-    json_out: bool = json_option("Print the plan as JSON on stdout (the script is written too)."),
-) -> None:
+@command(
+    scaling_app,
+    "plan",
+    flops=Opt(("--flops",), str, ...,
+              "Compute budgets C = 6·N·D, comma-separated (e.g. 1e15,3e15,1e16)."),
+    objective=Opt(("--objective",), str, "mdm,arm", "mdm, arm or both (mdm,arm)."),
+    sizes=Opt(("--sizes",), str, "19M,34M,48M,66M,85M,113M,170M,268M,472M",
+              "Model sizes along each curve: named sizes (SMDM's family, tiny, mini, small) or "
+              "LxD shapes (L layers of width D, d_ff 4·D), comma-separated."),
+    data=Opt(("--data",), Path, Path(DEFAULT_DATA), "Tokenized corpus."),
+    batch_size=Opt(("--batch-size",), int, 256, "Global batch (sequences).", min=1),
+    seq_len=Opt(("--seq-len",), int, 2048, "Context length of every run.", min=1),
+    min_steps=Opt(("--min-steps",), int, 100, "Leave out sizes that get fewer optimizer steps.",
+                  min=1),
+    max_steps=Opt(("--max-steps",), int | None, None,
+                  "Leave out sizes that would need more optimizer steps. Default: no limit.",
+                  min=1),
+    runs_dir=Opt(("--runs-dir",), str, "runs/scaling", "Where the runs will go."),
+    extra=Opt(("--extra",), str, "",
+              "More pretrain options for every run, e.g. '--config sweep.toml'. Default: none."),
+    out=Opt(("--out",), Path, Path("sweep.sh"), "The sweep script to write."),
+    **json_out("Print the plan as JSON on stdout (the script is written too)."),
+)  # fmt: skip
+def plan(o: Options) -> None:
     """The runs of an IsoFLOP sweep, written as a resumable script of `mdmctl pretrain` runs."""
     with cli_errors():
         from dataclasses import asdict
 
-        from rich.table import Table
-
         from mdmctl.fileio import atomic_write_text
-        from mdmctl.log import results_console
-        from mdmctl.scaling import plan, sweep_script
+        from mdmctl.scaling import plan as plan_runs
+        from mdmctl.scaling import sweep_script
 
-        objectives = [o.strip() for o in objective.split(",") if o.strip()]
-        if not objectives or any(o not in ("mdm", "arm") for o in objectives):
-            raise ConfigError(f"--objective: expected mdm, arm or mdm,arm, got {objective!r}")
-        runs, skipped = plan(
-            _floats(flops, "--flops"),
-            objectives,
-            [s.strip() for s in sizes.split(",") if s.strip()],
-            batch_size=batch_size,
-            seq_len=seq_len,
-            out_root=runs_dir,
-            min_steps=min_steps,
-            max_steps=max_steps,
-        )
+        objectives = [x.strip() for x in o.objective.split(",") if x.strip()]
+        if not objectives or any(x not in ("mdm", "arm") for x in objectives):
+            raise ConfigError(f"--objective: expected mdm, arm or mdm,arm, got {o.objective!r}")
+        runs, skipped = plan_runs(
+            _floats(o.flops, "--flops"), objectives,
+            [s.strip() for s in o.sizes.split(",") if s.strip()], out_root=o.runs_dir,
+            **o.pick("batch_size", "seq_len", "min_steps", "max_steps"),
+        )  # fmt: skip
         if not runs:
             raise ConfigError(
                 "no run gets between --min-steps and --max-steps steps: change --flops or --sizes"
             )
-        args = ["--batch-size", str(batch_size), "--seq-len", str(seq_len), *shlex.split(extra)]
-        if out.is_dir():
-            raise ConfigError(f"--out {out}: is a folder; name the script file")
-        atomic_write_text(out, sweep_script(runs, str(data), args))
-        out.chmod(0o755)
-        if json_out:
-            print(json.dumps({"runs": [asdict(r) for r in runs], "skipped": skipped}, indent=2))
+        args = ["--batch-size", str(o.batch_size), "--seq-len", str(o.seq_len),
+                *shlex.split(o.extra)]  # fmt: skip
+        if o.out.is_dir():
+            raise ConfigError(f"--out {o.out}: is a folder; name the script file")
+        atomic_write_text(o.out, sweep_script(runs, str(o.data), args))
+        o.out.chmod(0o755)
+        if o.json_out:
+            print_json({"runs": [asdict(r) for r in runs], "skipped": skipped})
             return
-        console = results_console()
-        t = Table(title=f"IsoFLOP sweep: {len(runs)} runs -> {out} (bash {out}; rerun to resume)")
-        for col in ("objective", "C (FLOPs)", "size", "N", "D (tokens)", "D/N", "steps"):
-            t.add_column(col)
-        for r in runs:
-            t.add_row(r.objective, f"{r.flops:.3g}", r.size, f"{r.n_params / 1e6:.2f}M",
-                      f"{r.tokens:.3g}", f"{r.tokens / r.n_params:.1f}", str(r.steps))  # fmt: skip
-        console.print(t)
-        for s in skipped:
-            console.print(f"left out: {s}", highlight=False)
+        _render_plan(runs, skipped, o.out)
 
 
-@scaling_app.command("fit")
-def fit_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run folders, or folders holding them."),
-    out: Path | None = typer.Option(
-        None, "--out", help="Write the fit as JSON here. Default: none (not written)."
-    ),
-    plot: Path | None = typer.Option(
-        None,
-        "--plot",
-        help="Write a PNG plot here (pip install 'mdmctl[plot]'). Default: none (no plot).",
-    ),
-    bootstrap: int = typer.Option(
-        200, "--bootstrap", min=0, help="Bootstrap resamples over runs (0: none)."
-    ),
-    seed: int = seed_option("Seed of the bootstrap."),
-    json_out: bool = json_option("Print the fit as JSON on stdout."),
-) -> None:
+def _render_plan(runs: list, skipped: list[str], out: Path) -> None:
+    from rich.table import Table
+
+    from mdmctl.log import results_console
+
+    console = results_console()
+    t = Table(title=f"IsoFLOP sweep: {len(runs)} runs -> {out} (bash {out}; rerun to resume)")
+    for col in ("objective", "C (FLOPs)", "size", "N", "D (tokens)", "D/N", "steps"):
+        t.add_column(col)
+    for r in runs:
+        t.add_row(r.objective, f"{r.flops:.3g}", r.size, f"{r.n_params / 1e6:.2f}M",
+                  f"{r.tokens:.3g}", f"{r.tokens / r.n_params:.1f}", str(r.steps))  # fmt: skip
+    console.print(t)
+    for s in skipped:
+        console.print(f"left out: {s}", highlight=False)
+
+
+@command(
+    scaling_app,
+    "fit",
+    runs=argument(list[Path], ..., "Run folders, or folders holding them."),
+    out=Opt(("--out",), Path | None, None,
+            "Write the fit as JSON here. Default: none (not written)."),
+    plot=Opt(("--plot",), Path | None, None,
+             "Write a PNG plot here (pip install 'mdmctl[plot]'). Default: none (no plot)."),
+    bootstrap=Opt(("--bootstrap",), int, 200, "Bootstrap resamples over runs (0: none).", min=0),
+    seed=SEED.but(help="Seed of the bootstrap."),
+    **json_out("Print the fit as JSON on stdout."),
+)  # fmt: skip
+def fit(o: Options) -> None:
     """Fit IsoFLOP curves and power laws; with MDM and ARM runs, the compute gap and size ratio."""
     with cli_errors():
-        from mdmctl.fileio import atomic_write_text
-        from mdmctl.scaling import fit, read_runs
-        from mdmctl.scaling import plot as plot_fit
+        import json
 
-        found = read_runs(runs)
+        from mdmctl.fileio import atomic_write_text
+        from mdmctl.scaling import fit as fit_runs
+        from mdmctl.scaling import plot as plot_fit
+        from mdmctl.scaling import read_runs
+
+        found = read_runs(o.runs)
         if not found:
             raise ConfigError("no finished pretraining runs (with a validation loss) found")
-        res = fit(found, n_boot=bootstrap, seed=seed)
+        res = fit_runs(found, n_boot=o.bootstrap, seed=o.seed)
         if not res["frontiers"]:
             raise ConfigError("nothing to fit: " + "; ".join(res["skipped"]))
-        if out:
-            atomic_write_text(out, json.dumps(res, indent=1) + "\n")
-            log_info(f"wrote {out}")
-        if plot:
-            plot_fit(res, plot)
-            log_info(f"wrote {plot}")
-        if json_out:
-            print(json.dumps(res, indent=1))
+        if o.out:
+            atomic_write_text(o.out, json.dumps(res, indent=1) + "\n")
+            log_info(f"wrote {o.out}")
+        if o.plot:
+            plot_fit(res, o.plot)
+            log_info(f"wrote {o.plot}")
+        if o.json_out:
+            print_json(res, indent=1)
             return
         _render_fit(res, len(found))
 

@@ -6,7 +6,7 @@ lm-eval sends with ``num_fewshot=0`` (target delimiter " ", no description). Loc
 format of ``../shared/data/benchmarks`` carry the formatted fields already; a test checks these
 formatters against them.
 
-Per-task defaults for the MDM follow the paper (method.md §4): the chain rule for OBQA, PIQA,
+Per-task defaults for the MDM follow the paper (docs/method.md §4): the chain rule for OBQA, PIQA,
 BoolQ and LAMBADA, MC elsewhere; CFG 1.1 LAMBADA, 1.6 OBQA and BoolQ, 0.6 PIQA, ARC-e and SIQA,
 0.7 RACE and HellaSwag; no CFG where the paper gives no scale (ARC-c, WinoGrande, SciQ).
 """

@@ -1,4 +1,4 @@
-"""Held-out perplexity (method.md §4).
+"""Held-out perplexity (docs/method.md §4).
 
 ARM: exact. Each window of ``seq_len`` tokens scores tokens 2..L given their prefix in the window.
 MDM: an upper bound, exp of the per-token Monte Carlo ELBO with ``mc_samples`` stratified t per

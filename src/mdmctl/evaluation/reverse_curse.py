@@ -1,4 +1,4 @@
-"""Reverse curse (Berglund et al. 2023; method.md §6): fine-tuned on name -> description facts
+"""Reverse curse (Berglund et al. 2023; docs/method.md §6): fine-tuned on name -> description facts
 only, can the model answer description -> name?
 
 Four test files: p2d (name -> description) and d2p (description -> name), each in the direction

@@ -10,7 +10,7 @@ from typing import Any
 
 from mdmctl.config import check_finite, option
 from mdmctl.errors import ConfigError
-from mdmctl.sampling.decoding import CACHE_MODES, REMASKING, SAMPLERS, Decoding
+from mdmctl.sampling.decoding import CACHE_MODES, REMASKING, SAMPLERS, CacheMode, Decoding
 
 SAMPLE_DECODING = Decoding(temperature=1.0, stop_at_eos=True)
 """``mdmctl sample``'s decoding: sampled at temperature 1, each output cut at its first eos (the
@@ -41,7 +41,7 @@ class SampleConfig:
     attention: str = "auto"
     decoding: Decoding = SAMPLE_DECODING
     """How the canvas is revealed (``Decoding``); ``eos_id`` comes from the checkpoint."""
-    cache: str = option(
+    cache: CacheMode = option(
         "none",
         "MDM KV cache: none (exact: the whole canvas every step); for block decoding "
         "(Fast-dLLM) prefix (the positions before the block reuse keys and values from the "

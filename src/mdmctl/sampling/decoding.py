@@ -8,16 +8,16 @@ help lives here (``config.option``), so an option, its default and its help exis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from mdmctl.config import option
 
 Sampler = Literal["ancestral", "confidence"]
-SAMPLERS: tuple[str, ...] = ("ancestral", "confidence")
-Remasking = Literal["low-confidence", "random", "margin", "entropy"]
-REMASKING: tuple[str, ...] = ("low-confidence", "random", "margin", "entropy")
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+Remasking = Literal["low-confidence", "margin", "entropy", "random"]
+REMASKING: tuple[str, ...] = get_args(Remasking)
 CacheMode = Literal["none", "prefix", "dual", "delayed"]
-CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual", "delayed")
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 
 
 @dataclass(frozen=True, kw_only=True)

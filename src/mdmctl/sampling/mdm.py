@@ -1,4 +1,4 @@
-"""MDM samplers on a fixed canvas (method.md §5): prompt, then ``length`` mask tokens.
+"""MDM samplers on a fixed canvas (docs/method.md §5): prompt, then ``length`` mask tokens.
 
 The time grid runs from t = 1 to 0 in ``steps`` steps. At step k (t -> s):
 - ``ancestral`` (the true reverse process): each masked position is revealed with probability
@@ -7,7 +7,7 @@ The time grid runs from t = 1 to 0 in ``steps`` steps. At step k (t -> s):
   n_masked·(1 - s/t) highest-scoring are revealed (``remasking``: the candidate's probability,
   the top-1 minus top-2 margin, minus the entropy, or a random order); the rest stay masked.
 
-Decoding rules from LLaDA and Fast-dLLM (peers.md), all off by default:
+Decoding rules from LLaDA and Fast-dLLM (docs/method.md §5.4), all off by default:
 - ``block_length``: semi-autoregressive blocks of the generation, decoded left to right, the
   steps spread over the blocks as evenly as possible and each block revealed on its own schedule.
   One block is the plain sampler, token for token.
