@@ -116,9 +116,7 @@ def test_eval_all_tasks_take_both_spellings(monkeypatch):
     from mdmctl.cli import eval_zero_shot
 
     seen = {}
-    monkeypatch.setattr(
-        eval_zero_shot, "_zero_shot", lambda names, o: seen.update(names=names)
-    )
+    monkeypatch.setattr(eval_zero_shot, "_zero_shot", lambda names, o: seen.update(names=names))
     r = runner.invoke(app, ["eval", "all", "--tasks", "arc-easy, arc_challenge,social-iqa,piqa"])
     assert r.exit_code == 0, r.output
     assert seen["names"] == ["arc_easy", "arc_challenge", "social_iqa", "piqa"]

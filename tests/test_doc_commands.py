@@ -141,6 +141,21 @@ def test_every_documented_command_runs(workspace):
     assert (workspace / "sweep.sh").is_file()
 
 
+def test_readme_python_block_runs(tmp_path, corpus_dir, monkeypatch):
+    """README's "From Python" block runs as written, with fewer steps."""
+    blocks = [t for _, t in fenced(DOCS[0], "python")]
+    assert len(blocks) == 1, "README's python block was not found"
+    code = blocks[0].replace('"steps": 200', '"steps": 4')
+    assert code != blocks[0]
+    shutil.copytree(corpus_dir, tmp_path / "data" / "builtin")  # the built-in corpus, made
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "MDMCTL_PROGRESS_EVERY": "3600"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "runs" / "demo" / "checkpoints" / "step-00000004").is_dir()
+    assert r.stdout.strip().split()[-1].isdigit()  # the forward passes, after the sample
+
+
 @pytest.mark.slow
 def test_documented_sweep_fit_and_torchrun(workspace):
     """The lines that take minutes: the scaling sweep and its fit, the torchrun launch."""

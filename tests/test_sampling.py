@@ -310,12 +310,13 @@ def test_gumbel_groups_do_not_change_the_draws(monkeypatch):
 def test_for_objective_drops_only_what_a_recipe_left(mdmctl_log):
     """For an ARM: a recipe's CFG still at the recipe's value becomes 0, a chosen one is refused;
     steps and sampler are dropped, with a warning only when the user chose them."""
-    from dataclasses import replace
 
     from mdmctl.errors import ConfigError
     from mdmctl.sampling import SampleConfig, for_objective
 
-    recipe = SampleConfig.create(cfg=0.8, steps=32, defaults=frozenset({("cfg", 0.8), ("steps", 32)}))
+    recipe = SampleConfig.create(
+        cfg=0.8, steps=32, defaults=frozenset({("cfg", 0.8), ("steps", 32)})
+    )
     arm = for_objective(recipe, "arm")
     assert (arm.decoding.cfg, arm.steps, arm.decoding.sampler) == (0.0, None, "confidence")
     assert not mdmctl_log.records

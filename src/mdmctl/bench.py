@@ -240,7 +240,9 @@ def bench_sample(
     graphs = cuda_graphs and resolve_device(device).type == "cuda"
     splits = split_files(SPLITS) if splits is None else splits
     prompts, refs, files = _prompts(Path(data_dir), limit, splits)
-    base = SampleConfig.create(temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device)
+    base = SampleConfig.create(
+        temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device
+    )
     chosen = {
         NAIVE: MDM_SETTINGS[NAIVE],
         **(settings or MDM_SETTINGS),

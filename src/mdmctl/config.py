@@ -252,9 +252,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     eps: float = option(1e-3, "MDM: minimum masking probability, p = (1 - eps)·t + eps.")
-    var_len_prob: float = option(
-        0.01, "MDM: probability of a variable-length batch.", min=0, max=1
-    )
+    var_len_prob: float = option(0.01, "MDM: probability of a variable-length batch.", min=0, max=1)
     """A variable-length batch is cut to a length drawn from U{1..seq_len}."""
     val_every: int = option(200, "Validate every N steps (and at the end).", min=1)
     val_batches: int = 4
@@ -477,9 +475,7 @@ class FinetuneConfig:
         "Examples: jsonl (prompt/response, prompt/completion, messages, question/answer) or "
         "GSM8K equations .txt.",
     )
-    out: str = option(
-        "", "Run directory.", default_help="runs/<init run>-sft-<data file stem>"
-    )
+    out: str = option("", "Run directory.", default_help="runs/<init run>-sft-<data file stem>")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=SFT_BATCH_SIZE))
     objective: Literal["auto", "conditional", "unconditional"] = option(
         "auto",
@@ -512,8 +508,7 @@ class FinetuneConfig:
     )
     batching: Literal["random", "sorted"] = option(
         "random",
-        "random (SMDM; the MDM learns to stop from the eos padding) or sorted (less padding; "
-        "ARM).",
+        "random (SMDM; the MDM learns to stop from the eos padding) or sorted (less padding; ARM).",
     )
     """random (SMDM): batches drawn at random, so a row sits beside longer ones and learns to
     fill its canvas with eos after its answer. sorted: length-sorted batches, less padding."""

@@ -4,68 +4,54 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mdmctl.cli import options as opt
 from mdmctl.cli.common import cli_errors, eval_app, log_info, print_json
-from mdmctl.cli.options import (
-    CFG,
-    CHECKPOINT,
-    DECODING,
-    GEN_BATCH,
-    RUNTIME,
-    SAMPLER,
-    SEED,
-    STEPS,
-    TEMPERATURE,
-    Opt,
-    Options,
-    command,
-    json_out,
-    limit,
-    out,
-    sample_config,
-)
 from mdmctl.errors import ConfigError
 
 
-@command(
+@opt.command(
     eval_app,
     "gsm8k",
-    checkpoint=CHECKPOINT,
-    data=Opt(("--data",), str | None, None, "GSM8K jsonl (question / answer). Default: the hub's "
+    checkpoint=opt.CHECKPOINT,
+    data=opt.Opt(("--data",), str | None, None,
+                 "GSM8K jsonl (question / answer). Default: the hub's "
              "openai/gsm8k test split (online only)."),
-    predictions=Opt(("--predictions",), Path | None, None,
+    predictions=opt.Opt(("--predictions",), Path | None, None,
                     "Re-score generations from a jsonl (one line per problem) without loading a "
                     "model. Default: none (generate)."),
-    out=out("Per-problem jsonl: generation, prediction, verdict. Default: none (not written)."),
-    limit=limit("problems only"),
-    fewshot=Opt(("--fewshot",), int, 0, "Worked examples before each question.", min=0),
-    fewshot_data=Opt(("--fewshot-data",), str | None, None,
+    out=opt.out("Per-problem jsonl: generation, prediction, verdict. Default: none (not written)."),
+    limit=opt.limit("problems only"),
+    fewshot=opt.Opt(("--fewshot",), int, 0, "Worked examples before each question.", min=0),
+    fewshot_data=opt.Opt(("--fewshot-data",), str | None, None,
                      "jsonl (question / answer) the few-shot examples come from, e.g. the train "
                      "split. Default: none (needed with --fewshot)."),
-    total_length=Opt(("--total-length",), int | None, None,
+    total_length=opt.Opt(("--total-length",), int | None, None,
                      "Each stage's canvas: prompt + generated tokens, capped at the model "
                      "context. Default: 256 (SMDM --length 256).", min=2),
-    length=Opt(("--length",), int | None, None,
+    length=opt.Opt(("--length",), int | None, None,
                "Generate exactly this many tokens per stage instead of filling --total-length. "
                "Default: fill --total-length.", min=1),
-    steps=STEPS.but(type=int, default=256, help="Denoising steps per stage (SMDM --steps 256)."),
-    two_stage=Opt(("--two-stage/--one-stage",), bool, True,
+    steps=opt.STEPS.but(type=int, default=256,
+                        help="Denoising steps per stage (SMDM --steps 256)."),
+    two_stage=opt.Opt(("--two-stage/--one-stage",), bool, True,
                   "Stage 1 writes the reasoning, stage 2 '####' and the answer after it (SMDM)."),
-    answer_length=Opt(("--answer-length",), int | None, None,
+    answer_length=opt.Opt(("--answer-length",), int | None, None,
                       "Stage 2 only: generate this many tokens. Default: as stage 1 (--length, "
                       "else fill --total-length).", min=1),
-    sampler=SAMPLER,
-    temperature=TEMPERATURE.but(default=0.1, help="Sampling temperature; 0 = argmax (SMDM "
+    sampler=opt.SAMPLER,
+    temperature=opt.TEMPERATURE.but(default=0.1, help="Sampling temperature; 0 = argmax (SMDM "
                                 "--temperature 0.1)."),
-    cfg=CFG.but(default=0.1, help="Unsupervised CFG scale (SMDM --cfg1 0.1; ARM checkpoints: 0)."),
-    answer_cfg=CFG.but(flags=("--answer-cfg",), type=float | None, default=None,
+    cfg=opt.CFG.but(default=0.1,
+                    help="Unsupervised CFG scale (SMDM --cfg1 0.1; ARM checkpoints: 0)."),
+    answer_cfg=opt.CFG.but(flags=("--answer-cfg",), type=float | None, default=None,
                        help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg."),
-    **DECODING,
-    batch_size=GEN_BATCH.but(default=32, note="SMDM: 64."),
-    seed=SEED.but(help="Seed of the sampling noise (SMDM: 1234)."),
-    **RUNTIME,
-    **json_out("Print accuracy, compliance and settings as JSON on stdout."),
+    **opt.DECODING,
+    batch_size=opt.GEN_BATCH.but(default=32, note="SMDM: 64."),
+    seed=opt.SEED.but(help="Seed of the sampling noise (SMDM: 1234)."),
+    **opt.RUNTIME,
+    **opt.json_out("Print accuracy, compliance and settings as JSON on stdout."),
 )  # fmt: skip
-def eval_gsm8k(o: Options) -> None:
+def eval_gsm8k(o: opt.Options) -> None:
     """GSM8K accuracy: generate, extract the final number, exact match."""
     from mdmctl.progress import library_progress
 
@@ -74,7 +60,7 @@ def eval_gsm8k(o: Options) -> None:
 
         if o.length is not None and o.total_length is not None:
             raise ConfigError("give --total-length (the canvas) or --length (generated tokens)")
-        scfg = sample_config(o)
+        scfg = opt.sample_config(o)
         r = evaluate_gsm8k(
             checkpoint=scfg.checkpoint, sample_cfg=scfg, total_length=o.total_length or 256,
             predictions=str(o.predictions) if o.predictions else None,

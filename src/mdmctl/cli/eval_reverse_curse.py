@@ -5,63 +5,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mdmctl.cli import options as opt
 from mdmctl.cli.common import canonical_name, cli_errors, eval_app, log_info, print_json
-from mdmctl.cli.options import (
-    CFG,
-    CHECKPOINT,
-    DECODING,
-    GEN_BATCH,
-    RUNTIME,
-    SAMPLER,
-    SEED,
-    STEPS,
-    TEMPERATURE,
-    Opt,
-    Options,
-    command,
-    json_out,
-    limit,
-    out,
-    sample_config,
-)
 
 
-@command(
+@opt.command(
     eval_app,
     "reverse-curse",
-    checkpoint=CHECKPOINT,
-    data_dir=Opt(("--data-dir",), Path, ..., "Folder with the reversal-curse test files (e.g. "
+    checkpoint=opt.CHECKPOINT,
+    data_dir=opt.Opt(("--data-dir",), Path, ..., "Folder with the reversal-curse test files (e.g. "
                  "../shared/data/reversal_curse)."),
-    out=out("Per-example jsonl. Default: none (not written)."),
-    limit=limit("prompts of each file"),
-    total_length=Opt(("--total-length",), int, 52, "Prompt + generation tokens (SMDM: 52).",
+    out=opt.out("Per-example jsonl. Default: none (not written)."),
+    limit=opt.limit("prompts of each file"),
+    total_length=opt.Opt(("--total-length",), int, 52, "Prompt + generation tokens (SMDM: 52).",
                      min=2),
-    rank=Opt(("--rank",), bool, False,
+    rank=opt.Opt(("--rank",), bool, False,
              "Also rank each reference by likelihood against the other names (description -> "
              "name files) or one description of every other person (name -> description files); "
              "MDM: conditional ELBO, ARM: exact."),
-    rank_mc=Opt(("--rank-mc",), int, 16, "MDM: stratified t samples per candidate for --rank.",
+    rank_mc=opt.Opt(("--rank-mc",), int, 16, "MDM: stratified t samples per candidate for --rank.",
                 min=1),
-    splits=Opt(("--splits",), str, "p2d_same,p2d_reverse,d2p_same,d2p_reverse",
+    splits=opt.Opt(("--splits",), str, "p2d_same,p2d_reverse,d2p_same,d2p_reverse",
                "Comma-separated test files to run (ranking descriptions is the slow part)."),
-    steps=STEPS.but(type=int, default=32, help="Denoising steps (SMDM: 32)."),
-    sampler=SAMPLER,
-    temperature=TEMPERATURE.but(help="Sampling temperature; 0 = argmax (SMDM: 0)."),
-    cfg=CFG.but(default=0.8, help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0)."),
-    **DECODING,
-    batch_size=GEN_BATCH.but(default=64, note="With --rank: 4x as many rows per forward."),
-    seed=SEED.but(help="Seed of the sampling noise and of --rank (SMDM: 1234)."),
-    **RUNTIME,
-    **json_out("Print one JSON object per split on stdout."),
+    steps=opt.STEPS.but(type=int, default=32, help="Denoising steps (SMDM: 32)."),
+    sampler=opt.SAMPLER,
+    temperature=opt.TEMPERATURE.but(help="Sampling temperature; 0 = argmax (SMDM: 0)."),
+    cfg=opt.CFG.but(default=0.8, help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0)."),
+    **opt.DECODING,
+    batch_size=opt.GEN_BATCH.but(default=64, note="With --rank: 4x as many rows per forward."),
+    seed=opt.SEED.but(help="Seed of the sampling noise and of --rank (SMDM: 1234)."),
+    **opt.RUNTIME,
+    **opt.json_out("Print one JSON object per split on stdout."),
 )  # fmt: skip
-def eval_reverse_curse(o: Options) -> None:
+def eval_reverse_curse(o: opt.Options) -> None:
     """Reverse-curse accuracy and BLEU in the trained and the reverse direction."""
     from mdmctl.progress import library_progress
 
     with cli_errors(), library_progress():
         from mdmctl.evaluation.reverse_curse import SPLITS, evaluate_reverse_curse
 
-        scfg = sample_config(o)
+        scfg = opt.sample_config(o)
         res = evaluate_reverse_curse(
             data_dir=str(o.data_dir), checkpoint=scfg.checkpoint, sample_cfg=scfg,
             out=str(o.out) if o.out else None, log=log_info,

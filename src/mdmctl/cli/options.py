@@ -218,7 +218,8 @@ RUN = {
 MODEL_SHAPE = {n: from_field(ModelConfig, n, given_default=True)
                for n in ("seq_len", "n_layers", "d_model", "n_heads", "d_ff")}  # fmt: skip
 SFT = {n: from_field(FinetuneConfig, n) for n in (
-    "cfg_dropout", "format", "prompt_field", "response_field", "val_fraction", "epochs")}  # fmt: skip
+    "cfg_dropout", "format", "prompt_field", "response_field", "val_fraction", "epochs",
+)}  # fmt: skip
 # Plain strings, checked by FinetuneConfig (its messages name the rule).
 SFT_DATA = {n: from_field(FinetuneConfig, n, type=str) for n in ("overlong", "batching", "pad_to")}
 

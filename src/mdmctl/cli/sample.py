@@ -5,53 +5,39 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mdmctl.cli import options as opt
 from mdmctl.cli.common import app, cli_errors, log_info
-from mdmctl.cli.options import (
-    CFG,
-    CHECKPOINT,
-    DECODING,
-    GEN_BATCH,
-    RUNTIME,
-    SAMPLER,
-    SEED,
-    STEPS,
-    TEMPERATURE,
-    Opt,
-    Options,
-    command,
-    from_field,
-    json_out,
-    sample_config,
-)
 from mdmctl.errors import ConfigError
 from mdmctl.sampling.decoding import Decoding
 
 
-@command(
+@opt.command(
     app,
     "sample",
-    checkpoint=CHECKPOINT,
-    prompt=Opt(("--prompt",), list[str], None, "Prompt text (repeatable). Default: unconditional."),
-    prompt_file=Opt(("--prompt-file",), Path | None, None,
+    checkpoint=opt.CHECKPOINT,
+    prompt=opt.Opt(("--prompt",), list[str], None,
+                   "Prompt text (repeatable). Default: unconditional."),
+    prompt_file=opt.Opt(("--prompt-file",), Path | None, None,
                     "One prompt per line (added to --prompt). Default: none."),
-    length=Opt(("--length",), int | None, None,
+    length=opt.Opt(("--length",), int | None, None,
                "Tokens to generate. Default: what fits in the model's context after the prompt, "
                "at most 256.", min=1),
-    steps=STEPS.but(note="Default: the generation length (one token per step)."),
-    sampler=SAMPLER,
-    temperature=TEMPERATURE.but(default=1.0),
-    cfg=CFG,
-    **DECODING,
-    seed=SEED.but(help="Seed of the sampling noise. Each sequence draws from its own stream (the "
+    steps=opt.STEPS.but(note="Default: the generation length (one token per step)."),
+    sampler=opt.SAMPLER,
+    temperature=opt.TEMPERATURE.but(default=1.0),
+    cfg=opt.CFG,
+    **opt.DECODING,
+    seed=opt.SEED.but(help="Seed of the sampling noise. Each sequence draws from its own stream "
+                      "(the "
                   "seed and its place in the request), so no sample depends on --batch-size."),
-    num_samples=Opt(("--num-samples",), int, 1, "Samples per prompt.", min=1),
-    batch_size=GEN_BATCH,
-    stop_at_eos=from_field(Decoding, "stop_at_eos", "--stop-at-eos/--no-stop-at-eos",
+    num_samples=opt.Opt(("--num-samples",), int, 1, "Samples per prompt.", min=1),
+    batch_size=opt.GEN_BATCH,
+    stop_at_eos=opt.from_field(Decoding, "stop_at_eos", "--stop-at-eos/--no-stop-at-eos",
                            default=True),
-    **RUNTIME,
-    **json_out("One JSON object per sample on stdout."),
+    **opt.RUNTIME,
+    **opt.json_out("One JSON object per sample on stdout."),
 )  # fmt: skip
-def sample(o: Options) -> None:
+def sample(o: opt.Options) -> None:
     """Generate text from a checkpoint."""
     from mdmctl.progress import library_progress
 
@@ -66,7 +52,7 @@ def sample(o: Options) -> None:
             except (OSError, UnicodeDecodeError) as e:
                 raise ConfigError(f"--prompt-file {o.prompt_file}: {e}") from None
             prompts += [ln.rstrip("\n") for ln in text.splitlines() if ln.strip()]
-        scfg = sample_config(o, prompts=tuple(prompts or [""]), stop_at_eos=o.stop_at_eos,
+        scfg = opt.sample_config(o, prompts=tuple(prompts or [""]), stop_at_eos=o.stop_at_eos,
                              **o.pick("length", "num_samples"))  # fmt: skip
         res = sample_from_checkpoint(scfg, log=log_info)
         for s in res.samples:

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from mdmctl.cli.common import app, cli_errors, launch_rank, log_info, print_json
+from mdmctl.cli.data import tokenize_with_progress
 from mdmctl.cli.options import (
+    CADENCE,
     MODEL_SHAPE,
+    OPTIMIZER,
     RUN,
     SFT,
     SFT_DATA,
-    OPTIMIZER,
-    CADENCE,
     Opt,
     Options,
     argument,
@@ -24,7 +25,6 @@ from mdmctl.cli.options import (
     json_out,
     train_options,
 )
-from mdmctl.cli.data import tokenize_with_progress
 from mdmctl.cli.train_report import after_training, render_train_summary, with_train_progress
 from mdmctl.config import (
     DEFAULT_DATA,
@@ -36,7 +36,8 @@ from mdmctl.config import (
 )
 
 PRETRAIN_ONLY = ("var_len_prob", "eps", "doc_mask", "max_nonfinite_skips")
-TRAIN_FLAGS = ("steps", "tokens", "flops", "batch_size", *OPTIMIZER, *CADENCE, *PRETRAIN_ONLY, "seed",
+TRAIN_FLAGS = ("steps", "tokens", "flops", "batch_size", *OPTIMIZER, *CADENCE, *PRETRAIN_ONLY,
+               "seed",
                "parallel", "activation_checkpointing")  # fmt: skip
 
 

@@ -260,7 +260,9 @@ def evaluate_gsm8k(
         "length": length,
         "temperature": sample_cfg.decoding.temperature,
         "cfg": sample_cfg.decoding.cfg,
-        "answer_cfg": (sample_cfg.decoding.cfg if answer_cfg is None else answer_cfg) if two_stage else None,
+        "answer_cfg": (sample_cfg.decoding.cfg if answer_cfg is None else answer_cfg)
+        if two_stage
+        else None,
         "batch_size": sample_cfg.batch_size,
         "fewshot": fewshot,
         "two_stage": two_stage,

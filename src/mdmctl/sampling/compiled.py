@@ -68,5 +68,3 @@ def graphed_model(model, net, device):
     if isinstance(net, Compiled) not in kept:
         kept[isinstance(net, Compiled)] = GraphedModel(net)
     return kept[isinstance(net, Compiled)]
-
-

@@ -77,7 +77,8 @@ def finetune(
         + f" ({loader.mean_pad_eos(micro):.1f} padding eos per row)"
     )
     steps = SFTSteps(objective, tc, micro, tc.batch_size // micro, pad_to, model_cfg.mask_id,
-                     tinfo.eos_id, cfg.cfg_dropout, val_tok, resolve_device(cfg.device))  # fmt: skip
+                     tinfo.eos_id, cfg.cfg_dropout, val_tok,
+                     resolve_device(cfg.device))  # fmt: skip
     run_cfg = RunConfig(model=model_cfg, train=tc, data=str(cfg.data), out=cfg.out,
                         device=cfg.device, attention=cfg.attention, dtype=cfg.dtype)  # fmt: skip
     config_dict = {"model": model_cfg.to_dict(), **cfg.to_dict(), "init": str(init)}

@@ -71,7 +71,8 @@ class TrainResult:
     resumed_from: int | None
     seq_len: int
     nonfinite_skips: int = 0
-    """Steps whose update was skipped for a non-finite loss or gradient (``max_nonfinite_skips``)."""
+    """Steps whose update was skipped for a non-finite loss or gradient
+    (``max_nonfinite_skips``)."""
     rank: int = 0
     """This process's rank; only rank 0's result carries validation and unigram numbers."""
     world_size: int = 1
@@ -283,7 +284,8 @@ def _load_resume(
 
 
 def _start(run: _Run, log: Callable[[str], None]) -> None:
-    """config.json (with what this run resolved), metrics trimmed to the start step, one log line."""
+    """config.json (with what this run resolved), metrics trimmed to the start step, a log
+    line."""
     job, d, tc, model_cfg = run.job, run.d, run.job.cfg.train, run.job.cfg.model
     dtype = str(run.dtype).removeprefix("torch.")
     resolved = {
@@ -298,8 +300,9 @@ def _start(run: _Run, log: Callable[[str], None]) -> None:
     }
     d.main_decides(lambda: write_start_files(run.run_dir, job.config_dict, resolved, run.step, log))
     log(
-        f"{model_cfg.objective.upper()} {model_cfg.name}: {model_cfg.n_params_non_embedding / 1e6:.2f}M "
-        f"non-embedding params, {job.total_steps} steps x batch {tc.batch_size} (seq_len "
+        f"{model_cfg.objective.upper()} {model_cfg.name}: "
+        f"{model_cfg.n_params_non_embedding / 1e6:.2f}M non-embedding params, "
+        f"{job.total_steps} steps x batch {tc.batch_size} (seq_len "
         f"{model_cfg.seq_len}) on {run.device.type} ({dtype}, attention {run.backend})"
         + (f", {d.world} processes ({d.parallel})" if d.active else "")
         + (", activation checkpointing" if tc.activation_checkpointing else "")
