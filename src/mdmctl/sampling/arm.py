@@ -1,4 +1,5 @@
-"""ARM baseline sampling: left to right with a KV cache (the fair speed comparison, docs/method.md §5).
+"""ARM baseline sampling: left to right with a KV cache (the fair speed comparison,
+docs/method.md §5.6).
 
 Each prompt is preceded by eos, the document separator the model saw in training. Rows of any
 prompt and generation length share one batch: shorter prompts are padded on the left, each row's

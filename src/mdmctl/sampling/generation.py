@@ -9,9 +9,10 @@ in the request (``row_seed``), so no sample depends on the batch size or its nei
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -82,9 +83,6 @@ def generate(
     """Generate after each prompt with ``cfg``'s sampler settings (one code path for ``sample``
     and the generation tasks). ``length`` overrides ``cfg.length``, optionally per prompt;
     ``prompt_ids`` gives the prompts already tokenized (e.g. truncated to fit)."""
-    from mdmctl.sampling.arm import sample_arm
-    from mdmctl.sampling.cache import CachedMDM
-    from mdmctl.sampling.mdm import sample_mdm
     from mdmctl.sampling.select import RowStreams
 
     mc = model.cfg
@@ -95,67 +93,16 @@ def generate(
         mc, cfg.batch_size, torch.device(device).type, rows_per_item=2 if cfg.decoding.cfg else 1
     )
     ids = prompt_ids or [encode_literal(tok, p) if p else [] for p in prompts]
-    lengths = [length] * len(ids) if not isinstance(length, list) else length
-    lengths = [cfg.length if n is None else n for n in lengths]
-    lengths = [
-        fit_length(len(i), mc.seq_len) if n is None else n
-        for i, n in zip(ids, lengths, strict=True)
-    ]
-    for i, n in zip(ids, lengths, strict=True):
-        # ARM: eos + prompt + n generated, the last never fed back: len(i) + n positions.
-        if len(i) + n > mc.seq_len:
-            raise ConfigError(
-                f"prompt is {len(i)} tokens; model context is {mc.seq_len} "
-                f"(gen length {n}): shorten the prompt or --length"
-            )
-    net = compile_model(model, device) if cfg.compile else model
-    if cfg.cuda_graphs:
-        net = graphed_model(model, net, device)
-    mdm_fn = (
-        (lambda x, d: net(x, doc_ids=d))
-        if cfg.cache == "none"
-        # Under CUDA graphs the delayed cache's widths come in steps of 8: fewer graphs.
-        else CachedMDM(net, cfg.cache, cfg.cache_window, mc.mask_id, 8 if cfg.cuda_graphs else 1)
-    )
+    lengths = _lengths(ids, length, cfg.length, mc.seq_len)
+    sample_rows = _row_sampler(model, info, cfg, device)
     t0 = time.perf_counter()
     out_ids: list[list[int]] = [[] for _ in ids]
     nfe = done = 0
-    # CUDA graphs replay fixed shapes: finished rows stay in their batch.
-    rules = replace(cfg.decoding, eos_id=info.eos_id, keep_batch=cfg.cuda_graphs)
     for rows in _batches(ids, lengths, cfg.batch_size, mc.objective):
         # Each sequence draws from its own stream, seeded by its place in the request: its tokens
         # do not depend on the batch size, its neighbours, or when they finish.
         gen = RowStreams.seeded([row_seed(cfg.seed, r) for r in rows], device)
-        chunk = [ids[r] for r in rows]
-        n_gen = [lengths[r] for r in rows]
-        if mc.objective == "mdm":
-            o = sample_mdm(
-                mdm_fn,
-                chunk,
-                length=n_gen,
-                steps=[cfg.steps or n for n in n_gen],
-                mask_id=mc.mask_id,
-                pad_id=info.pad_id,
-                generator=gen,
-                decoding=rules,
-                device=device,
-            )
-            got, n = o.rows(), o.nfe
-        else:
-            got, n = sample_arm(
-                net,
-                chunk,
-                length=n_gen,
-                eos_id=info.eos_id,
-                generator=gen,
-                temperature=cfg.decoding.temperature,
-                device=device,
-                stop_at_eos=cfg.decoding.stop_at_eos,
-                top_k=cfg.decoding.top_k,
-                top_p=cfg.decoding.top_p,
-                min_length=cfg.decoding.min_length,
-                keep_batch=cfg.cuda_graphs,
-            )
+        got, n = sample_rows([ids[r] for r in rows], [lengths[r] for r in rows], gen)
         for r, t in zip(rows, got, strict=True):
             out_ids[r] = t
         nfe += n
@@ -170,6 +117,66 @@ def generate(
         out_ids = [o[: o.index(info.eos_id)] if info.eos_id in o else o for o in out_ids]
     texts = [tok.decode(o, skip_special_tokens=True) for o in out_ids]
     return Generation(out_ids, texts, nfe, seconds, generated, stopped)
+
+
+def _lengths(
+    ids: list[list[int]], length: int | list[int] | None, default: int | None, seq_len: int
+) -> list[int]:
+    """Each prompt's generation length: ``length`` (one for all, or per prompt), else the
+    config's, else what fits after the prompt; checked against the context."""
+    lengths = [length] * len(ids) if not isinstance(length, list) else length
+    lengths = [default if n is None else n for n in lengths]
+    lengths = [
+        fit_length(len(i), seq_len) if n is None else n for i, n in zip(ids, lengths, strict=True)
+    ]
+    for i, n in zip(ids, lengths, strict=True):
+        # ARM: eos + prompt + n generated, the last never fed back: len(i) + n positions.
+        if len(i) + n > seq_len:
+            raise ConfigError(
+                f"prompt is {len(i)} tokens; model context is {seq_len} "
+                f"(gen length {n}): shorten the prompt or --length"
+            )
+    return lengths
+
+
+RowSampler = Callable[[list[list[int]], list[int], Any], tuple[list[list[int]], int]]
+"""(prompt ids, generation lengths, the rows' random streams) -> (generated ids, forwards)."""
+
+
+def _row_sampler(model: Any, info: Any, cfg: SampleConfig, device: Any) -> RowSampler:
+    """The sampler of one batch of rows: the model as ``cfg`` runs it (compiled, from CUDA
+    graphs, behind an MDM KV cache) and the objective's sampler with ``cfg.decoding``."""
+    from mdmctl.sampling.arm import sample_arm
+    from mdmctl.sampling.cache import CachedMDM
+    from mdmctl.sampling.mdm import sample_mdm
+
+    mc, d = model.cfg, cfg.decoding
+    net = compile_model(model, device) if cfg.compile else model
+    if cfg.cuda_graphs:
+        net = graphed_model(model, net, device)
+    mdm_fn = (
+        (lambda x, doc: net(x, doc_ids=doc))
+        if cfg.cache == "none"
+        # Under CUDA graphs the delayed cache's widths come in steps of 8: fewer graphs.
+        else CachedMDM(net, cfg.cache, cfg.cache_window, mc.mask_id, 8 if cfg.cuda_graphs else 1)
+    )
+    # CUDA graphs replay fixed shapes: finished rows stay in their batch.
+    rules = replace(d, eos_id=info.eos_id, keep_batch=cfg.cuda_graphs)
+
+    def sample_rows(
+        chunk: list[list[int]], n_gen: list[int], gen: Any
+    ) -> tuple[list[list[int]], int]:
+        if mc.objective == "mdm":
+            o = sample_mdm(mdm_fn, chunk, length=n_gen, steps=[cfg.steps or n for n in n_gen],
+                           mask_id=mc.mask_id, pad_id=info.pad_id, generator=gen, decoding=rules,
+                           device=device)  # fmt: skip
+            return o.rows(), o.nfe
+        return sample_arm(net, chunk, length=n_gen, eos_id=info.eos_id, generator=gen,
+                          temperature=d.temperature, device=device, stop_at_eos=d.stop_at_eos,
+                          top_k=d.top_k, top_p=d.top_p, min_length=d.min_length,
+                          keep_batch=cfg.cuda_graphs)  # fmt: skip
+
+    return sample_rows
 
 
 def _batches(
