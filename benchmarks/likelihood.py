@@ -76,7 +76,7 @@ def make_requests(args, vocab: int) -> list[tuple[list[int], list[int]]]:
     if args.data:
         from mdmctl.evaluation.benchmarks import TASKS
         from mdmctl.evaluation.likelihood import encode_pair
-        from mdmctl.evaluation.zero_shot import _requests, load_docs
+        from mdmctl.evaluation.zero_shot import task_requests, load_docs
         from mdmctl.tokenizer import load_tokenizer, train_bpe
 
         task = next(t for t in TASKS.values() if Path(args.data).name == t.file)
@@ -86,7 +86,7 @@ def make_requests(args, vocab: int) -> list[tuple[list[int], list[int]]]:
         else:  # a BPE of the model's vocabulary size trained on the task's own text
             tok = train_bpe((d.context + "".join(d.choices) for d in docs), vocab)
         docs = docs[: max(1, args.requests // len(docs[0].choices))]
-        return [encode_pair(tok, c, x) for c, x in _requests(task, docs)]
+        return [encode_pair(tok, c, x) for c, x in task_requests(task, docs)]
     reqs = []
     for _ in range(args.requests // 4):
         ctx = [rng.randrange(3, vocab - 3) for _ in range(rng.randint(15, 45))]

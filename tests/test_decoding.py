@@ -14,7 +14,7 @@ from mdmctl.config import ModelConfig
 from mdmctl.errors import ConfigError
 from mdmctl.model import Transformer
 from mdmctl.sampling import SampleConfig
-from mdmctl.sampling.mdm import Decoding, _parallel, _spread, cfg_logits, sample_mdm
+from mdmctl.sampling.mdm import Decoding, cfg_logits, parallel_reveal, sample_mdm, steps_per_block
 from mdmctl.sampling.select import RowStreams, filter_logits, remask_score
 
 MASK, PAD, EOS = 96, 95, 0
@@ -135,7 +135,7 @@ def test_blocks_are_decoded_left_to_right_on_their_own_schedule(mdm):
     for g in gen:
         open_blocks = [bool((g[i : i + 4] == MASK).any()) for i in (0, 4, 8)]
         assert open_blocks == sorted(open_blocks)  # a later block never ahead of an earlier one
-    assert _spread(10, 3) == [4, 3, 3] and _spread(2, 4) == [1, 1, 1, 1]
+    assert steps_per_block(10, 3) == [4, 3, 3] and steps_per_block(2, 4) == [1, 1, 1, 1]
     seen.clear()  # an uneven split: round(10 s) masks left after each step (docs/cli.md)
     _run(_spy(mdm, seen), [[1, 2]], Decoding(), length=10, steps=4)
     assert [int((x == MASK).sum()) for x in seen] == [10, 8, 5, 2]
@@ -184,10 +184,10 @@ def test_factor_rule_reveals_the_leading_run_that_passes():
     # Probabilities in rank order 0.99, 0.8, 0.7, 0.2; factor 1: thresholds -, 0.667, 0.75, 0.8.
     prob = torch.tensor([[0.99, 0.8, 0.7, 0.2]])
     rank = torch.tensor([[0, 1, 2, 3]])
-    got = _parallel(prob, rank, torch.ones(1, 4, dtype=torch.bool), Decoding(factor=1.0))
+    got = parallel_reveal(prob, rank, torch.ones(1, 4, dtype=torch.bool), Decoding(factor=1.0))
     assert got.tolist() == [[True, True, False, False]]
     low = torch.tensor([[0.1, 0.05, 0.9, 0.9]])  # the first always goes; a failure stops the run
-    got = _parallel(low, rank, torch.ones(1, 4, dtype=torch.bool), Decoding(factor=1.0))
+    got = parallel_reveal(low, rank, torch.ones(1, 4, dtype=torch.bool), Decoding(factor=1.0))
     assert got.tolist() == [[True, False, False, False]]
 
 
@@ -681,7 +681,7 @@ def test_bench_sample_cli_on_files_of_any_folder(ckpts, tmp_path):
 
 
 def test_bench_prompt_files_are_checked(tmp_path):
-    from mdmctl.bench import _prompts
+    from mdmctl.bench import read_prompts
     from mdmctl.errors import DataError
 
     (tmp_path / "empty.jsonl").write_text("\n")
@@ -690,7 +690,7 @@ def test_bench_prompt_files_are_checked(tmp_path):
                         ("bad.jsonl", "bad.jsonl:2: expected string fields prompt, completion"),
                         ("none.jsonl", "none.jsonl: not found")]:  # fmt: skip
         with pytest.raises(DataError, match=match):
-            _prompts(tmp_path, None, {"x": file})
+            read_prompts(tmp_path, None, {"x": file})
 
 
 def _row(setting, objective, tokens_per_s, delta, vs_arm=None, b1=1.0):

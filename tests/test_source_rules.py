@@ -20,8 +20,10 @@ def _rel(p: Path) -> str:
 
 
 def test_no_module_imports_another_modules_private_names():
+    """In the package, the benchmarks, the examples and the tests alike."""
     bad = []
-    for p in SOURCES:
+    scripts = [p for d in ("benchmarks", "examples", "tests") for p in (ROOT / d).rglob("*.py")]
+    for p in SOURCES + scripts:
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mdmctl"):
                 bad += [f"{_rel(p)}:{node.lineno} {node.module}.{a.name}" for a in node.names

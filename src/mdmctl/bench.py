@@ -136,7 +136,7 @@ class BenchRow:
     hardware: str = ""  # what it ran on (runtime.hardware)
 
 
-def _prompts(
+def read_prompts(
     data_dir: Path, limit: int | None, splits: dict[str, str]
 ) -> tuple[list[str], list[str], list[str]]:
     """Prompts, references and each prompt's file (a label of ``splits``)."""
@@ -239,7 +239,7 @@ def bench_sample(
 
     graphs = cuda_graphs and resolve_device(device).type == "cuda"
     splits = split_files(SPLITS) if splits is None else splits
-    prompts, refs, files = _prompts(Path(data_dir), limit, splits)
+    prompts, refs, files = read_prompts(Path(data_dir), limit, splits)
     base = SampleConfig.create(
         temperature=0.0, batch_size=batch_size, seed=0, cfg=cfg, device=device
     )

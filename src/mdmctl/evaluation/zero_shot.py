@@ -139,7 +139,7 @@ def load_docs(task: Task, data: str | None, limit: int | None) -> tuple[list[Doc
     return docs, str(p)
 
 
-def _requests(task: Task, docs: list[Doc]) -> list[tuple[str, str]]:
+def task_requests(task: Task, docs: list[Doc]) -> list[tuple[str, str]]:
     if task.kind == "partial":
         return [(c, d.continuation or "") for d in docs for c in d.contexts or []]
     return [(d.context, c) for d in docs for c in d.choices]
@@ -165,7 +165,7 @@ def score_task(
     w = (task.cfg if cfg.cfg is None else cfg.cfg) if mdm else 0.0
     if not mdm and cfg.cfg:
         raise ConfigError("--cfg applies to objective 'mdm'; checkpoint objective is 'arm'")
-    texts = _requests(task, docs)
+    texts = task_requests(task, docs)
     reqs = [encode_pair(tok, c, x) for c, x in texts]
     t0 = time.perf_counter()
     scores = loglikelihood(

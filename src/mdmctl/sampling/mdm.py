@@ -4,8 +4,10 @@ The time grid runs from t = 1 to 0 in ``steps`` steps. At step k (t -> s):
 - ``ancestral`` (the true reverse process): each masked position is revealed with probability
   (t - s)/t, its token drawn from the model; at the last step everything left is revealed.
 - ``confidence`` (MaskGIT-style): a candidate is drawn for every masked position and the
-  n_masked·(1 - s/t) highest-scoring are revealed (``remasking``: the candidate's probability,
-  the top-1 minus top-2 margin, minus the entropy, or a random order); the rest stay masked.
+  highest-scoring are revealed (``remasking``: the candidate's probability, the top-1 minus top-2
+  margin, minus the entropy, or a random order) until round(n·s) of the block's n positions stay
+  masked: 10 in 4 steps reveal 2, 3, 3, 2, where SMDM's rule gives 2, 2, 2, 4 and LLaDA's 3, 3,
+  2, 2 (docs/method.md §5.1); the rest stay masked.
 
 Decoding rules from LLaDA and Fast-dLLM (docs/method.md §5.4), all off by default:
 - ``block_length``: semi-autoregressive blocks of the generation, decoded left to right, the
@@ -129,7 +131,7 @@ def _canvas(
                    rel.to(device), glens.to(device))  # fmt: skip
 
 
-def _spread(steps: int, n_blocks: int) -> list[int]:
+def steps_per_block(steps: int, n_blocks: int) -> list[int]:
     """Steps per block, as even as possible (the first blocks take the remainder); at least 1
     (parallel decoding does not follow the schedule)."""
     return [max(1, steps // n_blocks + (i < steps % n_blocks)) for i in range(n_blocks)]
@@ -145,7 +147,7 @@ class _Blocks:
     steps: torch.Tensor  # denoising steps over all blocks
 
     def step_counts(self, j: int) -> torch.Tensor:
-        """(B,) steps of block ``j`` as ``_spread`` gives them; 0 for a row with fewer blocks."""
+        """(B,) steps of block ``j`` as ``steps_per_block`` gives them; 0 for a row with fewer blocks."""
         spread = (self.steps // self.count + (j < self.steps % self.count)).clamp(min=1)
         return torch.where(j < self.count, spread, 0)
 
@@ -320,7 +322,7 @@ def _step(x, logits, masked, c: _Canvas, d: Decoding, size, times, generator):
             prob = torch.zeros(x.shape, device=x.device)
             low = d.remasking == "low-confidence"
             prob[idx] = score[idx] if low else token_confidence(lg, cand)
-            chosen = _parallel(prob, rank, masked, d)
+            chosen = parallel_reveal(prob, rank, masked, d)
         else:
             # Remaining after this step follows the block's schedule: round(size · s) masked
             # (half to even, as Python's round).
@@ -342,7 +344,7 @@ def _ranks(score: torch.Tensor) -> torch.Tensor:
     return rank.scatter_(1, order, positions)
 
 
-def _parallel(prob: torch.Tensor, rank: torch.Tensor, masked: torch.Tensor, d: Decoding):
+def parallel_reveal(prob: torch.Tensor, rank: torch.Tensor, masked: torch.Tensor, d: Decoding):
     """Threshold or factor rule: which masked positions to reveal (the best-ranked always)."""
     if d.threshold is not None:
         return (prob > d.threshold) | (rank == 0)
