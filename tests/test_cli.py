@@ -348,6 +348,20 @@ def test_verify_data_catches_out_of_vocabulary_ids(tmp_path, corpus_dir):
     assert "train-00000.safetensors: token id 65000" in r.stderr.replace("\n", "")
 
 
+def test_out_of_vocabulary_id_past_the_last_window_is_a_typed_error(tmp_path, corpus_dir):
+    """Without --verify-data, an id no training window holds (the shard's tail) reaches only the
+    summary's unigram count: a typed corpus error (exit 4), not a shape-mismatch traceback."""
+    from .test_data import _copy_corpus, _rewrite_shard
+
+    data = _copy_corpus(corpus_dir, tmp_path)
+    _rewrite_shard(data / "train-00000.safetensors", lambda t: t.__setitem__(-1, 65000))
+    args = ("--steps", "1", "--batch-size", "4", "--seq-len", "32", "--device", "cpu")
+    r = run("pretrain", "--data", data, "--out", tmp_path / "r", "--show-samples", "0", *args,
+            code=4)  # fmt: skip
+    assert "train-00000.safetensors: token id 65000" in r.stderr.replace("\n", "")
+    assert "Traceback" not in r.stderr
+
+
 def test_tokenize_on_a_full_disk(tmp_path, corpus_file, monkeypatch):
     import safetensors.torch
     from safetensors import SafetensorError
@@ -434,6 +448,24 @@ def test_runs_lists_each_run_with_its_progress_and_best_loss(ckpts, tmp_path):
         assert r["newest_checkpoint"].endswith("step-00000004")
     assert "tiny" in run("runs", root).stdout
     assert "no such folder" in run("runs", tmp_path / "nope", code=2).stderr
+
+
+def test_runs_lists_a_run_whose_config_is_missing_or_unreadable(ckpts, tmp_path):
+    import shutil
+
+    for name, damage, problem in (("gone", "unlink", "no config.json"),
+                                  ("torn", "{", "config.json unreadable (JSONDecodeError)")):
+        run_dir = tmp_path / "runs" / name
+        shutil.copytree(ckpts["mdm"].parents[1], run_dir)
+        cfg = run_dir / "config.json"
+        cfg.unlink() if damage == "unlink" else cfg.write_text(damage)
+    (tmp_path / "runs" / "export-hf").mkdir()  # a config.json that is no run: not listed
+    (tmp_path / "runs" / "export-hf" / "config.json").write_text('{"model_type": "llama"}')
+    rows = json.loads(run("runs", tmp_path / "runs", "--json").stdout)
+    got = {r["path"].rsplit("/", 1)[-1]: (r["kind"], r["problem"], r["steps_done"]) for r in rows}
+    assert got == {"gone": ("?", "no config.json", 4),
+                   "torn": ("?", "config.json unreadable (JSONDecodeError)", 4)}  # fmt: skip
+    assert "no config.json" in run("runs", tmp_path / "runs").stdout.replace("\n", " ")
 
 
 def test_loss_curve_png(ckpts, tmp_path):

@@ -601,6 +601,17 @@ def test_bench_sample_runs_given_settings_after_the_naive_sampler(ckpts):
     assert all(list(r.accuracy_by_file) == ["both"] for r in rows)
 
 
+def test_bench_sample_refuses_an_mdm_as_the_arm(ckpts, tmp_path):
+    """--arm naming the --mdm checkpoint is caught too (it is loaded once, for both)."""
+    from mdmctl.bench import bench_sample
+    from mdmctl.errors import ConfigError
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "completion": " b"}\n')
+    with pytest.raises(ConfigError, match="an MDM checkpoint, expected an ARM"):
+        bench_sample(mdm=str(ckpts["mdm"]), arm=str(ckpts["mdm"]), data_dir=str(tmp_path),
+                     splits={"p": "p.jsonl"}, compile=False, device="cpu")  # fmt: skip
+
+
 def test_bench_sample_cli_prints_the_table_and_the_targets(ckpts):
     from .conftest import SHARED, run
 

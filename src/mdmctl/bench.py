@@ -260,8 +260,9 @@ def bench_sample(
     for _, path, objective, _ in runs:
         if path not in loaded:
             model, tok, info, _, dev = load_model(path, device)
-            _check_objective(model, objective, path)
             loaded[path] = (model, tok, info, dev)
+        # Every run, not only a path's first: --arm may name the --mdm checkpoint.
+        _check_objective(loaded[path][0], objective, path)
     for i, (name, path, objective, scfg) in enumerate(runs):  # compile, record: not timed
         if scfg.compile or scfg.cuda_graphs:
             _measure(loaded[path], prompts, refs, scfg, latency_prompts)

@@ -31,6 +31,8 @@ class RunSummary:
     best_val_step: int | None
     newest_checkpoint: str | None
     updated: float  # mtime of metrics.jsonl (else config.json), seconds since the epoch
+    problem: str | None = None
+    """Why the run's config could not be read (the run is listed all the same)."""
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -48,16 +50,30 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def summarize_run(run_dir: Path) -> RunSummary | None:
-    """A run folder's summary; None when ``run_dir`` holds no mdmctl run config."""
+    """A run folder's summary; None when ``run_dir`` holds no mdmctl run (a config.json without
+    a model section and no metrics or checkpoints, e.g. a Hugging Face export). A run whose
+    config.json is missing or unreadable is listed with its ``problem``."""
+    problem = None
     try:
         cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        model = cfg["model"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except FileNotFoundError:
+        cfg, problem = {}, "no config.json"
+    except (OSError, ValueError) as e:
+        cfg, problem = {}, f"config.json unreadable ({type(e).__name__})"
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if not isinstance(model, dict):
+        has_run_files = (run_dir / "metrics.jsonl").is_file() or any(
+            (run_dir / "checkpoints").glob(f"{STEP_PREFIX}*")
+        )
+        if not has_run_files:
+            return None
+        cfg, model, problem = {}, {}, problem or "config.json has no model section"
     from mdmctl.config import ModelConfig
 
     try:
-        n_params: int | None = ModelConfig.from_dict(model).n_params_non_embedding
+        n_params: int | None = (
+            ModelConfig.from_dict(model).n_params_non_embedding if model else None
+        )
     except (ConfigError, TypeError):  # another version's config: list it, leave N blank
         n_params = None
     records = read_metrics(run_dir)
@@ -67,7 +83,13 @@ def summarize_run(run_dir: Path) -> RunSummary | None:
     stamp = run_dir / "metrics.jsonl" if (run_dir / "metrics.jsonl").exists() else run_dir
     return RunSummary(
         path=str(run_dir),
-        kind="import" if "import" in cfg else "finetune" if "sft" in cfg else "pretrain",
+        kind="?"
+        if problem
+        else "import"
+        if "import" in cfg
+        else "finetune"
+        if "sft" in cfg
+        else "pretrain",
         objective=str(model.get("objective", "?")),
         size=str(model.get("name", "?")),
         n_params_non_embedding=n_params,
@@ -77,16 +99,23 @@ def summarize_run(run_dir: Path) -> RunSummary | None:
         best_val_step=best[1],
         newest_checkpoint=str(steps[-1]) if steps else None,
         updated=stamp.stat().st_mtime,
+        problem=problem,
     )
 
 
 def find_runs(root: Path) -> list[RunSummary]:
-    """Every run folder at or below ``root`` (a folder with a ``config.json``), newest first."""
+    """Every run folder at or below ``root`` (a folder with a ``config.json``, a
+    ``metrics.jsonl`` or checkpoints), newest first."""
     if not root.exists():
         raise ConfigError(f"{root}: no such folder (runs are written to runs/ by default)")
     if not root.is_dir():
         raise ConfigError(f"{root}: not a folder")
-    found = [summarize_run(c.parent) for c in root.glob("**/config.json")]
+    dirs = (
+        {m.parent for m in root.glob("**/config.json")}
+        | {m.parent for m in root.glob("**/metrics.jsonl")}
+        | {m.parent.parent for m in root.glob(f"**/checkpoints/{STEP_PREFIX}*")}
+    )
+    found = [summarize_run(d) for d in sorted(dirs)]
     return sorted((r for r in found if r is not None), key=lambda r: r.updated, reverse=True)
 
 

@@ -193,5 +193,6 @@ def runs(o: Options) -> None:
             n = "" if r.n_params_non_embedding is None else f"{r.n_params_non_embedding / 1e6:.2f}M"
             ckpt = Path(r.newest_checkpoint).name if r.newest_checkpoint else "none"
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated))
-            t.add_row(r.path, r.kind, r.objective, r.size, n, steps, best, ckpt, when)
+            kind = f"{r.kind} ({r.problem})" if r.problem else r.kind
+            t.add_row(r.path, kind, r.objective, r.size, n, steps, best, ckpt, when)
         results_console().print(t)

@@ -53,6 +53,22 @@ class TokenWindows:
     def __len__(self) -> int:
         return len(self._index)
 
+    def token_counts(self, chunk: int = 1 << 22) -> torch.Tensor:
+        """(vocab_size,) float64 count of every token id of the split (all of it, not only the
+        whole windows), read ``chunk`` tokens at a time."""
+        counts = torch.zeros(self.vocab_size, dtype=torch.float64)
+        for name, f in zip(self._names, self._files, strict=True):
+            for s in range(0, f.get_shape()[0], chunk):
+                x = f[s : s + chunk].to(torch.int64)
+                if len(x) and int(x.max()) >= self.vocab_size:
+                    raise CorpusIntegrityError(
+                        f"{name}: token id {int(x.max())} near position {s} is outside the "
+                        f"vocabulary (size {self.vocab_size}); 'mdmctl pretrain --verify-data' "
+                        "checks every shard up front"
+                    )
+                counts += torch.bincount(x, minlength=self.vocab_size).double()
+        return counts
+
     def window(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens (L,), doc_ids (L,)) of window i."""
         si, start = self._index[i]

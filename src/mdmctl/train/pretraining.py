@@ -53,15 +53,10 @@ def validate(model: Transformer, windows: TokenWindows, tc: TrainConfig, device)
     return total / count
 
 
-def unigram_entropy(windows: TokenWindows, vocab_size: int) -> float:
-    """Entropy (nats/token) of the split's unigram distribution: the loss a context-free model gets."""
-    counts = torch.zeros(vocab_size, dtype=torch.float64)
-    for f in windows._files:  # noqa: SLF001 (same package)
-        n = f.get_shape()[0]
-        for s in range(0, n, 1 << 22):
-            counts += torch.bincount(
-                f[s : s + (1 << 22)].to(torch.int64), minlength=vocab_size
-            ).double()
+def unigram_entropy(windows: TokenWindows) -> float:
+    """Entropy (nats/token) of the split's unigram distribution: the loss a context-free model
+    gets."""
+    counts = windows.token_counts()
     p = counts[counts > 0] / counts.sum()
     return float(-(p * p.log()).sum())
 
@@ -139,7 +134,7 @@ def pretrain(
         tokenizer_sha256=tok.sha256,
         data_state={"path": str(manifest.path), "tokenizer_sha256": tok.sha256},
         total_steps=tc.resolve_steps(model_cfg),
-        unigram=lambda: unigram_entropy(train_windows, model_cfg.vocab_size),
+        unigram=lambda: unigram_entropy(train_windows),
     )
     return run_job(job, resume=resume, overwrite=overwrite, on_step=on_step, log=log)
 
