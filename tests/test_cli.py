@@ -453,8 +453,7 @@ def test_runs_lists_each_run_with_its_progress_and_best_loss(ckpts, tmp_path):
 def test_runs_lists_a_run_whose_config_is_missing_or_unreadable(ckpts, tmp_path):
     import shutil
 
-    for name, damage, problem in (("gone", "unlink", "no config.json"),
-                                  ("torn", "{", "config.json unreadable (JSONDecodeError)")):
+    for name, damage in (("gone", "unlink"), ("torn", "{")):
         run_dir = tmp_path / "runs" / name
         shutil.copytree(ckpts["mdm"].parents[1], run_dir)
         cfg = run_dir / "config.json"
