@@ -133,7 +133,7 @@ class BenchRow:
     arm_tokens_ratio: float | None = None
     arm_latency_tokens_ratio: float | None = None
     accuracy_by_file: dict[str, float] | None = None  # the accuracy in each file, by label
-    hardware: str = ""  # what it ran on (runtime.hardware)
+    hardware: str = ""  # what it ran on (device.hardware)
 
 
 def read_prompts(

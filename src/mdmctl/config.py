@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from mdmctl.errors import ConfigError, suggest
 
@@ -458,8 +458,11 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     return {s: dict(raw.get(s, {})) for s in sections}
 
 
-SFT_OBJECTIVES = ("auto", "conditional", "unconditional")
+SFTObjective = Literal["auto", "conditional", "unconditional"]
+SFT_OBJECTIVES: tuple[str, ...] = get_args(SFTObjective)
 SFTFormat = Literal["auto", "prompt-response", "messages", "gsm8k", "gsm8k-equations"]
+Batching = Literal["random", "sorted"]
+Overlong = Literal["drop", "error"]
 SFT_BATCH_SIZE = 32
 """Fine-tuning's global batch, in examples per optimizer step (SMDM: 64 for the reverse curse,
 256 for GSM8K)."""
@@ -476,8 +479,9 @@ class FinetuneConfig:
         "GSM8K equations .txt.",
     )
     out: str = option("", "Run directory.", default_help="runs/<init run>-sft-<data file stem>")
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=SFT_BATCH_SIZE))
-    objective: Literal["auto", "conditional", "unconditional"] = option(
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """``finetune_config`` fills it with fine-tuning's defaults (``SFT_BATCH_SIZE``)."""
+    objective: SFTObjective = option(
         "auto",
         "MDM: conditional (prompt never masked) or unconditional (whole sequence); auto is "
         "conditional. ARM checkpoints: cross-entropy on the response (unconditional: on the "
@@ -503,10 +507,10 @@ class FinetuneConfig:
         None, "Passes over the examples (instead of --steps).", default_help="1"
     )
     """Run length in passes over the training examples (instead of train.steps)."""
-    overlong: Literal["drop", "error"] = option(
+    overlong: Overlong = option(
         "drop", "Examples longer than the context: drop (counted and reported) or error."
     )
-    batching: Literal["random", "sorted"] = option(
+    batching: Batching = option(
         "random",
         "random (SMDM; the MDM learns to stop from the eos padding) or sorted (less padding; ARM).",
     )
@@ -543,7 +547,7 @@ class FinetuneConfig:
             raise ConfigError("give --epochs or --steps, not both")
         if self.train.tokens is not None or self.train.flops is not None:
             raise ConfigError("finetune: run length is --epochs or --steps (not tokens / flops)")
-        if self.batching not in ("random", "sorted"):
+        if self.batching not in get_args(Batching):
             raise ConfigError(f"--batching: expected random or sorted, got {self.batching!r}")
         if self.pad_to not in ("auto", "batch", "context") and not (
             self.pad_to.isdigit() and int(self.pad_to) >= 2
@@ -551,7 +555,7 @@ class FinetuneConfig:
             raise ConfigError(
                 f"--pad-to: expected auto, batch, context or a length >= 2, got {self.pad_to!r}"
             )
-        if self.overlong not in ("drop", "error"):
+        if self.overlong not in get_args(Overlong):
             raise ConfigError(f"--overlong: expected drop or error, got {self.overlong!r}")
 
     def to_dict(self) -> dict[str, Any]:

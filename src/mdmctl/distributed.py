@@ -77,7 +77,8 @@ def resolve_parallel(parallel: str, world: int) -> str:
 
 def rank_micro_batches(accum: int, world: int, rank: int) -> range:
     """The global micro-batch indices rank ``rank`` computes: a contiguous block of
-    ``accum / world``, i.e. rows ``[r·G/W, (r+1)·G/W)`` of the global batch (docs/distributed.md)."""
+    ``accum / world``, i.e. rows ``[r·G/W, (r+1)·G/W)`` of the global batch
+    (docs/distributed.md)."""
     if accum % world:
         raise ConfigError(
             f"{accum} micro-batches per step cannot be split over {world} processes; make "

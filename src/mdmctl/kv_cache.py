@@ -1,8 +1,10 @@
 """The keys and values a sampler keeps between forwards, behind one interface for the model.
 
-The model asks a cache two things, whatever its layout: ``rope(...)`` (the RoPE tables and
-document ids of the next forward's tokens) and ``store(layer, k, v, doc_ids)`` (write this
-forward's keys and values and return the ones to attend to). Its block has no branch per layout.
+The model asks a cache four things, whatever its layout: ``span(L)`` (the positions a forward
+of L tokens reaches, for the context check), ``rope(...)`` (the RoPE tables and document ids of
+the forward's tokens), ``store(layer, k, v, doc_ids)`` (each layer: write this forward's keys and
+values, return the ones to attend to) and ``advance(L)`` (after the forward). Its block has no
+branch per layout.
 The layouts (the samplers that use them: ``sampling/arm.py`` and ``sampling/cache.py``):
 
 - left to right (ARM): a forward of L tokens writes columns [length, length + L), attends to

@@ -15,36 +15,37 @@ from mdmctl.errors import ConfigError
     checkpoint=opt.CHECKPOINT,
     data=opt.Opt(("--data",), str | None, None,
                  "GSM8K jsonl (question / answer). Default: the hub's "
-             "openai/gsm8k test split (online only)."),
+                 "openai/gsm8k test split (online only)."),
     predictions=opt.Opt(("--predictions",), Path | None, None,
-                    "Re-score generations from a jsonl (one line per problem) without loading a "
-                    "model. Default: none (generate)."),
+                        "Re-score generations from a jsonl (one line per problem) without "
+                        "loading a model. Default: none (generate)."),
     out=opt.out("Per-problem jsonl: generation, prediction, verdict. Default: none (not written)."),
     limit=opt.limit("problems only"),
     fewshot=opt.Opt(("--fewshot",), int, 0, "Worked examples before each question.", min=0),
     fewshot_data=opt.Opt(("--fewshot-data",), str | None, None,
-                     "jsonl (question / answer) the few-shot examples come from, e.g. the train "
-                     "split. Default: none (needed with --fewshot)."),
+                         "jsonl (question / answer) the few-shot examples come from, e.g. the "
+                         "train split. Default: none (needed with --fewshot)."),
     total_length=opt.Opt(("--total-length",), int | None, None,
-                     "Each stage's canvas: prompt + generated tokens, capped at the model "
-                     "context. Default: 256 (SMDM --length 256).", min=2),
+                         "Each stage's canvas: prompt + generated tokens, capped at the model "
+                         "context. Default: 256 (SMDM --length 256).", min=2),
     length=opt.Opt(("--length",), int | None, None,
-               "Generate exactly this many tokens per stage instead of filling --total-length. "
-               "Default: fill --total-length.", min=1),
+                   "Generate exactly this many tokens per stage instead of filling --total-length. "
+                   "Default: fill --total-length.", min=1),
     steps=opt.STEPS.but(type=int, default=256,
                         help="Denoising steps per stage (SMDM --steps 256)."),
     two_stage=opt.Opt(("--two-stage/--one-stage",), bool, True,
-                  "Stage 1 writes the reasoning, stage 2 '####' and the answer after it (SMDM)."),
+                      "Stage 1 writes the reasoning, stage 2 '####' and the answer after it "
+                      "(SMDM)."),
     answer_length=opt.Opt(("--answer-length",), int | None, None,
-                      "Stage 2 only: generate this many tokens. Default: as stage 1 (--length, "
-                      "else fill --total-length).", min=1),
+                          "Stage 2 only: generate this many tokens. Default: as stage 1 (--length, "
+                          "else fill --total-length).", min=1),
     sampler=opt.SAMPLER,
     temperature=opt.TEMPERATURE.but(default=0.1, help="Sampling temperature; 0 = argmax (SMDM "
-                                "--temperature 0.1)."),
+                                    "--temperature 0.1)."),
     cfg=opt.CFG.but(default=0.1,
                     help="Unsupervised CFG scale (SMDM --cfg1 0.1; ARM checkpoints: 0)."),
     answer_cfg=opt.CFG.but(flags=("--answer-cfg",), type=float | None, default=None,
-                       help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg."),
+                           help="Stage 2's CFG scale (SMDM --cfg2 0.1). Default: --cfg."),
     **opt.DECODING,
     batch_size=opt.GEN_BATCH.but(default=32, note="SMDM: 64."),
     seed=opt.SEED.but(help="Seed of the sampling noise (SMDM: 1234)."),

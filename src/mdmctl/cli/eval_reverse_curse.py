@@ -14,19 +14,19 @@ from mdmctl.cli.common import canonical_name, cli_errors, eval_app, log_info, pr
     "reverse-curse",
     checkpoint=opt.CHECKPOINT,
     data_dir=opt.Opt(("--data-dir",), Path, ..., "Folder with the reversal-curse test files (e.g. "
-                 "../shared/data/reversal_curse)."),
+                     "../shared/data/reversal_curse)."),
     out=opt.out("Per-example jsonl. Default: none (not written)."),
     limit=opt.limit("prompts of each file"),
     total_length=opt.Opt(("--total-length",), int, 52, "Prompt + generation tokens (SMDM: 52).",
-                     min=2),
+                         min=2),
     rank=opt.Opt(("--rank",), bool, False,
-             "Also rank each reference by likelihood against the other names (description -> "
-             "name files) or one description of every other person (name -> description files); "
-             "MDM: conditional ELBO, ARM: exact."),
+                 "Also rank each reference by likelihood against the other names (description "
+                 "-> name files) or one description of every other person (name -> description "
+                 "files); MDM: conditional ELBO, ARM: exact."),
     rank_mc=opt.Opt(("--rank-mc",), int, 16, "MDM: stratified t samples per candidate for --rank.",
-                min=1),
+                    min=1),
     splits=opt.Opt(("--splits",), str, "p2d_same,p2d_reverse,d2p_same,d2p_reverse",
-               "Comma-separated test files to run (ranking descriptions is the slow part)."),
+                   "Comma-separated test files to run (ranking descriptions is the slow part)."),
     steps=opt.STEPS.but(type=int, default=32, help="Denoising steps (SMDM: 32)."),
     sampler=opt.SAMPLER,
     temperature=opt.TEMPERATURE.but(help="Sampling temperature; 0 = argmax (SMDM: 0)."),

@@ -22,7 +22,8 @@ from mdmctl.cli.options import (
 )
 from mdmctl.errors import ConfigError
 
-ESTIMATOR = Opt(("--estimator",), choice(("mc", "chain-rule"), "estimator") | None, None, "")
+ESTIMATOR = Opt(("--estimator",), choice(("mc", "chain-rule"), "estimator") | None, None,
+                "MDM: mc or chain-rule.")  # fmt: skip
 SCORING = {
     "mc_samples": Opt(("--mc-samples", "--mc-num"), int, 128,
                       "MDM mc: stratified t samples per request.", min=1),

@@ -2,10 +2,11 @@
 
 An option that fills a config field takes its help, range and default from the field
 (``config.option``): ``from_field(TrainConfig, "lr")``. A command lists the options it takes
-(``@command(app, checkpoint=CHECKPOINT, **DECODING, ...)``) and receives their values as one
-``Options`` object; a recipe that wants another default or a note says so at its use
-(``TEMPERATURE.but(default=0.1, note="SMDM --temperature 0.1")``). Choices come from the
-library's ``Literal`` types, so a choice list exists once too. Nothing here imports torch.
+(``@command(app, "sample", checkpoint=CHECKPOINT, **DECODING, ...)``) and receives their values
+as one ``Options`` object; a recipe that wants another default or help says so at its use
+(``CFG.but(default=0.8, help="Unsupervised CFG (SMDM: 0.8; ARM checkpoints: 0).")``). Choices
+come from the library's ``Literal`` types, so a choice list exists once too. Nothing here imports
+torch.
 """
 
 from __future__ import annotations
@@ -244,15 +245,18 @@ RECIPE = ("cfg", "steps", "sampler")
 them silently when the user left them as they are (``for_objective``)."""
 
 
-def sample_config(o: Options, **fixed: Any) -> SampleConfig:
-    """The SampleConfig of a generating command's options (``GENERATION`` and ``DECODING``):
-    one mapping for ``sample``, ``eval gsm8k`` and ``eval reverse-curse``."""
+def sample_config(o: Options, *, recipe: bool = True, **fixed: Any) -> SampleConfig:
+    """The SampleConfig of a generating command's options (``STEPS``, ``SAMPLER``,
+    ``TEMPERATURE``, ``CFG``, ``DECODING``, ...): one mapping for ``sample``, ``eval gsm8k`` and
+    ``eval reverse-curse``. ``recipe``: the command's defaults are a recipe's (``RECIPE``)."""
     names = [n for n in ("steps", "sampler", "temperature", "cfg", "seed", "batch_size",
                          "device", "attention", *DECODING) if hasattr(o, n)]  # fmt: skip
     values = {**o.pick(*names), **fixed}
     checkpoint = getattr(o, "checkpoint", None)
     return SampleConfig.create(
         checkpoint=str(checkpoint) if checkpoint else None,
-        defaults=frozenset((n, values[n]) for n in RECIPE if n in values and n not in o.given),
+        defaults=frozenset(
+            (n, values[n]) for n in RECIPE if recipe and n in values and n not in o.given
+        ),
         **values,
     )

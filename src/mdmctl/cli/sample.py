@@ -18,22 +18,22 @@ from mdmctl.sampling.decoding import Decoding
     prompt=opt.Opt(("--prompt",), list[str], None,
                    "Prompt text (repeatable). Default: unconditional."),
     prompt_file=opt.Opt(("--prompt-file",), Path | None, None,
-                    "One prompt per line (added to --prompt). Default: none."),
+                        "One prompt per line (added to --prompt). Default: none."),
     length=opt.Opt(("--length",), int | None, None,
-               "Tokens to generate. Default: what fits in the model's context after the prompt, "
-               "at most 256.", min=1),
+                   "Tokens to generate. Default: what fits in the model's context after the "
+                   "prompt, at most 256.", min=1),
     steps=opt.STEPS.but(note="Default: the generation length (one token per step)."),
     sampler=opt.SAMPLER,
     temperature=opt.TEMPERATURE.but(default=1.0),
     cfg=opt.CFG,
     **opt.DECODING,
-    seed=opt.SEED.but(help="Seed of the sampling noise. Each sequence draws from its own stream "
-                      "(the "
-                  "seed and its place in the request), so no sample depends on --batch-size."),
+    seed=opt.SEED.but(help="Seed of the sampling noise. Each sequence draws from its own "
+                      "stream (the seed and its place in the request), so no sample depends "
+                      "on --batch-size."),
     num_samples=opt.Opt(("--num-samples",), int, 1, "Samples per prompt.", min=1),
     batch_size=opt.GEN_BATCH,
     stop_at_eos=opt.from_field(Decoding, "stop_at_eos", "--stop-at-eos/--no-stop-at-eos",
-                           default=True),
+                               default=True),
     **opt.RUNTIME,
     **opt.json_out("One JSON object per sample on stdout."),
 )  # fmt: skip
@@ -52,8 +52,10 @@ def sample(o: opt.Options) -> None:
             except (OSError, UnicodeDecodeError) as e:
                 raise ConfigError(f"--prompt-file {o.prompt_file}: {e}") from None
             prompts += [ln.rstrip("\n") for ln in text.splitlines() if ln.strip()]
-        scfg = opt.sample_config(o, prompts=tuple(prompts or [""]), stop_at_eos=o.stop_at_eos,
-                             **o.pick("length", "num_samples"))  # fmt: skip
+        scfg = opt.sample_config(
+            o, recipe=False, prompts=tuple(prompts or [""]), stop_at_eos=o.stop_at_eos,
+            **o.pick("length", "num_samples"),
+        )  # fmt: skip
         res = sample_from_checkpoint(scfg, log=log_info)
         for s in res.samples:
             if o.json_out:

@@ -31,19 +31,17 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 
-from mdmctl.config import SFTFormat
+from mdmctl.config import Batching, SFTFormat
 from mdmctl.errors import DataError
 
-Format = SFTFormat
 FORMATS: tuple[str, ...] = get_args(SFTFormat)
+BATCHINGS: tuple[str, ...] = get_args(Batching)
 
 
-Batching = Literal["random", "sorted"]
-BATCHINGS = ("random", "sorted")
 GSM8K_FORMATS = ("gsm8k", "gsm8k-equations")
 
 

@@ -1,4 +1,5 @@
-"""GSM8K: generate answers as SMDM does, extract the final number, score exact match (docs/method.md §6).
+"""GSM8K: generate answers as SMDM does, extract the final number, score exact match
+(docs/method.md §6).
 
 Prompts and decoding follow SMDM's ``evaluate_gsm8k.py`` and the examples its ``sft/gsm8k_data.py``
 trains on (see ``data/sft.py``): stage 1 generates ``Answer: reasoning`` after ``Question: q``;

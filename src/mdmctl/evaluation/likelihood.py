@@ -1,4 +1,5 @@
-"""One likelihood engine (docs/method.md §4): log p(continuation | context) for MDM and ARM checkpoints.
+"""One likelihood engine (docs/method.md §4): log p(continuation | context) for MDM and ARM
+checkpoints.
 
 Every scorer goes through :func:`loglikelihood`: the zero-shot tasks, ``reverse-curse --rank``
 and the lm-eval adapter. Estimators:

@@ -55,19 +55,21 @@ class SampleConfig:
         "With --cache dual: the positions right after the block also run at every step (their "
         "keys and values fresh), this many of them; only the suffix beyond uses kept ones. On "
         "one reverse-curse MDM it recovered most of what the dual cache lost at a fraction of "
-        "the prefix cache's cost (docs/benchmarks.md). Default: 0 (Fast-dLLM's dual cache).",
+        "the prefix cache's cost (docs/benchmarks.md).",
+        default_help="0 (Fast-dLLM's dual cache)",
         min=0,
     )
     compile: bool = option(
         False,
         "Run the model through torch.compile (both objectives; dynamic shapes). The first "
-        "batches pay the compilation, about a minute on a CPU. Default: off.",
+        "batches pay the compilation, about a minute on a CPU.",
+        default_help="off",
     )
     cuda_graphs: bool = option(
         False,
         "On a CUDA device (both objectives, with or without --compile): record each forward "
-        "shape once as a CUDA graph and replay it, one launch instead of hundreds per step. "
-        "Default: off.",
+        "shape once as a CUDA graph and replay it, one launch instead of hundreds per step.",
+        default_help="off",
     )
     defaults: frozenset[tuple[str, Any]] = frozenset()
     """(field, value) pairs a recipe set, not the user (e.g. ``eval reverse-curse``'s CFG 0.8):
@@ -98,18 +100,21 @@ class SampleConfig:
                 raise ConfigError(
                     f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}"
                 )
+        d = self.decoding
+        if d.temperature < 0:
+            raise ConfigError(f"--temperature: must be >= 0, got {d.temperature}")
+        if d.cfg < 0:
+            raise ConfigError(f"--cfg: must be >= 0, got {d.cfg}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"--seed: must be in [0, 2**63), got {self.seed}")
-        _check_decoding(self.decoding)
+        # In this order, so that of several wrong options the same one is named as before.
+        _check_choices(d)
         _check_cache(self)
+        _check_rules(d)
 
 
-def _check_decoding(d: Decoding) -> None:
-    """Field-and-rule errors for the decoding options (exit 2)."""
-    if d.temperature < 0:
-        raise ConfigError(f"--temperature: must be >= 0, got {d.temperature}")
-    if d.cfg < 0:
-        raise ConfigError(f"--cfg: must be >= 0, got {d.cfg}")
+def _check_choices(d: Decoding) -> None:
+    """Field-and-rule errors for the decoding options (exit 2): choices and counts."""
     if d.sampler not in SAMPLERS:
         raise ConfigError(f"--sampler: expected ancestral or confidence, got {d.sampler!r}")
     if d.remasking not in REMASKING:
@@ -119,6 +124,10 @@ def _check_decoding(d: Decoding) -> None:
     for name in ("block_length", "top_k"):
         if getattr(d, name) is not None and getattr(d, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(d, name)}")
+
+
+def _check_rules(d: Decoding) -> None:
+    """Field-and-rule errors for the decoding options (exit 2): values and combinations."""
     if d.suffix_window is not None and d.suffix_window < 0:
         raise ConfigError(f"--suffix-window: must be >= 0, got {d.suffix_window}")
     if d.suffix_window is not None and d.block_length is None:

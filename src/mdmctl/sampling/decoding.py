@@ -41,29 +41,33 @@ class Decoding:
     block_length: int | None = option(
         None,
         "MDM semi-autoregressive decoding (LLaDA block_length): blocks of this many generated "
-        "tokens, left to right, the steps spread evenly over them. Default: one block.",
+        "tokens, left to right, the steps spread evenly over them.",
+        default_help="one block",
         min=1,
     )
     threshold: float | None = option(
         None,
         "MDM parallel decoding (Fast-dLLM threshold): each step reveals every masked token of "
         "the block whose probability exceeds this, at least one; the model, not --steps, sets "
-        "the step count. Default: off.",
+        "the step count.",
+        default_help="off",
         min=0,
         max=1,
     )
     factor: float | None = option(
         None,
         "MDM parallel decoding, Fast-dLLM's factor rule: the n-th most confident token is "
-        "revealed while its probability is at least 1 - factor / (n + 1). Default: off.",
+        "revealed while its probability is at least 1 - factor / (n + 1).",
+        default_help="off",
         min=0,
     )
     top_k: int | None = option(
-        None, "Sample among the k most likely tokens. Default: all.", min=1
+        None, "Sample among the k most likely tokens.", min=1, default_help="all"
     )  # both objectives
     top_p: float | None = option(
         None,
-        "Nucleus sampling: among the fewest tokens whose probability reaches p. Default: 1 (all).",
+        "Nucleus sampling: among the fewest tokens whose probability reaches p.",
+        default_help="1 (all)",
         min=0,
         max=1,
     )  # both objectives
@@ -75,7 +79,8 @@ class Decoding:
         "MDM block decoding (DPad's sliding window): each forward runs the prompt, the blocks "
         "so far and only this many masked positions after the current block; the rest of the "
         "canvas waits for its block. An approximation: less work where the canvas is mostly "
-        "end-of-text to be (docs/benchmarks.md). Default: the whole canvas.",
+        "end-of-text to be (docs/benchmarks.md).",
+        default_help="the whole canvas",
         min=0,
     )
     stop_at_eos: bool = option(False, "Truncate at end-of-text.")

@@ -147,7 +147,8 @@ class _Blocks:
     steps: torch.Tensor  # denoising steps over all blocks
 
     def step_counts(self, j: int) -> torch.Tensor:
-        """(B,) steps of block ``j`` as ``steps_per_block`` gives them; 0 for a row with fewer blocks."""
+        """(B,) steps of block ``j`` as ``steps_per_block`` gives them; 0 for a row with fewer
+        blocks."""
         spread = (self.steps // self.count + (j < self.steps % self.count)).clamp(min=1)
         return torch.where(j < self.count, spread, 0)
 
