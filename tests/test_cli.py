@@ -362,6 +362,38 @@ def test_out_of_vocabulary_id_past_the_last_window_is_a_typed_error(tmp_path, co
     assert "Traceback" not in r.stderr
 
 
+def test_foreign_tokenizer_in_a_corpus_folder_is_refused(tmp_path, corpus_dir):
+    """A tokenizer.json swapped into a corpus folder (corpus.json untouched) no longer trains a
+    checkpoint that only sampling refuses later: pretrain stops before training (exit 4)."""
+    from .test_data import _copy_corpus
+
+    from mdmctl.tokenizer import prepare, train_bpe
+
+    data = _copy_corpus(corpus_dir, tmp_path)
+    other = train_bpe(["another corpus altogether, " * 20 + str(i) for i in range(50)], 300)
+    prepare(other, add_missing=True)
+    other.save(str(data / "tokenizer.json"))
+    args = ("--steps", "1", "--batch-size", "4", "--seq-len", "32", "--device", "cpu")
+    r = run("pretrain", "--data", data, "--out", tmp_path / "r", *args, code=4)
+    assert "not the tokenizer the shards were written with" in r.stderr.replace("\n", " ")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_eval_ppl_hashes_the_split_it_scores(tmp_path, ckpts, corpus_dir):
+    from .test_data import _copy_corpus
+
+    data = _copy_corpus(corpus_dir, tmp_path)
+    shard = (
+        data / json.loads((data / "corpus.json").read_text())["splits"]["val"]["shards"][0]["file"]
+    )
+    raw = bytearray(shard.read_bytes())
+    raw[-3] ^= 0x01  # a flipped bit in the tokens, corpus.json untouched
+    shard.write_bytes(bytes(raw))
+    r = run("eval", "ppl", "--checkpoint", ckpts["mdm"], "--data", data, "--mc-samples", "2",
+            code=4)  # fmt: skip
+    assert "sha256 mismatch" in r.stderr
+
+
 def test_tokenize_on_a_full_disk(tmp_path, corpus_file, monkeypatch):
     import safetensors.torch
     from safetensors import SafetensorError

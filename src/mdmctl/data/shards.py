@@ -28,7 +28,7 @@ from mdmctl.config import check_finite
 from mdmctl.data.readers import CorpusSpec, iter_documents
 from mdmctl.errors import ConfigError, CorpusIntegrityError, DataError, OutputError
 from mdmctl.fileio import atomic_write, atomic_write_text, make_out_dir, sha256_file
-from mdmctl.tokenizer import TokenizerInfo, load_tokenizer, prepare, train_bpe
+from mdmctl.tokenizer import TokenizerInfo, fingerprint, load_tokenizer, prepare, train_bpe
 
 FORMAT_VERSION = 1
 ENCODE_BATCH = 256
@@ -379,15 +379,21 @@ def _check_shard_header(path: Path, entry: dict[str, Any], dtype: str) -> None:
 
 
 def verify_corpus(
-    manifest: CorpusManifest, *, full: bool = False, log: Callable[[str], None] = lambda m: None
+    manifest: CorpusManifest,
+    *,
+    full: bool = False,
+    splits: tuple[str, ...] = ("train", "val"),
+    log: Callable[[str], None] = lambda m: None,
 ) -> None:
-    """Hash every shard against corpus.json (a flipped token trains silently otherwise); with
-    ``full`` also read every token and check it is below the vocabulary size and that document
-    offsets are ordered. Raises ``CorpusIntegrityError`` (exit 4) naming the shard."""
+    """Check the corpus's tokenizer.json against corpus.json's fingerprint and hash every shard
+    of ``splits`` (a flipped token trains or scores silently otherwise); with ``full`` also read
+    every token and check it is below the vocabulary size and that document offsets are ordered.
+    Raises ``CorpusIntegrityError`` (exit 4) naming the file."""
     t0 = time.perf_counter()
     vocab = manifest.meta["tokenizer"]["vocab_size"]
+    _check_tokenizer(manifest)
     n = 0
-    for split in ("train", "val"):
+    for split in splits:
         for shard in manifest.meta["splits"][split]["shards"]:
             path = manifest.path / shard["file"]
             actual = sha256_file(path)
@@ -401,6 +407,21 @@ def verify_corpus(
             n += 1
     what = "sha256, token ids < vocab size, document offsets" if full else "sha256"
     log(f"verified {n} corpus shards ({what}) in {time.perf_counter() - t0:.1f}s")
+
+
+def _check_tokenizer(manifest: CorpusManifest) -> None:
+    """The tokenizer.json beside the shards is the one they were written with."""
+    recorded = manifest.meta["tokenizer"]
+    path = manifest.path / str(recorded.get("file", "tokenizer.json"))
+    try:
+        actual = fingerprint(load_tokenizer(path))
+    except Exception as e:  # a missing file (TokenizerError) or tokenizers' own parse errors
+        raise CorpusIntegrityError(f"{path}: unreadable tokenizer ({e})") from None
+    if actual != recorded["sha256"]:
+        raise CorpusIntegrityError(
+            f"{path}: not the tokenizer the shards were written with (fingerprint "
+            f"{actual[:12]}, corpus.json has {recorded['sha256'][:12]}); re-run 'mdmctl tokenize'"
+        )
 
 
 def _check_shard_contents(path: Path, vocab_size: int) -> None:

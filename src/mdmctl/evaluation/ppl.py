@@ -77,7 +77,7 @@ def _windows_from_files(
 
 def evaluate_ppl(cfg: PplConfig, log=None) -> PplResult:
     from mdmctl.checkpoint import load_model
-    from mdmctl.data.shards import read_manifest
+    from mdmctl.data.shards import read_manifest, verify_corpus
     from mdmctl.memory import check_eval_batch
 
     t0 = time.perf_counter()
@@ -95,6 +95,9 @@ def evaluate_ppl(cfg: PplConfig, log=None) -> PplResult:
     p = Path(data)
     if p.is_dir() and (p / "corpus.json").is_file():
         manifest = read_manifest(p)
+        # The split scored is hashed as pretraining hashes its corpus: a flipped byte scores
+        # silently otherwise.
+        verify_corpus(manifest, splits=(cfg.split,), log=log or (lambda m: None))
         if manifest.meta["tokenizer"]["sha256"] != info.sha256:
             raise CompatibilityError(
                 f"tokenizer mismatch: corpus {p} has {manifest.meta['tokenizer']['sha256'][:12]}, "
