@@ -365,9 +365,9 @@ def test_out_of_vocabulary_id_past_the_last_window_is_a_typed_error(tmp_path, co
 def test_foreign_tokenizer_in_a_corpus_folder_is_refused(tmp_path, corpus_dir):
     """A tokenizer.json swapped into a corpus folder (corpus.json untouched) no longer trains a
     checkpoint that only sampling refuses later: pretrain stops before training (exit 4)."""
-    from .test_data import _copy_corpus
-
     from mdmctl.tokenizer import prepare, train_bpe
+
+    from .test_data import _copy_corpus
 
     data = _copy_corpus(corpus_dir, tmp_path)
     other = train_bpe(["another corpus altogether, " * 20 + str(i) for i in range(50)], 300)
@@ -394,6 +394,20 @@ def test_eval_ppl_hashes_the_split_it_scores(tmp_path, ckpts, corpus_dir):
     assert "sha256 mismatch" in r.stderr
 
 
+def test_failed_tokenize_leaves_no_folder_behind(tmp_path, corpus_dir):
+    """A bad line found while writing shards (the tokenizer given, so writing starts at once):
+    a folder the run created is removed; a folder that was there keeps what it held."""
+    bad = tmp_path / "mixed.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 5}\n')
+    tok = corpus_dir / "tokenizer.json"
+    r = run("tokenize", bad, "--tokenizer", tok, "--out", tmp_path / "new", code=3)
+    assert "mixed.jsonl:2" in r.stderr and not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "notes.txt").write_text("mine")
+    run("tokenize", bad, "--tokenizer", tok, "--out", tmp_path / "old", code=3)
+    assert [p.name for p in (tmp_path / "old").iterdir() if p.suffix != ".json"] == ["notes.txt"]
+
+
 def test_tokenize_on_a_full_disk(tmp_path, corpus_file, monkeypatch):
     import safetensors.torch
     from safetensors import SafetensorError
@@ -411,7 +425,8 @@ def test_tokenize_on_a_full_disk(tmp_path, corpus_file, monkeypatch):
     out = tmp_path / "o"
     r = run("tokenize", corpus_file, "--vocab-size", "300", "--out", out, code=4)
     assert "no space left" in r.stderr and len(calls) == 2
-    assert list(out.iterdir()) == []  # no corpus.json, no orphan shard, no temp file
+    # No corpus.json, no orphan shard, no temp file: the folder this run created is gone.
+    assert not out.exists()
 
 
 def test_arm_sample_warns_about_mdm_only_options(ckpts):

@@ -229,6 +229,63 @@ def test_resume_auto_skips_unreadable_weights_with_a_matching_manifest(tmp_path,
     assert any("skipping step-00000006" in m and "unreadable weights" in m for m in logs)
 
 
+def _rewrite(step, name, data: bytes) -> None:
+    """Replace a checkpoint file and record it in the manifest, as a foreign tool might."""
+    from mdmctl.fileio import sha256_file
+
+    (step / name).write_bytes(data)
+    manifest = json.loads((step / "MANIFEST.json").read_text())
+    manifest["files"][name] = {"size": len(data), "sha256": sha256_file(step / name)}
+    (step / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def test_resume_auto_falls_back_past_a_train_state_without_its_loop(tmp_path, corpus_dir):
+    out = tmp_path / "r"
+    pretrain(_run(corpus_dir, out, steps=6), log=lambda m: None)
+    step = out / "checkpoints" / "step-00000006"
+    state = json.loads((step / "train_state.json").read_text())
+    del state["loop"]
+    _rewrite(step, "train_state.json", json.dumps(state).encode())
+    logs: list[str] = []
+    r = pretrain(_run(corpus_dir, out, steps=6), log=logs.append)
+    assert r.resumed_from == 3 and r.steps == 6
+    assert any("skipping step-00000006" in m and "missing 'loop'" in m for m in logs)
+    assert (out / "checkpoints" / "invalid-step-00000006" / "train_state.json").is_file()
+
+
+def test_resume_refuses_a_checkpoint_with_a_foreign_tokenizer(tmp_path, corpus_dir):
+    from mdmctl.errors import CompatibilityError
+    from mdmctl.tokenizer import prepare, train_bpe
+
+    out = tmp_path / "r"
+    pretrain(_run(corpus_dir, out, steps=3), log=lambda m: None)
+    other = train_bpe(["quite another text, " * 20 + str(i) for i in range(50)], 300)
+    prepare(other, add_missing=True)
+    _rewrite(out / "checkpoints" / "step-00000003", "tokenizer.json", other.to_str().encode())
+    with pytest.raises(CompatibilityError, match=r"tokenizer mismatch: .* \(tokenizer.json\)"):
+        pretrain(_run(corpus_dir, out, steps=6), log=lambda m: None)
+
+
+def test_resume_refuses_weights_whose_metadata_names_another_architecture(tmp_path, corpus_dir):
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from mdmctl.errors import CompatibilityError
+
+    out = tmp_path / "r"
+    pretrain(_run(corpus_dir, out, steps=3), log=lambda m: None)
+    step = out / "checkpoints" / "step-00000003"
+    with safe_open(str(step / "model.safetensors"), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    info = json.loads(meta["mdmctl"])
+    info["model_config"]["rope_base"] = 500.0
+    meta["mdmctl"] = json.dumps(info, sort_keys=True)
+    _rewrite(step, "model.safetensors", save(tensors, metadata=meta))
+    with pytest.raises(CompatibilityError, match="rope_base: checkpoint=500.0"):
+        pretrain(_run(corpus_dir, out, steps=6), log=lambda m: None)
+
+
 def test_metrics_truncated_to_the_resumed_step(tmp_path):
     from mdmctl.log import truncate_metrics
 

@@ -261,6 +261,15 @@ def _check_readable(path: Path) -> None:
             raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
 
 
+def check_train_state(state: Any, path: Path) -> None:
+    """The fields a resume reads (``find_latest(resumable=True)`` skips a step that lacks them,
+    like a corrupt one, so ``--resume auto`` continues from the previous step)."""
+    try:
+        _ = state["config"], state["data"], state["loop"]["step"], state["loop"]["tokens_seen"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: missing {e}") from None
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"non-finite value {name}")
 
@@ -283,12 +292,17 @@ def list_steps(run_dir: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.name.startswith(STEP_PREFIX)), reverse=True)
 
 
-def find_latest(run_dir: Path, *, quiet: bool = False, log=None) -> Path | None:
-    """Newest step that verifies; skipped ones are reported through ``log``. None if none exist."""
+def find_latest(
+    run_dir: Path, *, quiet: bool = False, log=None, resumable: bool = False
+) -> Path | None:
+    """Newest step that verifies (``resumable``: and holds a train state a resume can read);
+    skipped ones are reported through ``log``. None if none exist."""
     reasons = []
     for step in list_steps(run_dir):
         try:
             verify(step)
+            if resumable:
+                check_train_state(read_train_state(step), step / "train_state.json")
             return step
         except CheckpointError as e:
             reasons.append(str(e))

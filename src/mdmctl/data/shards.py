@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from tokenizers import Tokenizer
 from mdmctl import __version__
 from mdmctl.config import check_finite
 from mdmctl.data.readers import CorpusSpec, iter_documents
-from mdmctl.errors import ConfigError, CorpusIntegrityError, DataError, OutputError
+from mdmctl.errors import ConfigError, CorpusIntegrityError, DataError
 from mdmctl.fileio import atomic_write, atomic_write_text, make_out_dir, sha256_file
 from mdmctl.tokenizer import TokenizerInfo, fingerprint, load_tokenizer, prepare, train_bpe
 
@@ -160,6 +161,7 @@ def tokenize_corpus(
         log(f"trained byte-level BPE: {info.vocab_size} tokens on {n_seen} documents")
 
     dtype = np.dtype(np.uint16) if info.vocab_size <= 2**16 else np.dtype(np.uint32)
+    created = not out.exists()
     make_out_dir(out)
     (out / "corpus.json").unlink(missing_ok=True)  # invalid until the new one is written last
     for old in [*out.glob("train-*.safetensors"), *out.glob("val-*.safetensors")]:
@@ -167,12 +169,15 @@ def tokenize_corpus(
     writers = {s: _ShardWriter(out, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
     try:
         return _write_corpus(cfg, tok, info, dtype, writers, progress, t0)
-    except OutputError:
-        # A full disk mid-way: no corpus.json was written, so the shards of this run are orphans
-        # that only hold the space the user needs back.
-        for w in writers.values():
-            for shard in w.shards:
-                (out / shard["file"]).unlink(missing_ok=True)
+    except BaseException:
+        # A bad line or a full disk mid-way: no corpus.json was written, so what this run wrote
+        # is an orphan that only holds space. A folder this run created goes whole.
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for w in writers.values():
+                for shard in w.shards:
+                    (out / shard["file"]).unlink(missing_ok=True)
         raise
 
 

@@ -31,10 +31,11 @@ from mdmctl import distributed
 from mdmctl.attention import resolve_backend
 from mdmctl.config import RunConfig
 from mdmctl.device import autocast, peak_flops, peak_rss_mb, resolve_device, resolve_dtype
-from mdmctl.errors import CheckpointError, CompatibilityError, DivergenceError, MdmctlError
+from mdmctl.errors import CompatibilityError, DivergenceError, MdmctlError
 from mdmctl.fileio import make_out_dir
 from mdmctl.log import MetricsWriter
 from mdmctl.model import Transformer
+from mdmctl.tokenizer import fingerprint, load_tokenizer
 from mdmctl.train import lock
 from mdmctl.train.run_dir import check_resume, select_resume, write_start_files
 
@@ -265,18 +266,20 @@ def _load_resume(
     """The resumed step's train state, checked against this job; its weights into ``model`` and
     its data position into the loader."""
     state = ckpt.read_train_state(resume_dir)
-    try:
-        _ = state["config"], state["data"], state["loop"]["step"], state["loop"]["tokens_seen"]
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{resume_dir}/train_state.json: missing {e}") from None
+    ckpt.check_train_state(state, resume_dir / "train_state.json")
     check_resume(state["config"], job.config_dict, run_dir)
     # Rank 0 verified the hashes when it chose the step; the others only check sizes.
     loaded = ckpt.load_checkpoint(resume_dir, check_hash=d.is_main)
-    if loaded.tokenizer_sha256 != job.tokenizer_sha256:
-        raise CompatibilityError(
-            f"tokenizer mismatch: checkpoint {resume_dir} has {loaded.tokenizer_sha256[:12]}, "
-            f"the data has {job.tokenizer_sha256[:12]}"
-        )
+    # The weights' own record (a manifest rewritten to match its files says nothing about them):
+    # the tokenizer they were trained with, the one saved beside them, and their architecture.
+    saved_tok = fingerprint(load_tokenizer(resume_dir / "tokenizer.json"))
+    for what, sha in (("weights", loaded.tokenizer_sha256), ("tokenizer.json", saved_tok)):
+        if sha != job.tokenizer_sha256:
+            raise CompatibilityError(
+                f"tokenizer mismatch: checkpoint {resume_dir} ({what}) has {sha[:12]}, the data "
+                f"has {job.tokenizer_sha256[:12]}"
+            )
+    ckpt.check_compatible(loaded.model_cfg, job.cfg.model)
     # Full weights on every rank before wrapping: DDP starts from them, FSDP2 shards them.
     ckpt.load_weights(model, loaded.state_dict, loaded.path)
     job.loader.load_state_dict(state["data"])

@@ -104,7 +104,7 @@ def select_resume(run_dir: Path, resume: str, overwrite: bool, log: Callable[[st
     if resume not in ("auto", "never"):
         resume_dir = ckpt.resolve_checkpoint(resume, log=log)
     elif resume == "auto" and has_steps:
-        resume_dir = ckpt.find_latest(run_dir, log=log)
+        resume_dir = ckpt.find_latest(run_dir, log=log, resumable=True)
     if resume_dir is None:
         return ""
     newer = [
