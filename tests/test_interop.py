@@ -85,6 +85,23 @@ def test_exported_arm_is_llama_for_causal_lm(ckpts, tmp_path):
     assert hf_tok.eos_token_id == llama.config.eos_token_id
 
 
+def test_lm_evals_hflm_scores_the_exported_arm_as_mdmctl_does(ckpts, tmp_path):
+    """lm-eval's own HFLM loads an exported ARM (the eval and test extras carry accelerate,
+    which it needs) and gives a request the log-likelihood mdmctl's ARM gives the same ids."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    out = export_hf(str(ckpts["arm"]), tmp_path / "hf").out
+    lm = HFLM(pretrained=str(out), device="cpu", batch_size=1)
+    context, continuation = "the cat", " sat on the mat"
+    [(theirs, _)] = lm.loglikelihood([Instance("loglikelihood", {}, (context, continuation), 0)])
+    ctx, cont = lm.tok_encode(context), lm.tok_encode(continuation)
+    logp = _logits(ckpts["arm"], torch.tensor([ctx + cont])).log_softmax(-1)[0]
+    ours = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+    assert theirs == pytest.approx(ours, abs=1e-4)
+
+
 def test_exported_mdm_through_llama_model_with_a_bidirectional_mask(ckpts, tmp_path):
     out = export_hf(str(ckpts["mdm"]), tmp_path / "hf").out
     conf = json.loads((out / "config.json").read_text())
