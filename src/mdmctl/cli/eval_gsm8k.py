@@ -13,9 +13,8 @@ from mdmctl.errors import ConfigError
     eval_app,
     "gsm8k",
     checkpoint=opt.CHECKPOINT,
-    data=opt.Opt(("--data",), str | None, None,
-                 "GSM8K jsonl (question / answer). Default: the hub's "
-                 "openai/gsm8k test split (online only)."),
+    data=opt.data("GSM8K jsonl (question / answer). Default: the hub's "
+                  "openai/gsm8k test split (online only)."),
     predictions=opt.Opt(("--predictions",), Path | None, None,
                         "Re-score generations from a jsonl (one line per problem) without "
                         "loading a model. Default: none (generate)."),

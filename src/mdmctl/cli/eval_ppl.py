@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from mdmctl.cli.common import cli_errors, eval_app, log_info, print_json
-from mdmctl.cli.options import CHECKPOINT, RUNTIME, SEED, Opt, Options, command, json_out
+from mdmctl.cli.options import CHECKPOINT, RUNTIME, SEED, Opt, Options, command, data, json_out
 
 
 @command(
     eval_app,
     "ppl",
     checkpoint=CHECKPOINT,
-    data=Opt(("--data",), str | None, None,
-             "Tokenized corpus dir or text files. Default: the run's corpus."),
+    data=data("Tokenized corpus dir or text files. Default: the run's corpus."),
     split=Opt(("--split",), str, "val", "Split of a tokenized corpus to score: train or val."),
     mc_samples=Opt(("--mc-samples",), int, 32, "MDM: stratified t samples per window.", min=1),
     batch_size=Opt(("--batch-size",), int, 8, "Windows per forward.", min=1),

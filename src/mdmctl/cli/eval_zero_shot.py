@@ -16,6 +16,7 @@ from mdmctl.cli.options import (
     Options,
     choice,
     command,
+    data,
     json_out,
     limit,
     out,
@@ -93,9 +94,8 @@ def _register_task(task: Any) -> None:
         eval_app,
         task.name,
         checkpoint=CHECKPOINT,
-        data=Opt(("--data",), str | None, None,
-                 "Task jsonl in lm-eval's formatting (../shared/data/benchmarks layout) or its "
-                 f"folder. Default: the hub's {task.hub[0]}, as lm-eval loads it (online only)."),
+        data=data("Task jsonl in lm-eval's formatting (../shared/data/benchmarks layout) or its "
+                  f"folder. Default: the hub's {task.hub[0]}, as lm-eval loads it (online only)."),
         limit=limit("documents"),
         estimator=ESTIMATOR.but(help="MDM: mc or chain-rule (ARM checkpoints: exact). Default: "
                                 f"{task.estimator} (the paper's)."),
@@ -122,8 +122,7 @@ _register_tasks()
     eval_app,
     "all",
     checkpoint=CHECKPOINT,
-    data=Opt(("--data",), str | None, None,
-             "Folder with the task files (e.g. ../shared/data/benchmarks). Default: the hub."),
+    data=data("Folder with the task files (e.g. ../shared/data/benchmarks). Default: the hub."),
     tasks=Opt(("--tasks",), str | None, None,
               "Comma-separated task names ('-' or '_': arc-easy = arc_easy). Default: every task "
               "(with --data: those with a file)."),

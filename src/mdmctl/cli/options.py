@@ -183,6 +183,11 @@ def json_out(help: str) -> dict[str, Opt]:
     return {"json_out": Opt(("--json",), bool, False, help)}
 
 
+def data(help: str) -> Opt:
+    """An evaluation's ``--data``: a file or folder, or none (each command says its default)."""
+    return Opt(("--data",), str | None, None, help)
+
+
 def limit(what: str) -> Opt:
     return Opt(("--limit",), int | None, None, f"First N {what}. Default: all.", min=1)
 
