@@ -37,8 +37,7 @@ from mdmctl.config import (
 
 PRETRAIN_ONLY = ("var_len_prob", "eps", "doc_mask", "max_nonfinite_skips")
 TRAIN_FLAGS = ("steps", "tokens", "flops", "batch_size", *OPTIMIZER, *CADENCE, *PRETRAIN_ONLY,
-               "seed",
-               "parallel", "activation_checkpointing")  # fmt: skip
+               "seed", "parallel", "activation_checkpointing")  # fmt: skip
 
 
 @command(
