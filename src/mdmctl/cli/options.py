@@ -73,10 +73,15 @@ def choice(values: tuple[str, ...] | Any, name: str = "Choice") -> type[Enum]:
     return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # resolves the string annotations once per class
+
+
 def _field_type(cls: type, name: str) -> Any:
     """The option type of a dataclass field: a ``Literal`` becomes a choice, ``X | None`` stays
     optional."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = _hints(cls)[name]
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
