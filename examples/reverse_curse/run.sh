@@ -3,29 +3,35 @@
 # scratch on the 3,600 reversal-curse training prompts (each fact seen in one direction only), then
 # evaluate both in the trained and the reverse direction, by generation and by likelihood ranking.
 #
-#   bash examples/reverse_curse/run.sh [DATA_DIR] [MDM_EPOCHS] [ARM_EPOCHS] [SIZE]
+#   [SEED=0] [MICRO=8] bash examples/reverse_curse/run.sh [DATA_DIR] [MDM_EPOCHS] [ARM_EPOCHS] [SIZE]
 #
-# Defaults: ../shared/data/reversal_curse, 60, 20, SMDM's 6M size (6 layers, d 256). Writes
-# work/reverse_curse/ under the current directory and ends with a summary table
-# (work/reverse_curse/summary.md); with TRAIN_ONLY=1 it stops after training the two models
-# (benchmarks/gpu_sampling_pair.sh --train). About 79 minutes on 2 CPU cores (measured end to end;
-# docs/results.md).
+# Defaults: ../shared/data/reversal_curse, 60, 20, SMDM's 6M size (6 layers, d 256). SEED seeds
+# the initialisation, the data order and every masking draw (pretrain/finetune --seed); MICRO is
+# the micro-batch. Writes work/reverse_curse/ (work/reverse_curse-seedN/ for SEED other than 0)
+# under the current directory and ends with a summary table (summary.md there); with TRAIN_ONLY=1
+# it stops after training the two models (benchmarks/gpu_sampling_pair.sh --train), and with
+# EVAL_ONLY=1 it evaluates the models a TRAIN_ONLY run left. About 80
+# minutes on 2 CPU cores (docs/results.md); examples/reverse_curse/seeds.sh runs several seeds
+# and tabulates mean ± sd.
 #
 # The recipe follows SMDM's sft/finetune_mdm_reverse.py: prompt + completion as one sequence,
 # the unconditional loss on all of it, global batch 64 drawn at random, micro-batches each padded
 # with eos to its longest row (the model learns where a fact ends), loss / (B * L). SMDM's
 # micro-batch is 8: 8 devices share the 64 and its 16 for models up to 50M is capped at the
-# per-device 8. This recipe's figures (docs/results.md) used micro-batches of 16; rerunning them
-# at 8 over several seeds is open (issue 28). SMDM
+# per-device 8. SMDM
 # fine-tunes a pretrained model at lr 2e-4 for 10 epochs; from scratch this needs more: lr 1e-3.
 set -euo pipefail
 DATA=${1:-../shared/data/reversal_curse}
 MDM_EPOCHS=${2:-60}
 ARM_EPOCHS=${3:-20}
 SIZE=${4:-6M}
+SEED=${SEED:-0}
+MICRO=${MICRO:-8}
 W=work/reverse_curse
+[ "$SEED" = 0 ] || W=$W-seed$SEED
 mkdir -p "$W"
 
+if [ "${EVAL_ONLY:-0}" != 1 ]; then
 # 1. A text corpus of the training facts (prompt + completion), for the tokenizer and the init.
 python - "$DATA/all_prompts_train.jsonl" "$W/facts.jsonl" <<'PY'
 import json, sys
@@ -40,12 +46,13 @@ for objective in mdm arm; do
   epochs=$MDM_EPOCHS; [ "$objective" = arm ] && epochs=$ARM_EPOCHS
   # 2. A randomly initialised model with this tokenizer: one pretraining step at warm-up lr.
   mdmctl pretrain --objective "$objective" --size "$SIZE" --seq-len 64 --steps 1 --batch-size 8 \
-    --data "$W/corpus" --out "$W/init-$objective" --overwrite --show-samples 0
+    --seed "$SEED" --data "$W/corpus" --out "$W/init-$objective" --overwrite --show-samples 0
   # 3. Train on whole sequences (the MDM's unconditional loss; the ARM's next-token loss).
   mdmctl finetune --init "$W/init-$objective" --data "$DATA/all_prompts_train.jsonl" \
-    --sft-objective unconditional --epochs "$epochs" --batch-size 64 --micro-batch-size 16 \
-    --lr 1e-3 --val-every 100000 --save-every 100000 --out "$W/$objective" --overwrite
+    --sft-objective unconditional --epochs "$epochs" --batch-size 64 --micro-batch-size "$MICRO" \
+    --seed "$SEED" --lr 1e-3 --val-every 100000 --save-every 100000 --out "$W/$objective" --overwrite
 done
+fi
 [ "${TRAIN_ONLY:-0}" = 1 ] && exit 0
 
 # 4. Evaluate every file (300 prompts each) with SMDM's settings: confidence sampler, 32 steps,
