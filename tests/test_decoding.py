@@ -120,6 +120,8 @@ def test_one_block_is_the_plain_sampler(mdm, sampler):
     """Token for token and forward for forward (the plain sampler was checked equal to mdmctl's
     earlier implementation on 144 settings when blocks were added: tokens and NFE)."""
     base = dict(sampler=sampler, temperature=1.0, cfg=0.3)
+    if sampler == "confidence":  # one block defaults to SMDM's schedule, blocks to LLaDA's
+        base["schedule"] = "smdm"
     plain = _run(mdm, [[1, 2], [3, 4, 5]], Decoding(**base), steps=5)
     for block in (12, 50):
         one = _run(mdm, [[1, 2], [3, 4, 5]], Decoding(**base, block_length=block), steps=5)
@@ -136,9 +138,21 @@ def test_blocks_are_decoded_left_to_right_on_their_own_schedule(mdm):
         open_blocks = [bool((g[i : i + 4] == MASK).any()) for i in (0, 4, 8)]
         assert open_blocks == sorted(open_blocks)  # a later block never ahead of an earlier one
     assert steps_per_block(10, 3) == [4, 3, 3] and steps_per_block(2, 4) == [1, 1, 1, 1]
-    seen.clear()  # an uneven split: round(10 s) masks left after each step (docs/cli.md)
-    _run(_spy(mdm, seen), [[1, 2]], Decoding(), length=10, steps=4)
-    assert [int((x == MASK).sum()) for x in seen] == [10, 8, 5, 2]
+    # An uneven split, 10 tokens in 4 steps, in one block and in blocks of 10 and 5 (each block
+    # its own schedule: 5 in 2 steps): SMDM's 2,2,2,4; LLaDA's 3,3,2,2; rounded 2,3,3,2.
+    for dec, want in [
+        (Decoding(), [10, 8, 6, 4]),  # one block: SMDM's by default
+        (Decoding(schedule="smdm"), [10, 8, 6, 4]),
+        (Decoding(schedule="llada"), [10, 7, 4, 2]),
+        (Decoding(schedule="rounded"), [10, 8, 5, 2]),
+        (Decoding(block_length=10), [10, 7, 4, 2]),  # blocks: LLaDA's by default
+        (Decoding(block_length=5), [10, 7, 5, 2]),  # LLaDA 3,2 per block
+        (Decoding(block_length=5, schedule="smdm"), [10, 8, 5, 3]),  # SMDM 2,3 per block
+        (Decoding(block_length=5, schedule="rounded"), [10, 7, 5, 2]),  # round(2.5) = 2 left
+    ]:
+        seen.clear()
+        _run(_spy(mdm, seen), [[1, 2]], dec, length=10, steps=4)
+        assert [int((x == MASK).sum()) for x in seen] == want, dec
 
 
 @pytest.mark.parametrize("cfg", [0.0, 0.5])
@@ -189,6 +203,41 @@ def test_factor_rule_reveals_the_leading_run_that_passes():
     low = torch.tensor([[0.1, 0.05, 0.9, 0.9]])  # the first always goes; a failure stops the run
     got = parallel_reveal(low, rank, torch.ones(1, 4, dtype=torch.bool), Decoding(factor=1.0))
     assert got.tolist() == [[True, False, False, False]]
+
+
+def _fast_dllm_count(conf: list[float], factor: float) -> int:
+    """Fast-dLLM's ``get_transfer_index_dynamic`` for one row, restated: thresholds
+    1 - factor / (n + 1) over the sorted confidences, the first always passing; stop at the first
+    failure, and reveal one more when it is the last (or the loop ran out)."""
+    conf = sorted(conf, reverse=True)
+    thresholds = [-1] + [1 - factor / (n + 1) for n in range(2, len(conf) + 1)]
+    for top in range(len(conf)):
+        if conf[top] < thresholds[top]:
+            break
+    return top + 1 if top in (0, len(conf) - 1) else top
+
+
+def test_factor_rule_as_fast_dllm_writes_it():
+    """Only the last failing: Fast-dLLM reveals it too, the leading rule does not; on 600 random
+    rows (1-8 masked of 10, 3 factors) the count is Fast-dLLM's, and leading's otherwise."""
+    prob, rank = torch.tensor([[0.99, 0.9, 0.2]]), torch.tensor([[0, 1, 2]])
+    masked = torch.ones(1, 3, dtype=torch.bool)
+    fast = parallel_reveal(prob, rank, masked, Decoding(factor=1.0))
+    lead = parallel_reveal(prob, rank, masked, Decoding(factor=1.0, factor_rule="leading"))
+    assert fast.tolist() == [[True, True, True]] and lead.tolist() == [[True, True, False]]
+    g = torch.Generator().manual_seed(0)
+    for trial in range(600):
+        n, factor = 1 + trial % 8, (0.5, 1.0, 2.0)[trial % 3]
+        prob = torch.zeros(1, 10)
+        pos = torch.randperm(10, generator=g)[:n]
+        prob[0, pos] = 1 - torch.rand(n, generator=g) ** 3  # mostly confident
+        masked = prob > 0
+        score = torch.where(masked, prob, float("-inf"))
+        rank = torch.empty(1, 10, dtype=torch.long)
+        rank[0, score[0].argsort(descending=True, stable=True)] = torch.arange(10)
+        got = parallel_reveal(prob, rank, masked, Decoding(factor=factor))
+        want = _fast_dllm_count(prob[0, pos].tolist(), factor)
+        assert int(got.sum()) == want and not bool((got & ~masked).any())
 
 
 def test_remask_scores():
@@ -564,8 +613,8 @@ def test_bench_sample_runs_every_setting(ckpts):
                         batch_size=4, latency_prompts=2, limit=3, repeats=2, compile=False,
                         device="cpu")  # fmt: skip
     assert [r.setting for r in rows] == [*MDM_SETTINGS, "ARM, KV cache"]
-    naive = rows[0]
-    assert naive.agreement == 1.0 and naive.speedup == 1.0 and naive.nfe_per_prompt >= 8
+    naive = rows[0]  # SMDM's schedule at steps = length: nothing at the first step, 2 at the last
+    assert naive.agreement == 1.0 and naive.speedup == 1.0 and naive.nfe_per_prompt >= 7
     assert all(r.prompts_per_s > 0 and 0 <= r.accuracy <= 1 for r in rows)
     assert rows[1].agreement == 1.0  # the eos stop changes no returned token
     assert (naive.delta, naive.delta_stderr) == (0.0, 0.0)
@@ -1080,3 +1129,26 @@ def test_cuda_graphs_of_a_compiled_model_sample_what_it_samples_eagerly():
     ga = GraphedModel(arm)
     eager = sample_arm(arm, prompts, **akw, keep_batch=True)
     assert sample_arm(ga, prompts, **akw, keep_batch=True) == eager and ga.failed is None
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"schedule": "smdm", "sampler": "ancestral"}, "--schedule"),
+        ({"schedule": "llada", "threshold": 0.9}, "--schedule sets how many"),
+        ({"factor_rule": "leading"}, "--factor-rule applies with --factor"),
+        ({"schedule": "even"}, "--schedule: expected one of smdm, llada, rounded"),
+    ],
+)
+def test_schedule_options_refuse_what_they_cannot_do(values, message):
+    with pytest.raises(ConfigError, match=message):
+        SampleConfig.create(**values)
+
+
+def test_an_arm_refuses_a_schedule():
+    from mdmctl.sampling.config import for_objective
+
+    with pytest.raises(ConfigError, match="--schedule applies to objective 'mdm'"):
+        for_objective(SampleConfig.create(schedule="smdm"), "arm")
+    assert SampleConfig.create(factor=1.0).decoding.reveal_schedule == "smdm"
+    assert SampleConfig.create(block_length=8).decoding.reveal_schedule == "llada"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -29,8 +31,19 @@ def test_no_mask_left_and_seeded(mdm, sampler):
     assert 1 <= a.nfe <= 5
 
 
-def test_confidence_reveals_on_schedule(mdm):
-    """16 tokens in 4 steps: 4 revealed per step, each revealed token kept (never re-masked)."""
+@pytest.mark.parametrize(
+    "schedule,want",
+    [
+        # SMDM: int(n (1 - s/t)) of the n masked on linspace(1, 1e-5): 16 * 0.2499975 -> 3,
+        # 13 * 0.333329 -> 4, 9 * 0.49999 -> 4, then the last 5.
+        ("smdm", [16, 13, 9, 5]),
+        ("llada", [16, 12, 8, 4]),
+        ("rounded", [16, 12, 8, 4]),
+        (None, [16, 13, 9, 5]),  # one block: SMDM's
+    ],
+)
+def test_confidence_reveals_on_schedule(mdm, schedule, want):
+    """16 tokens in 4 steps on each schedule, each revealed token kept (never re-masked)."""
     seen = []
 
     def spy(x, d):
@@ -45,9 +58,10 @@ def test_confidence_reveals_on_schedule(mdm):
         mask_id=MASK,
         pad_id=PAD,
         generator=torch.Generator().manual_seed(0),
+        decoding=Decoding(schedule=schedule),
     )
     masked = [int((x == MASK).sum()) for x in seen]
-    assert masked == [16, 12, 8, 4]
+    assert masked == want
     for prev, nxt in zip(seen, seen[1:], strict=False):
         keep = prev != MASK
         assert torch.equal(prev[keep], nxt[keep])  # revealed tokens never change; prompt kept
@@ -241,9 +255,11 @@ def test_one_block_is_the_reference_sampler(mdm, sampler, temperature, cfg, step
                                  .manual_seed(3), sampler=sampler, temperature=temperature,
                                  cfg=cfg, **kw)  # fmt: skip
     base = Decoding(sampler=sampler, temperature=temperature, cfg=cfg)
+    if sampler == "confidence":  # the reference keeps the rounded schedule
+        base = replace(base, schedule="rounded")
     variants = [base, Decoding(**{**vars(base), "block_length": 12})]
     if sampler == "confidence" and steps == 12:
-        variants.append(Decoding(**{**vars(base), "threshold": 1.0}))
+        variants.append(Decoding(**{**vars(base), "threshold": 1.0, "schedule": None}))
     for dec in variants:
         got = sample_mdm(mdm, prompts, steps=steps, generator=torch.Generator().manual_seed(3),
                          decoding=dec, **kw)  # fmt: skip
@@ -337,3 +353,45 @@ def test_arm_pretrain_summary_samples_without_a_warning(tmp_path, corpus_dir):
             "1", "--device", "cpu")  # fmt: skip
     assert "sample 1:" in r.stdout + r.stderr
     assert "only to MDM checkpoints" not in " ".join((r.stdout + r.stderr).split())
+
+
+def _smdm_greedy(model, prompt, *, length, steps, cfg):
+    """SMDM's ``diff_sample`` with ``alg='greddy'`` at temperature 0 and batch 1, restated:
+    float32 grid linspace(1, 1e-5, steps + 1), step i reveals int(n (1 - s/t)) of the n masked
+    (all at the last step) by float64 confidence, CFG uncond + (w + 1)(cond - uncond) with the
+    prompt masked in the unconditional pass."""
+    x = torch.tensor([prompt + [MASK] * length])
+    grid = torch.linspace(1, 1e-5, steps + 1)
+    for i in range(steps):
+        masked = x == MASK
+        if cfg > 0:
+            un = x.clone()
+            un[:, : len(prompt)] = MASK
+            cond, unc = model(torch.cat([x, un]), None).chunk(2)
+            guided = unc + (cfg + 1) * (cond - unc)  # the mask column stays -inf (never chosen)
+            logits = torch.where(torch.isneginf(cond), cond, guided)[masked]
+        else:
+            logits = model(x, None)[masked]
+        x0 = logits.argmax(-1)
+        conf = logits.double().softmax(-1).gather(-1, x0[:, None])[:, 0]
+        n = masked.sum()
+        k = int(n * (1 - grid[i + 1] / grid[i])) if i < steps - 1 else int(n)
+        if k > 0:
+            keep = torch.full_like(x0, MASK)
+            top = conf.topk(k).indices
+            keep[top] = x0[top]
+            x[masked] = keep
+    return x[0, len(prompt) :]
+
+
+@pytest.mark.parametrize("cfg", [0.0, 0.8])
+@pytest.mark.parametrize("length,steps", [(10, 4), (20, 7), (16, 16), (12, 32)])
+def test_smdm_schedule_is_smdms_sampler(mdm, cfg, length, steps):
+    """``schedule='smdm'`` (the default without blocks) decodes token for token as SMDM's own
+    sampler at batch 1, including more steps than tokens (steps that reveal nothing)."""
+    for prompt in ([1, 2, 3], [4, 5, 6, 7, 8, 9]):
+        want = _smdm_greedy(mdm, prompt, length=length, steps=steps, cfg=cfg)
+        got = sample_mdm(mdm, [prompt], length=length, steps=steps, mask_id=MASK, pad_id=PAD,
+                         generator=torch.Generator().manual_seed(0),
+                         decoding=Decoding(cfg=cfg))  # fmt: skip
+        assert torch.equal(got.tokens[0], want)

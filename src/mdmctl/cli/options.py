@@ -242,8 +242,9 @@ TEMPERATURE = from_field(Decoding, "temperature")
 CFG = from_field(Decoding, "cfg")
 GEN_BATCH = from_field(SampleConfig, "batch_size")
 DECODING = {
-    **{n: from_field(Decoding, n) for n in ("remasking", "block_length", "threshold", "factor",
-                                             "top_k", "top_p", "min_length")},
+    **{n: from_field(Decoding, n) for n in ("remasking", "schedule", "block_length", "threshold",
+                                             "factor", "factor_rule", "top_k", "top_p",
+                                             "min_length")},
     "cache": from_field(SampleConfig, "cache"),
     "cache_window": from_field(SampleConfig, "cache_window"),
     "suffix_window": from_field(Decoding, "suffix_window"),

@@ -10,7 +10,15 @@ from typing import Any
 
 from mdmctl.config import check_finite, option
 from mdmctl.errors import ConfigError
-from mdmctl.sampling.decoding import CACHE_MODES, REMASKING, SAMPLERS, CacheMode, Decoding
+from mdmctl.sampling.decoding import (
+    CACHE_MODES,
+    FACTOR_RULES,
+    REMASKING,
+    SAMPLERS,
+    SCHEDULES,
+    CacheMode,
+    Decoding,
+)
 
 SAMPLE_DECODING = Decoding(temperature=1.0, stop_at_eos=True)
 """``mdmctl sample``'s decoding: sampled at temperature 1, each output cut at its first eos (the
@@ -121,6 +129,12 @@ def _check_choices(d: Decoding) -> None:
         raise ConfigError(
             f"--remasking: expected one of {', '.join(REMASKING)}, got {d.remasking!r}"
         )
+    if d.schedule is not None and d.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {d.schedule!r}")
+    if d.factor_rule not in FACTOR_RULES:
+        raise ConfigError(
+            f"--factor-rule: expected one of {', '.join(FACTOR_RULES)}, got {d.factor_rule!r}"
+        )
     for name in ("block_length", "top_k"):
         if getattr(d, name) is not None and getattr(d, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(d, name)}")
@@ -145,12 +159,19 @@ def _check_rules(d: Decoding) -> None:
     if d.threshold is not None and d.factor is not None:
         raise ConfigError("--threshold and --factor are two rules for one choice: pass one")
     if d.sampler == "ancestral" and (
-        d.threshold is not None or d.factor is not None or d.remasking != "low-confidence"
+        d.parallel or d.remasking != "low-confidence" or d.schedule is not None
     ):
         raise ConfigError(
-            "--threshold, --factor and --remasking choose what the confidence sampler reveals; "
-            "the ancestral sampler reveals at random by construction"
+            "--threshold, --factor, --remasking and --schedule choose what the confidence "
+            "sampler reveals; the ancestral sampler reveals at random by construction"
         )
+    if d.parallel and d.schedule is not None:
+        raise ConfigError(
+            "--schedule sets how many tokens a step reveals; with --threshold or --factor the "
+            "model's confidence does: pass one"
+        )
+    if d.factor_rule != "fast-dllm" and d.factor is None:
+        raise ConfigError("--factor-rule applies with --factor")
 
 
 def _check_cache(c: SampleConfig) -> None:
@@ -163,7 +184,7 @@ def _check_cache(c: SampleConfig) -> None:
         raise ConfigError(f"--cache-window applies to --cache dual, not --cache {c.cache}")
 
 
-MDM_ONLY = ("block_length", "threshold", "factor", "suffix_window")
+MDM_ONLY = ("schedule", "block_length", "threshold", "factor", "suffix_window")
 
 
 def for_objective(c: SampleConfig, objective: str) -> SampleConfig:

@@ -16,6 +16,10 @@ Sampler = Literal["ancestral", "confidence"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 Remasking = Literal["low-confidence", "margin", "entropy", "random"]
 REMASKING: tuple[str, ...] = get_args(Remasking)
+Schedule = Literal["smdm", "llada", "rounded"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+FactorRule = Literal["fast-dllm", "leading"]
+FACTOR_RULES: tuple[str, ...] = get_args(FactorRule)
 CacheMode = Literal["none", "prefix", "dual", "delayed"]
 CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 
@@ -37,6 +41,15 @@ class Decoding:
         "chosen token's probability (LLaDA low_confidence, Dream maskgit_plus); margin: top-1 "
         "minus top-2 probability (Dream topk_margin); entropy: the lowest entropy; random (LLaDA "
         "random).",
+    )
+    schedule: Schedule | None = option(
+        None,
+        "MDM confidence sampler: how many tokens each step reveals. smdm (SMDM's diff_sample): "
+        "int(n * (1 - s/t)) of the n still masked on its grid from 1 to 1e-5, all the rest at "
+        "the last step (10 tokens in 4 steps: 2,2,2,4); llada (LLaDA's generate): the block's "
+        "tokens split evenly over its steps, the remainder to the first (3,3,2,2); rounded: "
+        "round(size * s) stay masked after each step (2,3,3,2; mdmctl's rule before these).",
+        default_help="smdm without --block-length, llada with it",
     )
     block_length: int | None = option(
         None,
@@ -60,6 +73,12 @@ class Decoding:
         "revealed while its probability is at least 1 - factor / (n + 1).",
         default_help="off",
         min=0,
+    )
+    factor_rule: FactorRule = option(
+        "fast-dllm",
+        "With --factor: fast-dllm reveals the leading run of tokens that pass, and all of them "
+        "when only the last fails (Fast-dLLM's get_transfer_index_dynamic as written); leading "
+        "reveals the leading run only (one more forward per block, typically).",
     )
     top_k: int | None = option(
         None, "Sample among the k most likely tokens.", min=1, default_help="all"
@@ -95,3 +114,9 @@ class Decoding:
     @property
     def parallel(self) -> bool:
         return self.threshold is not None or self.factor is not None
+
+    @property
+    def reveal_schedule(self) -> Schedule:
+        """The schedule in force: the one chosen, else SMDM's on one block and LLaDA's on
+        blocks (the references the two ways of decoding come from)."""
+        return self.schedule or ("llada" if self.block_length else "smdm")

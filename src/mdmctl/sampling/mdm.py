@@ -5,9 +5,9 @@ The time grid runs from t = 1 to 0 in ``steps`` steps. At step k (t -> s):
   (t - s)/t, its token drawn from the model; at the last step everything left is revealed.
 - ``confidence`` (MaskGIT-style): a candidate is drawn for every masked position and the
   highest-scoring are revealed (``remasking``: the candidate's probability, the top-1 minus top-2
-  margin, minus the entropy, or a random order) until round(n·s) of the block's n positions stay
-  masked: 10 in 4 steps reveal 2, 3, 3, 2, where SMDM's rule gives 2, 2, 2, 4 and LLaDA's 3, 3,
-  2, 2 (docs/method.md §5.1); the rest stay masked.
+  margin, minus the entropy, or a random order), as many as the ``schedule`` says
+  (``schedule.py``: SMDM's, LLaDA's or the rounded rule; docs/method.md §5.1); the rest stay
+  masked.
 
 Decoding rules from LLaDA and Fast-dLLM (docs/method.md §5.4), all off by default:
 - ``block_length``: semi-autoregressive blocks of the generation, decoded left to right, the
@@ -15,7 +15,8 @@ Decoding rules from LLaDA and Fast-dLLM (docs/method.md §5.4), all off by defau
   One block is the plain sampler, token for token.
 - ``threshold``: instead of the schedule, reveal every masked token of the block whose probability
   exceeds the threshold, at least one (the highest-scoring) per step; ``factor``: Fast-dLLM's
-  rule, the n-th best token is revealed while its probability is at least 1 - factor / (n + 1).
+  rule, the n-th best token is revealed while its probability is at least 1 - factor / (n + 1)
+  (``factor_rule``: and, as Fast-dLLM's code does, all of them when only the last fails).
 - ``top_k`` / ``top_p`` filter each position's distribution before sampling (and scoring);
   ``min_length`` forbids eos at the first generated positions; with ``stop_at_eos`` a row is
   finished once its first eos is revealed with nothing masked before it. Tokens after a row's
@@ -48,6 +49,7 @@ import torch
 
 from mdmctl.errors import ConfigError
 from mdmctl.sampling.decoding import Decoding
+from mdmctl.sampling.schedule import linear_times, reveal_counts
 from mdmctl.sampling.select import (
     RowStreams,
     Streams,
@@ -226,7 +228,7 @@ def sample_mdm(
                 xv, pv = x[:, :width], c.prompt_mask[:, :width]
                 logits = cfg_logits(model, xv, docs, pv, mask_id, d.cfg)
                 nfe += 1
-            x, changed = _step(x, logits, masked, c, d, size, _times(k, block_steps), generator)
+            x, changed = _step(x, logits, masked, c, d, size, (k, block_steps), generator)
             if changed:
                 logits = None  # otherwise the same canvas: reuse the logits, no forward pass
             if not (d.stop_at_eos and d.eos_id >= 0):
@@ -274,14 +276,6 @@ def _in_block(c: _Canvas, blk: _Blocks, j: int) -> torch.Tensor:
     return c.gen_pos & (c.rel.div(blk.size[:, None], rounding_mode="floor") == j)
 
 
-def _times(k: int, block_steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step ``k``'s (t, s) per row, t -> s on the block's grid from 1 to 0 (float64, as Python's
-    floats were); s = 0 for a row whose block has no step ``k`` (nothing of it is left masked)."""
-    n = block_steps.clamp(min=1).double()
-    k = torch.full_like(n, k)  # tensor / tensor: ``k / n`` would multiply by 1 / n and round twice
-    return (1.0 - k / n).clamp(min=0.0), (1.0 - (k + 1) / n).clamp(min=0.0)
-
-
 def _output(x: torch.Tensor, c: _Canvas, nfe: int) -> MDMSampleOutput:
     # A schedule with steps < 1 per token never leaves masks: the last step reveals all.
     lengths = c.length.tolist()
@@ -298,10 +292,10 @@ def _finished(x: torch.Tensor, c: _Canvas, mask_id: int, eos_id: int) -> torch.T
     return ~((x == mask_id) & (c.rel < first_eos[:, None])).any(dim=1)
 
 
-def _step(x, logits, masked, c: _Canvas, d: Decoding, size, times, generator):
+def _step(x, logits, masked, c: _Canvas, d: Decoding, size, step, generator):
     """Reveal this step's tokens among ``masked`` (B, total); ``size`` (B,) each row's block
-    length, ``times`` its (t, s) (B,). Returns (new x, anything revealed)."""
-    t, s = times
+    length, ``step`` (k, the block's steps (B,)). Returns (new x, anything revealed)."""
+    k, block_steps = step
     idx = masked.nonzero(as_tuple=True)
     lg = logits[idx]  # (N, V), a copy: masked positions only
     if d.min_length and d.eos_id >= 0:
@@ -309,6 +303,7 @@ def _step(x, logits, masked, c: _Canvas, d: Decoding, size, times, generator):
     lg = filter_logits(lg, d.top_k, d.top_p)
     cand = gumbel_argmax(lg, d.temperature, generator, idx[0])  # (N,) candidates at masked slots
     if d.sampler == "ancestral":
+        t, s = linear_times(k, block_steps)
         last = (s <= 0)[idx[0]]  # (N,) a row's last step reveals all it has left
         reveal = last.clone()
         if not bool(last.all()):  # each other masked token with probability (t - s) / t
@@ -325,10 +320,8 @@ def _step(x, logits, masked, c: _Canvas, d: Decoding, size, times, generator):
             prob[idx] = score[idx] if low else token_confidence(lg, cand)
             chosen = parallel_reveal(prob, rank, masked, d)
         else:
-            # Remaining after this step follows the block's schedule: round(size · s) masked
-            # (half to even, as Python's round).
-            n_reveal = (masked.sum(1) - (size * s).round().long()).clamp(min=0)  # (B,)
-            chosen = rank < n_reveal[:, None]
+            n = reveal_counts(d.reveal_schedule, k, masked.sum(1), size, block_steps)  # (B,)
+            chosen = rank < n[:, None]
         reveal = (chosen & masked)[idx]
     new = x.clone()
     new[idx[0][reveal], idx[1][reveal]] = cand[reveal]
@@ -350,10 +343,13 @@ def parallel_reveal(prob: torch.Tensor, rank: torch.Tensor, masked: torch.Tensor
     if d.threshold is not None:
         return (prob > d.threshold) | (rank == 0)
     # Factor rule, walking the tokens in rank order: the n-th (from 1) passes while
-    # p_n >= 1 - factor / (n + 1); the leading run of passes is revealed.
+    # p_n >= 1 - factor / (n + 1); the leading run of passes is revealed (``factor_rule``).
     by_rank = torch.zeros_like(prob).scatter_(1, rank, prob)  # (B, total) probs in rank order
     n = torch.arange(1, prob.shape[1] + 1, device=prob.device, dtype=prob.dtype)
     ok = by_rank >= 1.0 - d.factor / (n + 1.0)
     ok[:, 0] = True
     count = ok.long().cumprod(dim=1).sum(dim=1)  # (B,)
+    if d.factor_rule == "fast-dllm":  # as written there: only the last failing reveals it too
+        n_masked = masked.sum(dim=1)
+        count = torch.where(count == n_masked - 1, n_masked, count)
     return rank < count[:, None]
