@@ -304,3 +304,18 @@ def test_fine_tuned_mdm_learns_to_stop_with_the_default_batches():
     the model fills its canvas (measured over torch seeds 0-5: random 7-8 of 8, sorted 1 of 8)."""
     assert _toy_stop_run("random") >= 7
     assert _toy_stop_run("sorted") <= 3
+
+
+def test_gsm8k_rows_are_cut_at_smdms_256_whatever_the_context():
+    """SMDM's finetune_mdm_gsm8k.py cuts every GSM8K row at 256 tokens, also for its 2048-context
+    models; a shorter context pads to itself; other formats pad per micro-batch by default."""
+    from mdmctl.data.sft import resolve_pad_to
+
+    assert resolve_pad_to("auto", "gsm8k", 2048) == 256
+    assert resolve_pad_to("auto", "gsm8k-equations", 2048) == 256
+    assert resolve_pad_to("auto", "gsm8k", 128) == 128
+    assert resolve_pad_to("auto", "prompt-response", 2048) is None
+    assert resolve_pad_to("context", "gsm8k", 2048) == 2048
+    assert resolve_pad_to("300", "gsm8k", 2048) == 300
+    with pytest.raises(DataError, match="exceeds the fine-tuning context"):
+        resolve_pad_to("300", "gsm8k", 256)

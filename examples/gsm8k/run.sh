@@ -34,7 +34,9 @@ mdmctl tokenize "$W/problems.jsonl" --vocab-size 4096 --out "$W/corpus"
 mdmctl pretrain --size "$SIZE" --seq-len 256 --steps 200 --batch-size 16 --data "$W/corpus" \
   --out "$W/base" --overwrite --show-samples 0
 # 3. Conditional SFT (the prompt is never masked): SMDM's two examples per problem, padded with eos
-#    to the context of 256 (--pad-to auto).
+#    to SMDM's 256 tokens (--pad-to auto), longer problems dropped. With a 2048-context checkpoint
+#    (SMDM-size, or imported) the rows are still cut at 256, as SMDM's finetune_mdm_gsm8k.py does;
+#    --pad-to context would pad them to 2048 instead (another objective: ~1,900 eos per row).
 mdmctl finetune --init "$W/base" --data "$DATA/train.jsonl" --epochs "$EPOCHS" --batch-size 32 \
   --lr 1e-3 --out "$W/sft" --overwrite
 # 4. Evaluate on the test split with SMDM's settings (generations and verdicts in $W/eval.jsonl),

@@ -33,8 +33,9 @@ SPLITS = ("p2d_same", "d2p_same")
 """The default test files (``eval reverse-curse``'s names): the trained direction, where both
 objectives answer."""
 MDM_SETTINGS: dict[str, dict[str, Any]] = {
-    "naive (1 token/step, full canvas)": {"stop_at_eos": False},
-    "1 token/step, eos stop": {},
+    # --steps = the length, on the default (SMDM's) schedule: about one token per step.
+    "naive (steps = length, full canvas)": {"stop_at_eos": False},
+    "steps = length, eos stop": {},
     "threshold 0.9": {"threshold": 0.9},
     "blocks 8, threshold 0.9": {"block_length": 8, "threshold": 0.9},
     "blocks 8, threshold 0.9, prefix cache": {
@@ -64,6 +65,18 @@ MDM_SETTINGS: dict[str, dict[str, Any]] = {
     },
     "blocks 8, factor 1": {"block_length": 8, "factor": 1.0},
     "blocks 8, factor 1, dual cache": {"block_length": 8, "factor": 1.0, "cache": "dual"},
+    # The factor rule's leading run only (not Fast-dLLM's last-token case): forwards it costs.
+    "blocks 8, factor 1, leading rule": {
+        "block_length": 8,
+        "factor": 1.0,
+        "factor_rule": "leading",
+    },
+    "blocks 8, factor 1, dual cache, leading rule": {
+        "block_length": 8,
+        "factor": 1.0,
+        "factor_rule": "leading",
+        "cache": "dual",
+    },
     "blocks 8, threshold 0.7, dual cache": {"block_length": 8, "threshold": 0.7, "cache": "dual"},
     "blocks 4, threshold 0.9, dual cache": {"block_length": 4, "threshold": 0.9, "cache": "dual"},
     "blocks 16, threshold 0.9, dual cache": {
@@ -95,7 +108,7 @@ COMPILED = {
     },
 }
 GRAPHED = {  # on a CUDA device only (sampling/graphs.py)
-    "1 token/step, eos stop, CUDA graphs": {"cuda_graphs": True},
+    "steps = length, eos stop, CUDA graphs": {"cuda_graphs": True},
     "blocks 8, threshold 0.99, dual cache, window 4, CUDA graphs": {
         **MDM_SETTINGS["blocks 8, threshold 0.99, dual cache, window 4"],
         "cuda_graphs": True,

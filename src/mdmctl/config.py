@@ -519,7 +519,8 @@ class FinetuneConfig:
     pad_to: str = option(
         "auto",
         "Pad rows with eos to N tokens, 'context', or 'batch' (each micro-batch's longest row). "
-        "auto: context for GSM8K formats (SMDM: 256), else batch.",
+        "auto: SMDM's 256 for the GSM8K formats whatever the context (the context if shorter), "
+        "else batch.",
     )
     seq_len: int | None = option(
         None,

@@ -43,6 +43,9 @@ BATCHINGS: tuple[str, ...] = get_args(Batching)
 
 
 GSM8K_FORMATS = ("gsm8k", "gsm8k-equations")
+SMDM_GSM8K_LENGTH = 256
+"""SMDM's GSM8K rows: padded, and longer problems dropped, at 256 tokens whatever the model's
+context (``finetune_mdm_gsm8k.py``'s ``max_length``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +150,14 @@ def resolve_format(path: str | Path, fmt: str, prompt_field: str = "prompt") -> 
 
 def resolve_pad_to(pad_to: str, fmt: str, seq_len: int) -> int | None:
     """``--pad-to``: a length, ``context`` (the fine-tuning context), ``batch`` (each micro-batch's
-    longest row; None) or ``auto``: the context for the GSM8K formats (SMDM pads GSM8K to its
-    length 256), else ``batch`` (SMDM's other SFT scripts)."""
+    longest row; None) or ``auto``: SMDM's 256 for the GSM8K formats whatever the context
+    (``finetune_mdm_gsm8k.py`` cuts every row at ``max_length = 256`` and its data drops longer
+    problems; a context under 256 pads to the context), else ``batch`` (SMDM's other SFT
+    scripts)."""
     if pad_to == "auto":
-        pad_to = "context" if fmt in GSM8K_FORMATS else "batch"
+        if fmt in GSM8K_FORMATS:
+            return min(SMDM_GSM8K_LENGTH, seq_len)
+        pad_to = "batch"
     if pad_to == "batch":
         return None
     n = seq_len if pad_to == "context" else int(pad_to)
