@@ -7,7 +7,13 @@ import pytest
 
 from mdmctl.errors import DataError
 from mdmctl.evaluation.gsm8k import load_problems, rescore, score
-from mdmctl.evaluation.gsm8k_grade import extract_answer, normalize_number
+from mdmctl.evaluation.gsm8k_grade import (
+    extract_answer,
+    normalize_number,
+    smdm_correct,
+    smdm_normalize,
+    word_number,
+)
 from mdmctl.evaluation.reverse_curse import is_hit, sentence_bleu, smdm_bleu
 
 from .conftest import SHARED
@@ -37,10 +43,62 @@ from .conftest import SHARED
         ("#### -$5.50", "-5.5"),
         ("x = 3-4", "4"),
         ("#### 1" + "0" * 20, "1" + "0" * 20),  # exact, no float rounding
+        # issue 28's three, wrong by both rules before
+        ("The answer is 18. Check: 18 / 2 = 9, 9 * 2 = 18 - 0", "18"),  # a check after it
+        ("Answer: 18 apples. To check: 6 + 12 = 18, then 20 - 2", "18"),
+        ("#### twelve", "12"),  # in words
+        ("#### one hundred and five apples", "105"),
+        ("#### Twenty-five", "25"),
+        ("#### 8:30", "8:30"),  # a clock time: one value, never 8
+        ("He leaves at 8:30", "8:30"),  # never the 30 of it
+        ("#### 8:30 pm, 45 minutes later", "8:30"),
+        ("3:2 ratio", "2"),  # a ratio of single digits stays two numbers
     ],
 )
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "raw,normal",
+    [  # each checked against SMDM's eval/math_normalization.py (2026-12-07)
+        ("72", "72"), ("1,200", "1200"), ("$18.00", "18.00"), ("18 dollars", "18"),
+        ("x = 5", "5"), ("\\boxed{12}", "12"), ("\\frac12", "\\frac{1}{2}"), ("a 5", "5"),
+        ("an apple 7", "apple7"), ("5 hours", "5"), ("12 (check: 3*4 = 12)", "12)"),
+        ("3 * 6 = 18", "18"), ("twelve", "twelve"), ("8:30", "8:30"), ("50%", "50%"),
+        ("1,000.5", "1,000.5"), ("\\text{ 5 }", "5"), ("", ""), ("$5$ cents", "5"),
+        ("\\sqrt2", "\\sqrt{2}"), ("The answer is 18. Check: 18 / 2 = 9", "9"),
+    ],
+)  # fmt: skip
+def test_smdm_normalisation(raw, normal):
+    assert smdm_normalize(raw) == normal
+
+
+@pytest.mark.parametrize(
+    "text,target,smdm,mdmctl",
+    [
+        ("#### 18", "18", True, True),
+        ("####18", "18", False, True),  # SMDM's marker needs the space
+        ("#### 18\nCheck: 9 * 2 = 18", "18", False, True),  # not on the last line
+        ("#### 18. Check: 18 / 2 = 9", "18", False, True),  # the text after its last '='
+        ("#### 3 * 6 = 18", "18", True, False),  # the reverse
+        ("#### 18.00 dollars", "18", True, True),  # values, not strings
+        ("#### 1/2", "0.5", True, True),
+        ("#### 5\n#### 7", "7", True, False),  # the last marker, not the first
+        ("The answer is 18.", "18", False, True),  # no marker: nothing, for SMDM
+        ("#### twelve", "12", False, True),
+        ("#### 8:30", "8", False, False),
+    ],
+)
+def test_the_two_graders(text, target, smdm, mdmctl):
+    assert smdm_correct(text, target) is smdm
+    assert (extract_answer(text) == normalize_number(target)) is mdmctl
+
+
+def test_word_number_reads_only_a_leading_number():
+    assert word_number(" forty two apples") == ["42"]
+    assert word_number("three thousand and twelve") == ["3012"]
+    assert word_number("apples: twelve") == [] and word_number("and") == []
 
 
 def test_normalize_number():
@@ -55,7 +113,7 @@ def test_normalize_number():
 
 @pytest.mark.skipif(not (SHARED / "gsm8k").is_dir(), reason="../shared/data/gsm8k is absent")
 def test_grader_agrees_with_every_human_written_reference():
-    """All 8,792 GSM8K solutions: the grader reads the number the dataset's README defines
+    """All 8,792 GSM8K solutions: both graders read the number the dataset's README defines
     (the text after '#### ', commas removed) from the worked solution, reasoning included."""
     n = 0
     for name in ("train.jsonl", "test.jsonl"):
@@ -63,6 +121,7 @@ def test_grader_agrees_with_every_human_written_reference():
             ans = json.loads(line)["answer"]
             ref = ans.split("#### ")[-1].strip().replace(",", "")
             assert extract_answer(ans) == str(int(ref)) if ref.lstrip("-").isdigit() else ref
+            assert smdm_correct(ans, ans.split("####")[-1].strip())  # SMDM's rule reads it too
             n += 1
     assert n == 8792
 
@@ -77,13 +136,17 @@ def test_score_and_rescore(tmp_path):
     probs = load_problems(str(data))
     rows = score(probs, ["#### 0", "it is 1.", "#### 5"])
     assert [r["correct"] for r in rows] == [True, True, False]
+    assert [r["correct_smdm"] for r in rows] == [True, False, False]
+    # two stages: SMDM's rule reads reasoning and answer as one decoded text
+    rows = score(probs, ["", "1", "#### 2"], reasoning=["x #### 0", "x #### ", "x"])
+    assert [r["correct_smdm"] for r in rows] == [True, True, True]
     pred = tmp_path / "p.jsonl"
     pred.write_text(
         "".join(
             json.dumps({"question": f"q{i}", "generation": f"#### {i}"}) + "\n" for i in range(3)
         )
     )
-    assert rescore(probs, str(pred)) == ["#### 0", "#### 1", "#### 2"]
+    assert rescore(probs, str(pred)) == (["#### 0", "#### 1", "#### 2"], None)
     pred.write_text(json.dumps({"generation": "1"}) + "\n")
     with pytest.raises(DataError, match="1 lines but the problem set has 3"):
         rescore(probs, str(pred))

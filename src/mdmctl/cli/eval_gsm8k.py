@@ -52,11 +52,13 @@ from mdmctl.errors import ConfigError
     **opt.json_out("Print accuracy, compliance and settings as JSON on stdout."),
 )  # fmt: skip
 def eval_gsm8k(o: opt.Options) -> None:
-    """GSM8K accuracy: generate, extract the final number, exact match."""
+    """GSM8K accuracy: generate, extract the final answer, grade it by mdmctl's rule and by
+    SMDM's (the paper's)."""
     from mdmctl.progress import library_progress
 
     with cli_errors(), library_progress():
         from mdmctl.evaluation.gsm8k import evaluate_gsm8k
+        from mdmctl.evaluation.gsm8k_grade import GRADERS
 
         if o.length is not None and o.total_length is not None:
             raise ConfigError("give --total-length (the canvas) or --length (generated tokens)")
@@ -72,12 +74,19 @@ def eval_gsm8k(o: opt.Options) -> None:
             log_info(f"wrote {r.predictions_path}")
         if o.json_out:
             print_json({"task": "gsm8k", "accuracy": r.accuracy, "stderr": r.stderr, "n": r.n,
-                        "correct": r.correct, "seconds_per_problem": r.seconds_per_problem,
+                        "correct": r.correct, "accuracy_smdm": r.accuracy_smdm,
+                        "stderr_smdm": r.stderr_smdm, "correct_smdm": r.correct_smdm,
+                        "graders": GRADERS, "seconds_per_problem": r.seconds_per_problem,
                         "predictions": r.predictions_path, "compliance": r.compliance,
                         "settings": r.settings})  # fmt: skip
             return
         per = f", {r.seconds_per_problem:.2f} s/problem" if r.seconds_per_problem else ""
-        print(f"gsm8k accuracy {r.accuracy:.4f} ± {r.stderr:.4f} ({r.correct}/{r.n}{per})")
+        print(
+            f"gsm8k accuracy {r.accuracy:.4f} ± {r.stderr:.4f} ({r.correct}/{r.n}{per}), "
+            f"{GRADERS['accuracy']}"
+        )
+        print(f"gsm8k accuracy {r.accuracy_smdm:.4f} ± {r.stderr_smdm:.4f} ({r.correct_smdm}/"
+              f"{r.n}), {GRADERS['accuracy_smdm']}")  # fmt: skip
         shares = ", ".join(
             f"{k.replace('_', ' ')} {v:.1%}" for k, v in r.compliance.items() if v is not None
         )

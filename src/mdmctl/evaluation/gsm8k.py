@@ -18,7 +18,7 @@ from typing import Any
 
 from mdmctl.errors import ConfigError, DataError
 from mdmctl.evaluation.generation import binomial_stderr, read_jsonl, write_jsonl
-from mdmctl.evaluation.gsm8k_grade import extract_answer
+from mdmctl.evaluation.gsm8k_grade import extract_answer, smdm_correct
 from mdmctl.evaluation.hub import load_hub_split
 
 HUB_ID = "openai/gsm8k"
@@ -30,6 +30,7 @@ class Problem:
     question: str
     answer: str  # normalised reference
     source: str
+    target: str = ""  # the reference's text after its last '#### ' (SMDM's ``target``)
 
 
 def load_problems(path: str | None, limit: int | None = None) -> list[Problem]:
@@ -51,7 +52,8 @@ def load_problems(path: str | None, limit: int | None = None) -> list[Problem]:
         ref = extract_answer(r["answer"])
         if ref is None:
             raise DataError(f"{line}: answer has no final number ('#### N')")
-        out.append(Problem(r["question"], ref, line))  # unstripped: SMDM's prompt is raw
+        target = r["answer"].split("####")[-1].strip()
+        out.append(Problem(r["question"], ref, line, target))  # unstripped: SMDM's prompt is raw
     if not out:
         raise DataError(f"{where}: no problems")
     return out[:limit] if limit else out
@@ -92,12 +94,27 @@ class GSM8KResult:
     compliance: dict[str, float | None]
     """Share of problems whose reasoning stopped (eos before the canvas end), whose answer stage
     stopped, and whose graded text holds the '####' marker. Low accuracy: look here first."""
+    correct_smdm: int = 0
+    """Correct by SMDM's rule (the paper's; ``gsm8k_grade.smdm_correct``)."""
+
+    @property
+    def accuracy_smdm(self) -> float:
+        return self.correct_smdm / self.n
+
+    @property
+    def stderr_smdm(self) -> float:
+        return binomial_stderr(self.correct_smdm, self.n)
 
 
-def score(problems: list[Problem], generations: list[str]) -> list[dict[str, Any]]:
+def score(
+    problems: list[Problem], generations: list[str], reasoning: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Each problem's verdicts by both rules. SMDM greps the whole decoded text, so with two
+    stages its rule reads the reasoning and the answer together."""
     rows = []
-    for p, g in zip(problems, generations, strict=True):
+    for i, (p, g) in enumerate(zip(problems, generations, strict=True)):
         pred = extract_answer(g)
+        whole = g if reasoning is None else reasoning[i] + g
         rows.append(
             {
                 "question": p.question,
@@ -105,13 +122,15 @@ def score(problems: list[Problem], generations: list[str]) -> list[dict[str, Any
                 "generation": g,
                 "prediction": pred,
                 "correct": pred == p.answer,
+                "correct_smdm": smdm_correct(whole, p.target),
             }
         )
     return rows
 
 
-def rescore(problems: list[Problem], predictions: str) -> list[str]:
-    """Generations from a jsonl (one line per problem, in order; 'generation' or 'text')."""
+def rescore(problems: list[Problem], predictions: str) -> tuple[list[str], list[str] | None]:
+    """Generations from a jsonl (one line per problem, in order; 'generation' or 'text'), and
+    the stage-1 'reasoning' where every line has one (a two-stage run's output)."""
     rows = read_jsonl(predictions)
     if len(rows) != len(problems):
         raise DataError(f"{predictions}: {len(rows)} lines but the problem set has {len(problems)}")
@@ -125,7 +144,8 @@ def rescore(problems: list[Problem], predictions: str) -> list[str]:
                 f"{predictions}:{r['_line']}: question does not match problem {p.source}"
             )
         out.append(text)
-    return out
+    reasoning = [r.get("reasoning") for r in rows]
+    return out, reasoning if all(isinstance(t, str) for t in reasoning) else None
 
 
 def stage_contexts(
@@ -204,8 +224,8 @@ def evaluate_gsm8k(
     stage 2's CFG scale (SMDM's ``--cfg2``; default: the sampler's, SMDM's ``--cfg1``)."""
     problems = load_problems(data, limit)
     if predictions is not None:
-        gens = rescore(problems, predictions)
-        rows = score(problems, gens)
+        gens, reasoning = rescore(problems, predictions)
+        rows = score(problems, gens, reasoning)
         compliance = {"stopped": None, "answer_stopped": None, "marker": _share(gens)}
         return _result(rows, None, out, {"predictions": predictions}, compliance)
     from mdmctl.checkpoint import load_model
@@ -243,7 +263,7 @@ def evaluate_gsm8k(
             f"{s2.truncated if s2 else 0} stage-2 prompts were cut from the left to leave "
             f"{MIN_GEN} generated tokens (lm-eval's convention)"
         )
-    rows = score(problems, graded)
+    rows = score(problems, graded, reasoning if two_stage else None)
     for i, r in enumerate(rows):
         r["stopped"] = s1.stopped[i]
         if s2:
@@ -283,6 +303,5 @@ def _result(rows, seconds, out, settings, compliance) -> GSM8KResult:
     if out:
         write_jsonl(out, rows)
     n = len(rows)
-    return GSM8KResult(
-        correct / n, binomial_stderr(correct, n), n, correct, seconds, out, settings, compliance
-    )
+    return GSM8KResult(correct / n, binomial_stderr(correct, n), n, correct, seconds, out,
+                       settings, compliance, sum(r["correct_smdm"] for r in rows))  # fmt: skip
