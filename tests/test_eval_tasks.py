@@ -500,3 +500,27 @@ def test_description_files_rank_against_thirty_persons():
         cands = rank_candidates(rows, persons)
         assert {len(c) for c in cands} == {30}
         assert all(c[0] == r["completion"] for c, r in zip(cands, rows, strict=True))
+
+
+def test_reverse_curse_seeds_table(tmp_path, monkeypatch):
+    """examples/reverse_curse/seeds_table.py: mean ± sample sd over seeds, mean stderr."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    for seed, acc in (("0", 0.2), ("1", 0.4), ("2", 0.6)):
+        w = tmp_path / ("work/reverse_curse" + ("" if seed == "0" else f"-seed{seed}"))
+        w.mkdir(parents=True)
+        row = {"split": "p2d_reverse", "direction": "reverse", "accuracy": acc, "stderr": 0.01,
+               "rank_accuracy": acc / 2, "rank_stderr": 0.03, "candidates": 30}  # fmt: skip
+        for run in ("mdm-cfg", "mdm-nocfg", "arm"):
+            (w / f"{run}.json").write_text(json.dumps([row]))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["seeds_table.py", "0", "1", "2"])
+    script = Path(__file__).parents[1] / "examples/reverse_curse/seeds_table.py"
+    out = []
+    monkeypatch.setattr("builtins.print", lambda *a: out.append(" ".join(map(str, a))))
+    runpy.run_path(str(script), run_name="__main__")
+    line = next(ln for ln in out if ln.startswith("| p2d_reverse"))
+    assert "0.400 ± 0.200 (se 0.010)" in line and "0.200 ± 0.100 (se 0.030)" in line
+    assert line.endswith("| 0.033 |")
