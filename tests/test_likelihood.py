@@ -164,8 +164,9 @@ def test_mc_equals_a_per_request_loop_on_the_same_draws():
 
 def test_mdm_greedy_flag_matches_the_confidence_sampler():
     """The continuation the one-token-per-step confidence sampler produces is greedy; a changed
-    token is not."""
-    from mdmctl.sampling.mdm import sample_mdm
+    token is not. (One token per step is LLaDA's schedule at steps = length; SMDM's reveals none
+    at the first step and two at the last.)"""
+    from mdmctl.sampling.mdm import Decoding, sample_mdm
 
     m = _model("mdm")
     ctx = [5, 6, 7]
@@ -177,6 +178,7 @@ def test_mdm_greedy_flag_matches_the_confidence_sampler():
         mask_id=MASK,
         pad_id=MASK - 1,
         generator=torch.Generator().manual_seed(0),
+        decoding=Decoding(schedule="llada"),
     )
     y = out.tokens[0].tolist()
     other = y[:2] + [(y[2] + 1) % (MASK - 1)] + y[3:]
