@@ -10,7 +10,16 @@ import subprocess
 import pytest
 
 from mdmctl.config import ModelConfig
-from mdmctl.scaling import compare, fit, fit_frontier, plan, read_runs, shape_of, sweep_script
+from mdmctl.scaling import (
+    SweepShape,
+    compare,
+    fit,
+    fit_frontier,
+    plan,
+    read_runs,
+    shape_of,
+    sweep_script,
+)
 
 GAP, RATIO = 16.0, 0.5  # the MDM needs 16x the compute; its optimal size is half the ARM's
 
@@ -26,7 +35,8 @@ def law(objective: str, n: float, c: float) -> float:
 def write_runs(root, noise: float = 0.0, seed: int = 0) -> None:
     rng = random.Random(seed)
     for objective in ("mdm", "arm"):
-        for c in (1e12, 4e12, 1.6e13, 6.4e13):
+        # The MDM's budgets reach 16x the ARM's, so every gap is read where it was measured.
+        for c in (1e12, 4e12, 1.6e13, 6.4e13) + ((2.56e14, 1.024e15) if objective == "mdm" else ()):
             n_opt = 0.1 * c**0.5 * (RATIO if objective == "mdm" else 1.0)
             for k in range(-3, 4):
                 # A real shape near N* 2^k: 4 layers of width d (d_ff = 4d), N = 4(16d² + 2d) + d.
@@ -44,14 +54,20 @@ def write_runs(root, noise: float = 0.0, seed: int = 0) -> None:
 def test_fit_recovers_a_known_law(tmp_path):
     write_runs(tmp_path)
     runs = read_runs([tmp_path])
-    assert len(runs) == 56
+    assert len(runs) == 70
     arm, mdm = fit_frontier(runs, "arm"), fit_frontier(runs, "mdm")
     assert arm.n_exp == pytest.approx(0.5, abs=1e-6)
     assert arm.loss_exp == pytest.approx(-0.05, abs=1e-6)
     assert arm.n_opt(1e14) == pytest.approx(0.1 * 1e7, rel=1e-5)
-    cmp = compare(mdm, arm, 1e13)
-    assert cmp.compute_gap == pytest.approx(GAP, rel=1e-5)
+    cmp = compare(mdm, arm, 1e13)  # the MDM's 1.6e14: measured
+    assert cmp.compute_gap == pytest.approx(GAP, rel=1e-5) and cmp.gap_extrapolation == 1.0
     assert cmp.size_ratio == pytest.approx(RATIO, rel=1e-5)
+    far = compare(mdm, arm, 1.6e14)  # the MDM's 2.56e15 lies 2.5x past its largest budget
+    assert far.compute_gap is None and far.gap_extrapolation == pytest.approx(2.5)
+    assert "2.5x past its budgets" in far.note and "--extrapolate" in far.note
+    assert compare(mdm, arm, 1.6e14, extrapolate=True).compute_gap == pytest.approx(GAP, rel=1e-5)
+    power = fit_frontier(runs, "mdm", "power")  # this law's L* is a pure power law: both agree
+    assert power.loss_exp == pytest.approx(-0.05, abs=1e-6)
 
 
 def test_bootstrap_interval_covers_the_truth_under_noise(tmp_path):
@@ -76,15 +92,17 @@ def test_runs_without_validation_or_fine_tunes_are_skipped(tmp_path):
         (tmp_path / "arm-1e+12-1" / "config.json").read_text()[:-1] + ', "sft": {}}'
     )
     (sft / "metrics.jsonl").write_text('{"step": 5, "val_loss": 1.0}\n')
-    assert len(read_runs([tmp_path])) == 55
+    assert len(read_runs([tmp_path])) == 69
 
 
 def test_plan_follows_c_equals_6nd(tmp_path):
-    runs, skipped = plan(
+    runs, skipped, warnings = plan(
         [1e11, 1e12], ["mdm", "arm"], ["tiny", "4x128", "mini"],
-        batch_size=16, seq_len=64, out_root="sweep", min_steps=20,
+        SweepShape(batch_size=16, seq_len=64, min_steps=20), "sweep",
     )  # fmt: skip
-    assert runs and skipped  # mini at 1e11 has fewer than 20 steps
+    assert runs and skipped  # 4x128 and mini at 1e11 have fewer than 20 steps
+    assert warnings == [f"{o} C=1e+11: 1 size; an IsoFLOP parabola needs 3 (add sizes, or "
+                        "change the budget)" for o in ("mdm", "arm")]  # fmt: skip
     for r in runs:
         n = shape_of(r.size, 64).n_params_non_embedding
         assert r.n_params == n and r.tokens == pytest.approx(r.flops / (6 * n))
@@ -98,9 +116,9 @@ def test_plan_follows_c_equals_6nd(tmp_path):
 
 
 def test_plan_leaves_out_sizes_beyond_max_steps():
-    runs, skipped = plan(
+    runs, skipped, _ = plan(
         [1e11, 1e12], ["mdm"], ["tiny", "4x128"],
-        batch_size=16, seq_len=64, out_root="sweep", min_steps=20, max_steps=1000,
+        SweepShape(batch_size=16, seq_len=64, min_steps=20, max_steps=1000), "sweep",
     )  # fmt: skip
     assert runs and all(20 <= r.steps <= 1000 for r in runs)
     assert any("(too small)" in s for s in skipped)  # tiny at 1e12 needs more than 1000 steps
@@ -139,7 +157,7 @@ def test_cli_plan_and_fit(tmp_path):
     write_runs(tmp_path / "synthetic")
     out, png = tmp_path / "fit.json", tmp_path / "fit.png"
     r = run("scaling", "fit", tmp_path / "synthetic", "--out", out, "--bootstrap", "20")
-    assert "needs 16.00x the compute" in r.stdout and "N*_MDM / N*_ARM = 0.50" in r.stdout
+    assert "MDM needs 16x (95%: " in r.stdout and "N*_MDM / N*_ARM 0.5 (95%: " in r.stdout
     assert json.loads(out.read_text())["comparison"][0]["compute_gap"] == pytest.approx(16)
     if pytest.importorskip("matplotlib"):
         run("scaling", "fit", tmp_path / "synthetic", "--plot", png, "--bootstrap", "0")
@@ -162,3 +180,43 @@ def test_a_minimum_outside_the_sizes_tried_is_not_extrapolated():
     runs = [Run(f"r{n}", "arm", n, 1e12, law("arm", n, 1e12)) for n in (1e3, 2e3, 4e3, 8e3)]
     with pytest.raises(ValueError, match="outside the sizes tried"):
         fit_budget(runs)
+
+
+def test_flops_conventions_are_recorded_and_read_back(tmp_path):
+    """At micro scale the head dominates: the full count of a 1x16 model with 1,024 tokens is
+    several times 6·N. plan, pretrain --flops and fit read the run's convention; fit refuses a
+    sweep that mixes two."""
+    from mdmctl.config import TrainConfig, pretrain_config
+    from mdmctl.errors import ConfigError, DataError
+    from mdmctl.scaling import Run
+
+    m = shape_of("1x16", 64, vocab_size=1024)
+    assert m.name == "1x16"
+    paper, full = m.train_flops_per_token("paper"), m.train_flops_per_token("full")
+    assert paper == 6 * m.n_params_non_embedding and full / paper > 4
+    steps = {c: TrainConfig(flops=1e11, batch_size=32, flops_convention=c).resolve_steps(m)
+             for c in ("paper", "full")}  # fmt: skip
+    assert steps["paper"] == int(1e11 // (paper * 32 * 64)) and steps["full"] < steps["paper"]
+    with pytest.raises(ConfigError, match="--vocab-size"):
+        plan([1e11], ["arm"], ["1x16"], SweepShape(32, 64, convention="full"), "sweep")
+    runs, _, _ = plan([1e11], ["arm"], ["1x16"], SweepShape(32, 64, 1024, "full"), "sweep")
+    assert runs[0].steps == steps["full"] and runs[0].tokens == pytest.approx(1e11 / full)
+    mixed = [Run("a", "arm", 4000, 1e11, 3.0, 1e6, "paper"), Run("b", "arm", 4000, 1e11, 3.0,
+             1e6, "full")]  # fmt: skip
+    with pytest.raises(DataError, match="different conventions"):
+        fit(mixed, n_boot=0)
+    cfg = pretrain_config(model={"n_layers": 2, "d_model": 32})  # a shape given by dimensions
+    assert cfg.model.name == "2x32" and cfg.out.endswith("mdm-2x32-builtin")
+    assert cfg.train.resolve_lr(cfg.model) == 3e-3  # the CPU default, as before it was named
+
+
+def test_plan_centres_sizes_on_the_expected_optimum():
+    ladder = ["1x16", "2x16", "2x24", "2x32", "2x48", "2x64", "3x64", "4x64"]
+    n = {s: shape_of(s, 64).n_params_non_embedding for s in ladder}
+    shape = SweepShape(32, 64, min_steps=1, centre=(n["2x32"] / 1e12, 1.0), per_budget=3)
+    runs, skipped, _ = plan([1e12], ["arm"], ladder, shape, "sweep")
+    assert [r.size for r in runs] == ["2x24", "2x32", "2x48"]  # the 3 nearest N* = N(2x32)
+    assert any("not among the 3 sizes nearest N* = " in s for s in skipped)
+    runs, skipped, _ = plan([1e12], ["arm"], ladder, SweepShape(32, 64, min_steps=1,
+                            dn_window=(100, 1e9)), "sweep")  # fmt: skip
+    assert all(r.tokens / r.n_params >= 100 for r in runs) and any("D/N" in s for s in skipped)

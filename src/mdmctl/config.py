@@ -18,6 +18,7 @@ from mdmctl.errors import ConfigError, suggest
 
 Objective = Literal["mdm", "arm"]
 AttentionBackend = Literal["auto", "xformers", "sdpa"]
+FlopsConvention = Literal["paper", "full"]
 Parallel = Literal["auto", "none", "ddp", "fsdp"]
 PARALLEL_CHOICES: tuple[str, ...] = ("auto", "none", "ddp", "fsdp")
 
@@ -175,6 +176,14 @@ class ModelConfig:
             f += 12.0 * self.n_layers * self.d_model * self.seq_len
         return f
 
+    def train_flops_per_token(self, convention: str = "paper") -> float:
+        """Training FLOPs per token as a compute budget counts them: ``paper``, 6·N with N the
+        non-embedding parameters (the paper's and SMDM's count), or ``full`` (also the output
+        head and the attention scores, ``flops_per_token``)."""
+        if convention == "full":
+            return self.flops_per_token()
+        return 6.0 * self.n_params_non_embedding
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -214,17 +223,25 @@ class TrainConfig:
         None,
         "Optimizer steps.",
         min=1,
-        default_help=f"{CPU_STEPS} for the CPU sizes ({', '.join(TINY_SIZES)}), {SMDM_STEPS} "
-        "otherwise (SMDM sizes)",
+        default_help=f"{CPU_STEPS} for the CPU sizes ({', '.join(TINY_SIZES)}) and shapes given "
+        f"by their dimensions, {SMDM_STEPS} for the SMDM sizes",
     )
     """Exactly one of steps / tokens / flops decides the run length."""
     tokens: int | None = option(
         None, "Training tokens, rounded up to whole steps (instead of --steps).", min=1
     )
     flops: float | None = option(
-        None, "Compute budget C = 6·N·D, N non-embedding parameters (instead of --steps)."
+        None,
+        "Compute budget C (instead of --steps), counted by --flops-convention: 6·N·D, N "
+        "non-embedding parameters, by default.",
     )
-    """SMDM's accounting."""
+    """SMDM's accounting by default (``flops_convention``)."""
+    flops_convention: FlopsConvention = option(
+        "paper",
+        "How compute is counted for --flops (and scaling plan / fit): paper (6·N·D, N "
+        "non-embedding parameters, as the paper and SMDM count) or full (also the output head "
+        "and the attention scores: equal compute at micro scale, where the head dominates).",
+    )
     batch_size: int = option(64, "Global batch in sequences.", min=1)
     """Each of seq_len tokens (fine-tuning: examples, ``SFT_BATCH_SIZE``)."""
     micro_batch_size: int | None = option(
@@ -237,8 +254,8 @@ class TrainConfig:
     lr: float | None = option(
         None,
         "Peak learning rate.",
-        default_help=f"{CPU_LR:.0e} for the CPU sizes ({', '.join(TINY_SIZES)}), {SMDM_LR:.0e} "
-        "(SMDM's) otherwise".replace("e-0", "e-"),
+        default_help=f"{CPU_LR:.0e} for the CPU sizes ({', '.join(TINY_SIZES)}) and shapes given "
+        f"by their dimensions, {SMDM_LR:.0e} (SMDM's) for the SMDM sizes".replace("e-0", "e-"),
     )
     min_lr_ratio: float = 0.1
     warmup_steps: int | None = option(
@@ -307,6 +324,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}: must be >= 1, got {v}")
         if self.flops is not None and not self.flops > 0:
             raise ConfigError(f"train.flops: must be > 0, got {self.flops}")
+        if self.flops_convention not in get_args(FlopsConvention):
+            raise ConfigError(
+                f"train.flops_convention: expected paper or full, got {self.flops_convention!r}"
+            )
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"train.batch_size={self.batch_size} is not divisible by "
@@ -339,21 +360,22 @@ class TrainConfig:
         if self.tokens is not None:
             return max(1, math.ceil(self.tokens / tokens_per_step))
         if self.flops is not None:
-            per_step = 6.0 * model.n_params_non_embedding * tokens_per_step
+            per_token = model.train_flops_per_token(self.flops_convention)
+            per_step = per_token * tokens_per_step
             steps = int(self.flops // per_step)
             if steps < 1:
                 raise ConfigError(
                     f"train.flops: budget {self.flops:.3g} is smaller than one optimizer step "
-                    f"({per_step:.3g} FLOPs = 6 x {model.n_params_non_embedding} params x "
-                    f"{tokens_per_step} tokens)"
+                    f"({per_step:.3g} FLOPs = {per_token:.4g} per token ({self.flops_convention} "
+                    f"count) x {tokens_per_step} tokens)"
                 )
             return steps
-        return CPU_STEPS if model.name in TINY_SIZES else SMDM_STEPS
+        return SMDM_STEPS if model.name in SMDM_SIZES else CPU_STEPS
 
     def resolve_lr(self, model: ModelConfig) -> float:
         if self.lr is not None:
             return self.lr
-        return CPU_LR if model.name in TINY_SIZES else SMDM_LR
+        return SMDM_LR if model.name in SMDM_SIZES else CPU_LR
 
     def resolve_warmup(self, steps: int) -> int:
         if self.warmup_steps is not None:
@@ -592,6 +614,10 @@ def pretrain_config(
     model_over.setdefault("objective", "mdm")
     preset = model_over.pop("name", None)
     model_cfg = ModelConfig.from_name(size or preset or "tiny", **model_over)
+    shape = ("n_layers", "d_model", "n_heads", "d_ff")
+    if not (size or preset) and any(k in model_over for k in shape):
+        # A shape given by its dimensions alone is named by them, not after the default preset.
+        model_cfg = dataclasses.replace(model_cfg, name=f"{model_cfg.n_layers}x{model_cfg.d_model}")
     train_over, flags = dict(file_cfg["train"]), _given(train)
     if any(k in flags for k in ("steps", "tokens", "flops")):
         for k in ("steps", "tokens", "flops"):

@@ -36,7 +36,7 @@ from mdmctl.config import (
 )
 
 PRETRAIN_ONLY = ("var_len_prob", "eps", "doc_mask", "max_nonfinite_skips")
-TRAIN_FLAGS = ("steps", "tokens", "flops", "batch_size", *OPTIMIZER, *CADENCE, *PRETRAIN_ONLY,
+TRAIN_FLAGS = ("steps", "tokens", "flops", "flops_convention", "batch_size", *OPTIMIZER, *CADENCE, *PRETRAIN_ONLY,
                "seed", "parallel", "activation_checkpointing")  # fmt: skip
 
 
@@ -56,7 +56,8 @@ TRAIN_FLAGS = ("steps", "tokens", "flops", "batch_size", *OPTIMIZER, *CADENCE, *
              "(tokenized there on first use)."),
     out=Opt(("--out",), Path | None, None,
             "Run directory. Default: runs/<objective>-<size>-<data folder name>."),
-    **train_options("steps", "tokens", "flops", "batch_size", "micro_batch_size"),
+    **train_options("steps", "tokens", "flops", "flops_convention", "batch_size",
+                    "micro_batch_size"),
     **MODEL_SHAPE,
     **train_options("lr", "warmup_steps", "var_len_prob", "eps"),
     doc_mask=from_field(TrainConfig, "doc_mask", "--doc-mask/--no-doc-mask", given_default=True),
