@@ -4,6 +4,7 @@ named."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -113,6 +114,7 @@ def test_a_flat_frontier_gets_no_gap_and_no_traceback():
     res = fit(flat, n_boot=20, law=False)
     assert "mdm" not in res["frontiers"] and "comparison" not in res
     assert any("does not fall with C" in s for s in res["skipped"])
+    assert json.loads(json.dumps(res, allow_nan=False))  # strict JSON: no NaN or inf
 
 
 def test_too_few_budgets_names_each_budgets_reason():

@@ -243,7 +243,7 @@ def _render_comparison(console, res: dict) -> None:
             iv = b.get(key)
             text = f"{name} {c[key]:.3g}" + ("x" if key == "compute_gap" else "")
             text += f" (95%: {iv[0]:.3g}-{iv[2]:.3g})" if iv else ""
-            text += f" [extrapolated {c[x]:.3g}x]" if c[x] > 1 else ""
+            text += f" [extrapolated {c[x]:.3g}x]" if (c[x] or 1) > 1 else ""
             parts.append(text)
         law = laws.get(c["flops"])
         if law and law["compute_gap"] is not None:

@@ -40,8 +40,8 @@ class Comparison:
     flops: float
     compute_gap: float | None
     """C_MDM / C: how many times C the MDM needs to reach the ARM's L*(C); None: refused."""
-    gap_extrapolation: float
-    """How far C_MDM lies outside the MDM's measured budgets (1: inside)."""
+    gap_extrapolation: float | None
+    """How far C_MDM lies outside the MDM's measured budgets (1: inside; None: never reached)."""
     size_ratio: float | None
     """N*_MDM(C) / N*_ARM(C)."""
     ratio_extrapolation: float
@@ -61,13 +61,13 @@ def compare(
 ) -> Comparison:  # fmt: skip
     """Gap and size ratio at budget ``c``."""
     c_mdm = mdm.flops_for(arm.loss_opt(c))
-    gap_x = outside(c_mdm, mdm.measured) if math.isfinite(c_mdm) else math.inf
+    gap_x = outside(c_mdm, mdm.measured) if math.isfinite(c_mdm) else None
     ratio_x = max(outside(c, mdm.measured), outside(c, arm.measured))
     gap, ratio, notes = c_mdm / c, mdm.n_opt(c) / arm.n_opt(c), []
     if not math.isfinite(c_mdm):
         gap = None
         notes.append("the MDM's frontier never reaches the ARM's loss")
-    elif gap_x > limit and not extrapolate:
+    elif gap_x is not None and gap_x > limit and not extrapolate:
         gap = None
         notes.append(f"the gap needs the MDM's frontier {gap_x:.3g}x past its budgets")
     if ratio_x > limit and not extrapolate:

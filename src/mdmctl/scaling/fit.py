@@ -90,7 +90,7 @@ def law_compare(
     measured budgets bound where its law is read)."""
     n_arm, l_arm = arm.optimum(c)
     c_mdm = mdm.flops_for(l_arm, near=c)
-    x = outside(c_mdm, fronts["mdm"].measured) if math.isfinite(c_mdm) else math.inf
-    gap = c_mdm / c if math.isfinite(c_mdm) and (x <= limit or extrapolate) else None
+    x = outside(c_mdm, fronts["mdm"].measured) if math.isfinite(c_mdm) else None
+    gap = c_mdm / c if x is not None and (x <= limit or extrapolate) else None
     return {"flops": c, "compute_gap": gap, "gap_extrapolation": x,
             "size_ratio": mdm.optimum(c)[0] / n_arm}  # fmt: skip

@@ -1,8 +1,9 @@
 """The second estimator (Chinchilla's third approach, Hoffmann et al. 2022): one law
 L(N, D) = E + A/N^α + B/D^β per objective, fitted to all of its runs at once, with a Huber loss
 on ln L (δ = 1e-3: a few outlying runs do not pull it) by L-BFGS from the best points of a grid
-of exponents (``starts``). Its compute-optimal frontier minimises L over N at fixed C, with D = C / (FLOPs per token of N),
-so the gap and the size ratio follow without a parabola per budget.
+of exponents (``starts``). Its compute-optimal frontier minimises L over N at fixed C, with
+D = C / (FLOPs per token of N), so the gap and the size ratio follow without a parabola per
+budget.
 """
 
 from __future__ import annotations
