@@ -9,10 +9,20 @@ from pathlib import Path
 import typer
 
 from mdmctl.cli.common import app, cli_errors, log_info, print_json
-from mdmctl.cli.options import SEED, Opt, Options, argument, command, from_field, json_out
+from mdmctl.cli.options import (
+    SEED,
+    Opt,
+    Options,
+    argument,
+    choice,
+    command,
+    from_field,
+    json_out,
+)
 from mdmctl.config import DEFAULT_DATA, TrainConfig
 from mdmctl.errors import ConfigError
 from mdmctl.scaling.compare import MAX_EXTRAPOLATION
+from mdmctl.scaling.isoflop import FRONTIER_FORMS
 
 scaling_app = typer.Typer(
     help="IsoFLOP scaling laws: plan a sweep of pretraining runs, fit the finished runs.",
@@ -153,7 +163,7 @@ def _render_plan(runs: list, skipped: list[str], warnings: list[str], out: Path)
             "Write the fit as JSON here. Default: none (not written)."),
     plot=Opt(("--plot",), Path | None, None,
              "Write a PNG plot here (pip install 'mdmctl[plot]'). Default: none (no plot)."),
-    frontier=Opt(("--frontier",), str, "saturating",
+    frontier=Opt(("--frontier",), choice(FRONTIER_FORMS, "frontier"), "saturating",
                  "L*(C) per objective: saturating, E + K·C^-b (a loss with an irreducible part), "
                  "or power, l0·C^b (the paper's fit: biased where the loss flattens)."),
     bootstrap=Opt(("--bootstrap",), int, 200,
