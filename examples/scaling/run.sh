@@ -6,12 +6,12 @@
 # Defaults: MDM and ARM budgets 1e11,3e11,1e12 FLOPs, counted in full
 # (--flops-convention full: 6·(N + V·d) + 12·L·d·T per token, N non-embedding; at this scale the
 # output head alone costs more than the blocks, so 6·N·D would make "IsoFLOP" curves unequal in
-# compute), sizes from 1 layer of width 16 (4.1k non-embedding parameters) to 3 of width 64
+# compute), sizes from 1 layer of width 8 (1.0k non-embedding parameters) to 3 of width 64
 # (197k), context 64, batch 32, at least 100 and at most 30,000 steps per run; three budgets per
-# objective (the saturating frontier needs 3). The gap is read where the MDM's frontier is
-# measured, so at this scale (a gap of tens) only at the ARM's smallest budget; give the MDM
-# larger budgets (MDM_BUDGETS, about 3x the time per 3x) to read it at more. CORPUS (default ../shared/data/corpus/train.jsonl.gz, about
-# 26 MB of English, 10.9M tokens with BPE 1024; "builtin" for the built-in corpus, 0.58M tokens).
+# objective (the saturating frontier needs 3). The gap is read only where the MDM's frontier is
+# measured: give the MDM larger budgets (MDM_BUDGETS; each 3x costs about 3x the time) to read
+# it at more of the ARM's. CORPUS (default ../shared/data/corpus/train.jsonl.gz, about 26 MB of
+# English, 10.9M tokens with BPE 1024; "builtin" for the built-in corpus, 0.58M tokens).
 # Writes work/scaling/ under the current directory: the sweep scripts, the runs, fit.json and
 # fit.png; rerunning resumes. Timing and results: docs/results.md.
 # What a sweep this small can show: the mechanics (IsoFLOP minima, a frontier, a gap with its
@@ -19,7 +19,7 @@
 set -euo pipefail
 MDM_BUDGETS=${1:-1e11,3e11,1e12}
 ARM_BUDGETS=${2:-1e11,3e11,1e12}
-SIZES=${3:-1x16,2x16,2x24,2x32,2x48,2x64,3x64}
+SIZES=${3:-1x8,2x8,1x16,2x16,2x24,2x32,2x48,2x64,3x64}
 CORPUS=${4:-../shared/data/corpus/train.jsonl.gz}
 W=work/scaling
 mkdir -p "$W"
