@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mdmctl.linear_ce import LossHead, ScoredModel, scored_ce
+
 
 def _next_token_ce(logits: torch.Tensor, x: torch.Tensor, reduction: str) -> torch.Tensor:
     """Next-token CE over the flattened (B·L, V) logits.
@@ -37,3 +39,26 @@ def arm_sft_nll(logits: torch.Tensor, x: torch.Tensor, response_mask: torch.Tens
     V = logits.shape[-1]
     ce = F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), reduction="none")
     return ce.view(x.shape).sum(1)
+
+
+def arm_train_loss(
+    model: ScoredModel,
+    x: torch.Tensor,
+    target_mask: torch.Tensor | None = None,
+    head: LossHead = "full",
+) -> torch.Tensor:
+    """Mean next-token CE over the targets ``target_mask`` (B, L) marks (every one when None):
+    position i predicts x[i+1] and is scored when ``target_mask[:, i+1]`` (fine-tuning: the
+    response). ``head`` (``linear_ce.py``): ``full`` is ``arm_loss`` / ``arm_sft_nll`` on the
+    full logits (the reference); ``scored`` and ``chunked`` run the head only at scored
+    positions."""
+    if head == "full":
+        if target_mask is None:
+            return arm_loss(model(x), x)
+        return arm_sft_nll(model(x), x, target_mask).sum() / target_mask[:, 1:].sum().clamp(min=1)
+    if target_mask is None:
+        target_mask = torch.ones_like(x, dtype=torch.bool)
+    select = F.pad(target_mask[:, 1:], (0, 1), value=False)  # (B, L)
+    targets = x[:, 1:][target_mask[:, 1:]]  # (N,), in select's row-major order
+    weights = torch.full(targets.shape, 1.0 / max(targets.numel(), 1), device=x.device)
+    return scored_ce(model, x, select, targets, weights, head)

@@ -20,6 +20,7 @@ Objective = Literal["mdm", "arm"]
 AttentionBackend = Literal["auto", "xformers", "sdpa"]
 FlopsConvention = Literal["paper", "full"]
 Parallel = Literal["auto", "none", "ddp", "fsdp"]
+LossHead = Literal["full", "scored", "chunked"]
 PARALLEL_CHOICES: tuple[str, ...] = ("auto", "none", "ddp", "fsdp")
 
 # SMDM's model family (lit_gpt/config.py, "Diff_LLaMA_<N>M"), named by non-embedding parameters:
@@ -297,6 +298,17 @@ class TrainConfig:
         False, "Recompute each block's activations in backward: less memory, one more forward."
     )
     """``torch.utils.checkpoint``, non-reentrant; same results."""
+    loss_head: LossHead = option(
+        "chunked",
+        "Where the output head and the loss run: chunked (only at the positions the loss scores, "
+        "head and cross-entropy fused over row chunks), scored (there, all logits at once) or "
+        "full (every position: the reference).",
+    )
+    """The MDM scores its masked positions, the ARM its targets (``linear_ce.py``); equal losses
+    and gradients up to summation order, ``full`` byte-identical to earlier mdmctl."""
+    compile: bool = option(
+        False, "torch.compile each transformer block (a one-off compile at the start)."
+    )
 
     def __post_init__(self) -> None:
         check_finite(self, "train.")
@@ -324,6 +336,11 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}: must be >= 1, got {v}")
         if self.flops is not None and not self.flops > 0:
             raise ConfigError(f"train.flops: must be > 0, got {self.flops}")
+        if self.loss_head not in get_args(LossHead):
+            raise ConfigError(
+                f"train.loss_head: expected one of {', '.join(get_args(LossHead))}, "
+                f"got {self.loss_head!r}"
+            )
         if self.flops_convention not in get_args(FlopsConvention):
             raise ConfigError(
                 f"train.flops_convention: expected paper or full, got {self.flops_convention!r}"

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mdmctl.linear_ce import LossHead, ScoredModel, scored_ce
+
 Logits = Callable[[torch.Tensor], torch.Tensor]  # xt (B, L) -> logits (B, L, V)
 
 
@@ -40,20 +42,41 @@ def masked_ce_sum(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor) 
     return torch.where(masked, ce, 0.0).sum(dim=1)
 
 
+def masked_loss(
+    model: ScoredModel,
+    xt: torch.Tensor,
+    x0: torch.Tensor,
+    masked: torch.Tensor,
+    p: torch.Tensor,
+    denom: torch.Tensor | int,
+    head: LossHead = "full",
+) -> torch.Tensor:
+    """Σ_b (Σ_{i masked in row b} -log p(x0_i | xt)) / p_b, divided by ``denom``: the training
+    losses' common tail. ``head`` (``linear_ce.py``): ``full`` scores every position and keeps
+    the masked ones (the reference); ``scored`` and ``chunked`` run the head only where masked."""
+    if head == "full":
+        return (masked_ce_sum(model(xt), x0, masked) / p).sum() / denom
+    weights = (1.0 / (p * denom))[:, None].expand_as(masked)[masked]  # (N,) each row's 1/(p·denom)
+    return scored_ce(model, xt, masked, x0[masked], weights, head)
+
+
 def mdm_loss(
-    logits_fn: Logits,
+    model: ScoredModel,
     x0: torch.Tensor,
     mask_id: int,
     generator: torch.Generator,
     eps: float = 1e-3,
+    head: LossHead = "full",
 ) -> torch.Tensor:
-    """SMDM's pretraining loss: Σ_b Σ_masked CE / p_b, divided by B·L. x0 (B, L) -> scalar."""
+    """SMDM's pretraining loss: Σ_b Σ_masked CE / p_b, divided by B·L. x0 (B, L) -> scalar.
+
+    ``model``: a logits function for ``head="full"``; the other heads pass it ``select=``
+    (``masked_loss``)."""
     B, L = x0.shape
     t = torch.rand(B, generator=generator, device=generator.device).to(x0.device)
     p = (1 - eps) * t + eps  # (B,)
     xt, masked = forward_mask(x0, p, mask_id, generator)
-    ce = masked_ce_sum(logits_fn(xt), x0, masked)  # (B,)
-    return (ce / p).sum() / (B * L)
+    return masked_loss(model, xt, x0, masked, p, B * L, head)
 
 
 def stratified_t(n: int, generator: torch.Generator, eps: float = 1e-3) -> torch.Tensor:
@@ -88,7 +111,7 @@ def mdm_elbo(
 
 
 def mdm_sft_loss(
-    logits_fn: Logits,
+    model: ScoredModel,
     x0: torch.Tensor,
     prompt_mask: torch.Tensor,
     mask_id: int,
@@ -97,13 +120,14 @@ def mdm_sft_loss(
     eps: float = 1e-3,
     conditional: bool = True,
     cfg_dropout: float = 0.0,
+    head: LossHead = "full",
 ) -> torch.Tensor:
     """Fine-tuning loss (docs/method.md §3). x0 (B, L) prompt + response + eos padding.
 
     conditional: the prompt is never masked; only the other positions are noised and the sum is
     normalised by their count. unconditional: the whole sequence, normalised by B·L (the reverse
     curse recipe). ``cfg_dropout``: with this probability a row's whole prompt is replaced by mask
-    tokens (the standard-CFG baseline; unsupervised CFG needs none).
+    tokens (the standard-CFG baseline; unsupervised CFG needs none). ``head``: as ``mdm_loss``.
     """
     B, L = x0.shape
     t = torch.rand(B, generator=generator, device=generator.device).to(x0.device)
@@ -117,8 +141,7 @@ def mdm_sft_loss(
             torch.rand(B, generator=generator, device=generator.device).to(x0.device) < cfg_dropout
         )
         xt = torch.where(drop[:, None] & prompt_mask, torch.full_like(x0, mask_id), xt)
-    ce = masked_ce_sum(logits_fn(xt), x0, masked)  # (B,)
-    return (ce / p).sum() / noisable.sum().clamp(min=1)
+    return masked_loss(model, xt, x0, masked, p, noisable.sum().clamp(min=1), head)
 
 
 @torch.no_grad()

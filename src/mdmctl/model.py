@@ -18,6 +18,7 @@ import torch.utils.checkpoint
 from mdmctl.attention import Backend, attention
 from mdmctl.config import ModelConfig
 from mdmctl.kv_cache import KVCache
+from mdmctl.linear_ce import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -138,6 +139,8 @@ class Transformer(nn.Module):
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         select: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx (B, L) -> logits (B, L, V) in fp32. The MDM's mask column is -inf.
 
@@ -183,6 +186,10 @@ class Transformer(nn.Module):
             # x: (B, L, D); after the last block with select: (N, D)
         if cache is not None:
             cache.advance(L)
+        if targets is not None:
+            banned = self.cfg.mask_id if self.cfg.objective == "mdm" else None
+            h = self.norm(x).reshape(-1, self.cfg.d_model)  # (N, D)
+            return linear_cross_entropy(h, self.head.weight, targets, weights, banned=banned)
         logits = self.head(self.norm(x)).float()  # (B, L, V) or (N, V); fp32 for log-softmax
         if self.cfg.objective == "mdm":
             # The mask is an input-only token: x0 never contains it, so the head never predicts it.

@@ -221,6 +221,8 @@ RUN = {
         TrainConfig, "activation_checkpointing",
         "--activation-checkpointing/--no-activation-checkpointing", given_default=True,
     ),
+    "loss_head": from_field(TrainConfig, "loss_head", given_default=True),
+    "compile": from_field(TrainConfig, "compile", "--compile/--no-compile", given_default=True),
     "resume": Opt(("--resume",), str, "auto",
                   "auto (continue the run in --out if any), never, or a checkpoint path."),
     "overwrite": Opt(("--overwrite",), bool, False, "Delete an existing run in --out first."),

@@ -36,8 +36,10 @@ from mdmctl.config import (
 )
 
 PRETRAIN_ONLY = ("var_len_prob", "eps", "doc_mask", "max_nonfinite_skips")
-TRAIN_FLAGS = ("steps", "tokens", "flops", "flops_convention", "batch_size", *OPTIMIZER, *CADENCE, *PRETRAIN_ONLY,
-               "seed", "parallel", "activation_checkpointing")  # fmt: skip
+# How a step is computed, not what it computes (may change on resume).
+EXECUTION = ("parallel", "activation_checkpointing", "loss_head", "compile")
+TRAIN_FLAGS = ("steps", "tokens", "flops", "flops_convention", "batch_size", *OPTIMIZER, *CADENCE,
+               *PRETRAIN_ONLY, "seed", *EXECUTION)  # fmt: skip
 
 
 @command(
@@ -149,7 +151,7 @@ def finetune(o: Options) -> None:
 
         cfg = finetune_config(
             init=o.init, data=o.data, out=o.out,
-            train=o.pick(*FINETUNE_TRAIN, "seed", "parallel", "activation_checkpointing"),
+            train=o.pick(*FINETUNE_TRAIN, "seed", *EXECUTION),
             objective=o.sft_objective, seq_len=o.seq_len,
             **o.pick(*SFT, *SFT_DATA, "device", "attention", "dtype"),
         )  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mdmctl import checkpoint as ckpt
-from mdmctl.autoregressive import arm_sft_nll
+from mdmctl.autoregressive import arm_sft_nll, arm_train_loss
 from mdmctl.config import FinetuneConfig, ModelConfig, RunConfig, TrainConfig
 from mdmctl.data.batches import mix
 from mdmctl.data.sft import (
@@ -186,12 +186,13 @@ class SFTSteps:
             x0, pm, rm = (t.to(self.device) for t in (mb.x0, mb.prompt_mask, mb.response_mask))
             if self.objective in ("arm", "arm-full"):
                 scored = rm | pm if self.objective == "arm-full" else rm
-                loss = arm_sft_nll(model(x0), x0, scored).sum() / scored[:, 1:].sum().clamp(min=1)
+                loss = arm_train_loss(model, x0, scored, self.tc.loss_head)
             else:
                 gen = torch.Generator().manual_seed(mix(self.tc.seed, step, m + 1))
                 loss = mdm_sft_loss(
                     model, x0, pm, self.mask_id, gen, eps=self.tc.eps,
                     conditional=self.objective == "conditional", cfg_dropout=self.cfg_dropout,
+                    head=self.tc.loss_head,
                 )  # fmt: skip
             yield loss / len(micro_ids), x0.numel()
 

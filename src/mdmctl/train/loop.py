@@ -232,6 +232,11 @@ def _open_run(
         loaded = ckpt.load_checkpoint(job.init)
         ckpt.load_weights(model, loaded.state_dict, loaded.path)
     model.to(device)
+    if tc.compile:
+        # Per block, in place (torchtitan's choice): parameter names stay as they are, and the
+        # head and the loss, whose row counts change every step, stay eager.
+        for block in model.blocks:
+            block.compile()
     state = _load_resume(job, run_dir, d, resume_dir, model) if resume_dir else None
     train_model = distributed.wrap(model, d, device)
     # After wrapping: FSDP2 replaces the parameters by sharded ones (same names).
@@ -309,6 +314,8 @@ def _start(run: _Run, log: Callable[[str], None]) -> None:
         f"{model_cfg.seq_len}) on {run.device.type} ({dtype}, attention {run.backend})"
         + (f", {d.world} processes ({d.parallel})" if d.active else "")
         + (", activation checkpointing" if tc.activation_checkpointing else "")
+        + (", compiled blocks" if tc.compile else "")
+        + f", loss head {tc.loss_head}"
     )
 
 

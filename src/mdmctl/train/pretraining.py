@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
 
 from mdmctl import distributed
-from mdmctl.autoregressive import arm_loss, arm_nll
+from mdmctl.autoregressive import arm_nll, arm_train_loss
 from mdmctl.config import ModelConfig, RunConfig, TrainConfig
 from mdmctl.data.batches import TokenWindows, TrainLoader, mix
 from mdmctl.data.shards import read_manifest, tokenizer_info, verify_corpus
@@ -111,13 +112,12 @@ def pretrain(
         for m in micro_ids:
             x0 = x0_all[m * micro : (m + 1) * micro]
             doc = doc_all[m * micro : (m + 1) * micro] if tc.doc_mask else None
+            on_docs = partial(model, doc_ids=doc)
             if model_cfg.objective == "mdm":
                 mgen = torch.Generator().manual_seed(mix(tc.seed, step, m + 1))
-                loss = mdm_loss(
-                    lambda xt: model(xt, doc_ids=doc), x0, model_cfg.mask_id, mgen, tc.eps
-                )
+                loss = mdm_loss(on_docs, x0, model_cfg.mask_id, mgen, tc.eps, head=tc.loss_head)
             else:
-                loss = arm_loss(model(x0, doc_ids=doc), x0)
+                loss = arm_train_loss(on_docs, x0, head=tc.loss_head)
             # Each micro-batch keeps its own normalisation; dividing by this process's count
             # (not the global accumulation) is undone by the gradient averaging over ranks.
             yield loss / len(micro_ids), x0.numel()

@@ -34,9 +34,12 @@ RESUMABLE_CHANGES = {
     "log_every",
     "max_nonfinite_skips",
     "micro_batch_size",
-    # How the same maths is spread over processes: a run may resume at another world size.
+    # How the same maths is spread over processes (a run may resume at another world size) and
+    # computed (equal up to floating-point summation order).
     "parallel",
     "activation_checkpointing",
+    "loss_head",
+    "compile",
 }
 
 
