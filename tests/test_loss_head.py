@@ -66,6 +66,25 @@ def test_linear_cross_entropy_matches_the_logits_path():
         h.grad = W.grad = None
 
 
+def test_a_banned_target_gives_the_logits_paths_inf_and_gradients():
+    """A literal mask id in x0 (data that contains the mask token): an infinite loss, as the
+    full path gives (the loop then skips or stops), and no gradient through the mask column."""
+    torch.manual_seed(2)
+    h = torch.randn(6, 8, requires_grad=True)
+    W = torch.randn(V, 8, requires_grad=True)
+    y = torch.tensor([1, V - 1, 3, 4, V - 1, 5])
+    loss = linear_cross_entropy(h, W, y, torch.ones(6), banned=V - 1, rows=4)
+    loss.backward()
+    gh, gw = h.grad, W.grad
+    h.grad = W.grad = None
+    logits = (h @ W.t()).index_fill(1, torch.tensor([V - 1]), float("-inf"))
+    ref = F.cross_entropy(logits, y, reduction="sum")
+    ref.backward()
+    assert torch.isinf(loss) and torch.isinf(ref)
+    torch.testing.assert_close(gh, h.grad)
+    torch.testing.assert_close(gw, W.grad)
+
+
 def test_linear_cross_entropy_with_no_rows_and_without_grad():
     W = torch.randn(V, 8, requires_grad=True)
     h = torch.zeros(0, 8, requires_grad=True)

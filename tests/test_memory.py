@@ -26,6 +26,17 @@ def test_estimate_grows_with_tokens_and_checkpointing_saves():
     assert memory.estimate_training(cfg, 16, shards=2).states == b.states // 2
 
 
+def test_the_chunked_loss_head_plans_one_chunk_of_logits():
+    cfg = ModelConfig.from_name("small", vocab_size=32_000, mask_id=31_999)
+    full = memory.estimate_training(cfg, 8)
+    chunked = memory.estimate_training(cfg, 8, loss_head="chunked")
+    assert memory.estimate_training(cfg, 8, loss_head="scored") == full  # t near 1 masks all
+    assert chunked.activations == full.activations
+    # 256 rows x 32,000 twice, plus the head's input and weight gradients (2048 + 32,000) x 192
+    assert chunked.logits == (2 * 256 * 32_000 + (8 * 256 + 32_000) * 192) * 4
+    assert chunked.logits < full.logits / 8
+
+
 def test_auto_picks_the_largest_divisor_that_fits():
     cfg = _cfg()
     avail = int(memory.estimate_training(cfg, 16).total / memory.HEADROOM) + 1
@@ -50,7 +61,7 @@ def test_pretrain_chooses_or_refuses_before_training(tmp_path, corpus_dir, monke
 
     vocab = tokenizer_info(read_manifest(corpus_dir)).vocab_size
     cfg = ModelConfig.from_name("tiny", seq_len=32, vocab_size=vocab, mask_id=vocab - 1)
-    avail = int(memory.estimate_training(cfg, 4).total / memory.HEADROOM) + 1
+    avail = int(memory.estimate_training(cfg, 4, loss_head="chunked").total / memory.HEADROOM) + 1
     monkeypatch.setattr(memory, "available_bytes", lambda *a: avail)
     common = ["--size", "tiny", "--seq-len", "32", "--steps", "1", "--batch-size", "16",
               "--data", corpus_dir, "--show-samples", "0", "--device", "cpu"]  # fmt: skip

@@ -2,7 +2,7 @@
 
 The training losses are weighted sums of per-position cross-entropies, Σ_i w_i · CE(h_i W^T, y_i),
 where the MDM scores only its masked positions and the ARM its next-token targets. Three ways to
-compute them (``TrainConfig.loss_head``, docs/method.md §3.3):
+compute them (``TrainConfig.loss_head``, docs/method.md §3):
 
 - ``full``: the head and the CE at every position, (B, L, V) fp32 logits kept for backward; the
   reference, byte-identical to mdmctl before these paths existed.
@@ -63,6 +63,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # dCE/dlogits = softmax - onehot, scaled by the row's weight; in place over the logits.
             d = logits.sub_(lse[:, None]).exp_()
             d[torch.arange(len(y), device=d.device), y] -= 1.0
+            if banned is not None:  # a constant column: no gradient, even for a banned target
+                d[:, banned] = 0.0
             d.mul_(w[:, None])  # (n, V)
             if grad_h is not None:
                 grad_h[s : s + rows] = d @ weight.to(d.dtype)  # (n, D)

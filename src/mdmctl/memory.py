@@ -4,7 +4,8 @@ A training step holds the fp32 weights, their gradients and AdamW's two moments 
 parameter), the activations autograd keeps for backward (per token and layer: the block's inputs,
 q/k/v, the attention output and the SwiGLU intermediates, about 20·d + 4·d_ff values, plus
 the L x L score matrix when attention is not fused), and the logits with their log-softmax and
-gradient (3 x vocab values per token, fp32). Activation checkpointing keeps one block's worth plus
+gradient (3 x vocab values per token, fp32; with ``--loss-head chunked`` two chunks of logits and
+the head's input and weight gradients instead, ``linear_ce.py``). Activation checkpointing keeps one block's worth plus
 each block's input. The coefficients were checked against measured peak RSS on CPU
 (docs/benchmarks.md, "Memory estimate"); the estimate is meant to be on the safe side, not exact.
 """
@@ -50,11 +51,13 @@ def estimate_training(
     activation_checkpointing: bool = False,
     fused_attention: bool = True,
     shards: int = 1,
+    loss_head: str = "full",
 ) -> MemoryEstimate:
     """Peak memory of one training step at ``micro_batch`` sequences of ``cfg.seq_len`` tokens.
 
     ``act_bytes``: 4 for fp32 activations, 2 under bf16 autocast. ``shards``: FSDP's world size
-    (weights, gradients and moments are split; activations are not)."""
+    (weights, gradients and moments are split; activations are not). ``loss_head``: ``scored``
+    plans like ``full``, since a row drawn at t near 1 has every position masked."""
     params = cfg.n_params_non_embedding + 2 * cfg.vocab_size * cfg.d_model  # + embedding, head
     tokens = micro_batch * cfg.seq_len
     per_layer = 20 * cfg.d_model + 4 * cfg.d_ff  # values kept per token (see the module doc)
@@ -69,9 +72,21 @@ def estimate_training(
     return MemoryEstimate(
         states=16 * params // shards,
         activations=tokens * kept * act_bytes,
-        logits=3 * tokens * cfg.vocab_size * 4,
+        logits=_logits_bytes(cfg, tokens, loss_head),
         baseline=BASELINE_BYTES,
     )
+
+
+def _logits_bytes(cfg: ModelConfig, tokens: int, loss_head: str) -> int:
+    """fp32 bytes the head's output costs: all logits with their log-softmax and gradient, or
+    for ``chunked`` one chunk of logits and its softmax in flight plus the gradients of the
+    head's input (tokens x d_model) and weight (vocab x d_model) formed in forward."""
+    if loss_head != "chunked":
+        return 3 * tokens * cfg.vocab_size * 4
+    from mdmctl.linear_ce import chunk_rows
+
+    rows = min(tokens, chunk_rows(cfg.vocab_size))
+    return (2 * rows * cfg.vocab_size + (tokens + cfg.vocab_size) * cfg.d_model) * 4
 
 
 def available_bytes(device_type: str, device_index: int | None = None) -> int:
@@ -177,6 +192,7 @@ def plan_training(
         # CPU SDPA falls back to the unfused kernel for a block-diagonal (document) mask.
         fused_attention=dev.type == "cuda" or not tc.doc_mask,
         shards=world if tc.parallel == "fsdp" else 1,
+        loss_head=tc.loss_head,
     )
     avail = available_bytes(dev.type, dev.index)
     # Under torchrun the micro-batch was already set per rank: check it, do not resize it.
