@@ -6,8 +6,9 @@ q/k/v, the attention output and the SwiGLU intermediates, about 20·d + 4·d_ff 
 the L x L score matrix when attention is not fused), and the logits with their log-softmax and
 gradient (3 x vocab values per token, fp32; with ``--loss-head chunked`` two chunks of logits and
 the head's input and weight gradients instead, ``linear_ce.py``). Activation checkpointing keeps
-one block's worth plus each block's input. The coefficients were checked against measured peak RSS on CPU
-(docs/benchmarks.md, "Memory estimate"); the estimate is meant to be on the safe side, not exact.
+one block's worth plus each block's input. The coefficients were checked against measured peak
+RSS on CPU (docs/benchmarks.md, "Memory estimate"); the estimate is meant to be on the safe side,
+not exact.
 """
 
 from __future__ import annotations
