@@ -9,7 +9,8 @@ estimate/measured ratio at or above 1 means the planner is on the safe side.
     python benchmarks/memory_estimate.py                  # the default ladder (a few minutes)
     python benchmarks/memory_estimate.py --configs tiny:64:64 mini:256:16
 
-A configuration is SIZE:SEQ_LEN:MICRO_BATCH[:arm][:ac] (ac: activation checkpointing).
+A configuration is SIZE:SEQ_LEN:MICRO_BATCH[:arm][:ac][:full] (ac: activation checkpointing; full:
+``--loss-head full``, logits at every position; otherwise the default, ``chunked``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ DEFAULT = [
     "6M:512:16",
     "6M:512:16:ac",
     "19M:1024:4",
+    "small:256:32:full",
+    "6M:512:16:full",
 ]
 VOCAB = 4096
 
@@ -39,7 +42,7 @@ def child(spec: str, steps: int) -> dict:
 
     import torch
 
-    from mdmctl.autoregressive import arm_loss
+    from mdmctl.autoregressive import arm_train_loss
     from mdmctl.config import ModelConfig
     from mdmctl.diffusion import mdm_loss
     from mdmctl.memory import estimate_training
@@ -47,6 +50,7 @@ def child(spec: str, steps: int) -> dict:
 
     size, seq, micro, *flags = spec.split(":")
     objective = "arm" if "arm" in flags else "mdm"
+    head = "full" if "full" in flags else "chunked"
     cfg = ModelConfig.from_name(
         size, objective=objective, seq_len=int(seq), vocab_size=VOCAB, mask_id=VOCAB - 1
     )
@@ -58,14 +62,14 @@ def child(spec: str, steps: int) -> dict:
     for _ in range(steps):
         x0 = torch.randint(0, VOCAB - 1, (int(micro), int(seq)), generator=gen)
         if objective == "mdm":
-            loss = mdm_loss(lambda xt: model(xt), x0, cfg.mask_id, gen)
+            loss = mdm_loss(model, x0, cfg.mask_id, gen, head=head)
         else:
-            loss = arm_loss(model(x0), x0)
+            loss = arm_train_loss(model, x0, head=head)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    est = estimate_training(cfg, int(micro), activation_checkpointing="ac" in flags)
+    est = estimate_training(cfg, int(micro), activation_checkpointing="ac" in flags, loss_head=head)
     return {"spec": spec, "measured": peak, "estimate": est.total, "activations": est.activations}
 
 

@@ -71,22 +71,33 @@ class TokenWindows:
 
     def window(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens (L,), doc_ids (L,)) of window i."""
-        si, start = self._index[i]
-        x = self._files[si][start : start + self.seq_len].to(torch.int64)
-        if int(x.max()) >= self.vocab_size:
-            # An embedding lookup would fail with a bare IndexError (or a CUDA assert) instead.
-            raise CorpusIntegrityError(
-                f"{self._names[si]}: token id {int(x.max())} near position {start} is outside the "
-                f"vocabulary (size {self.vocab_size}); 'mdmctl pretrain --verify-data' checks "
-                "every shard up front"
-            )
-        pos = torch.arange(start, start + self.seq_len)
-        doc = torch.searchsorted(self._offsets[si], pos, right=True)
-        return x, doc - doc[0]
+        b = self.batch([i])
+        return b.x0[0], b.doc_ids[0]
 
     def batch(self, indices: list[int]) -> Batch:
-        pairs = [self.window(i) for i in indices]
-        return Batch(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+        """The windows ``indices``, stacked. The checks and document ids run once per batch (per
+        shard for the ids), not once per window: a per-window loop cost the built-in run about
+        a tenth of its step time (docs/benchmarks.md, "Where a step's time goes")."""
+        L = self.seq_len
+        where = [self._index[i] for i in indices]  # (shard, start) per row
+        x = torch.stack([self._files[si][start : start + L] for si, start in where]).long()
+        bad = x.max(dim=1).values >= self.vocab_size  # (B,)
+        if bool(bad.any()):
+            # An embedding lookup would fail with a bare IndexError (or a CUDA assert) instead.
+            row = int(bad.nonzero()[0])
+            si, start = where[row]
+            raise CorpusIntegrityError(
+                f"{self._names[si]}: token id {int(x[row].max())} near position {start} is outside "
+                f"the vocabulary (size {self.vocab_size}); 'mdmctl pretrain --verify-data' checks "
+                "every shard up front"
+            )
+        shard = torch.tensor([si for si, _ in where])  # (B,)
+        pos = torch.tensor([start for _, start in where])[:, None] + torch.arange(L)  # (B, L)
+        doc = torch.empty_like(pos)
+        for si in shard.unique().tolist():
+            rows = shard == si
+            doc[rows] = torch.searchsorted(self._offsets[si], pos[rows], right=True)
+        return Batch(x, doc - doc[:, :1])
 
 
 class TrainLoader:
