@@ -45,6 +45,9 @@ ARCH_FIELDS = (
     "mask_id",
     "rope_base",
     "norm_eps",
+    "n_kv_heads",
+    "qkv_bias",
+    "shift_logits",
 )
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 

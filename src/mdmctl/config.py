@@ -136,6 +136,15 @@ class ModelConfig:
     """Mask token id (MDM); the output head never predicts it. -1 for an ARM."""
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    n_kv_heads: int | None = None
+    """Key/value heads (grouped-query attention, Dream: 28 query heads, 4 key/value heads at 7B);
+    None: one per query head."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections (Dream, after Qwen2)."""
+    shift_logits: bool = False
+    """The output at position i predicts token i+1 (Dream, initialised from an autoregressive
+    model): the logits of position i are read from position i-1's hidden state (position 0 reads
+    its own)."""
 
     def __post_init__(self) -> None:
         check_finite(self, "model.")
@@ -147,6 +156,11 @@ class ModelConfig:
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.n_heads: {self.n_heads} does not divide model.d_model={self.d_model}"
+            )
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ConfigError(
+                f"model.n_kv_heads: {self.n_kv_heads} must be >= 1 and divide "
+                f"model.n_heads={self.n_heads}"
             )
         if (self.d_model // self.n_heads) % 2:
             raise ConfigError(f"model: head dim {self.d_model // self.n_heads} must be even (RoPE)")
@@ -160,10 +174,18 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``n_kv_heads``, or one per query head."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
     def n_params_non_embedding(self) -> int:
-        """SMDM's count: L·(4d² + 3·d·ffn + 2d) + d (attention, MLP, the two norms, final norm)."""
-        d = self.d_model
-        return self.n_layers * (4 * d * d + 3 * d * self.d_ff + 2 * d) + d
+        """SMDM's count: L·(4d² + 3·d·ffn + 2d) + d (attention, MLP, the two norms, final norm),
+        with grouped-query attention's smaller key/value projections and the q/k/v biases where
+        the model has them."""
+        d, kv = self.d_model, self.kv_heads * self.head_dim
+        attention = 2 * d * d + 2 * d * kv + ((d + 2 * kv) if self.qkv_bias else 0)
+        return self.n_layers * (attention + 3 * d * self.d_ff + 2 * d) + d
 
     @property
     def n_params(self) -> int:

@@ -57,12 +57,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+def repeat_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, L, Hkv, Dh) -> (B, L, n_heads, Dh): key/value head j serves query heads
+    j·g .. (j+1)·g - 1, g = n_heads / Hkv (grouped-query attention, as Llama and Qwen2 order it)."""
+    B, L, Hkv, Dh = t.shape
+    return t[:, :, :, None].expand(B, L, Hkv, n_heads // Hkv, Dh).reshape(B, L, n_heads, Dh)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         d, self.n_heads, self.head_dim = cfg.d_model, cfg.n_heads, cfg.head_dim
+        self.kv_heads = cfg.kv_heads
         self.attn_norm = RMSNorm(d, cfg.norm_eps)
-        self.wqkv = nn.Linear(d, 3 * d, bias=False)
+        # Rows: the queries (d), then the keys and the values (kv_heads · head_dim each).
+        self.wqkv = nn.Linear(d, d + 2 * self.kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(d, d, bias=False)
         self.mlp_norm = RMSNorm(d, cfg.norm_eps)
         self.w1 = nn.Linear(d, cfg.d_ff, bias=False)
@@ -85,12 +94,19 @@ class Block(nn.Module):
         """x (B, L, D) -> (B, L, D); with ``select`` (B, L) bool, only those positions (N, D):
         keys and values still come from every position, the rest is skipped."""
         B, L, D = x.shape
-        q, k, v = self.wqkv(self.attn_norm(x)).split(D, dim=-1)
-        q, k, v = (t.view(B, L, self.n_heads, self.head_dim) for t in (q, k, v))  # (B, L, H, Dh)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        kv = self.kv_heads * self.head_dim
+        q, k, v = self.wqkv(self.attn_norm(x)).split([D, kv, kv], dim=-1)
+        q = q.view(B, L, self.n_heads, self.head_dim)  # (B, L, H, Dh)
+        k, v = (t.view(B, L, self.kv_heads, self.head_dim) for t in (k, v))  # (B, L, Hkv, Dh)
+        q = apply_rope(q, cos, sin)
+        if self.kv_heads != self.n_heads:  # the tables are the same for every head
+            cos, sin = cos[..., : self.kv_heads, :], sin[..., : self.kv_heads, :]
+        k = apply_rope(k, cos, sin)
         kv_doc_ids = None
         if cache is not None:  # the cache's layout decides what is written and attended to
             k, v, doc_ids, kv_doc_ids = cache.store(layer, k, v, doc_ids)
+        if self.kv_heads != self.n_heads:
+            k, v = repeat_kv(k, self.n_heads), repeat_kv(v, self.n_heads)
         y = attention(
             q, k, v, causal=causal, doc_ids=doc_ids, kv_doc_ids=kv_doc_ids, backend=backend
         ).reshape(B, L, D)
@@ -125,7 +141,9 @@ class Transformer(nn.Module):
         d, n = self.cfg.d_model, self.cfg.n_layers
         std = math.sqrt(2.0 / (5 * d))
         for name, p in self.named_parameters():
-            if p.ndim == 1:
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif p.ndim == 1:
                 nn.init.ones_(p)
             elif name.endswith(("wo.weight", "w3.weight")):
                 nn.init.normal_(p, std=1.0 / (math.sqrt(d) * n))
@@ -149,8 +167,13 @@ class Transformer(nn.Module):
         the queries' ids are then taken from them.
 
         ``select`` (B, L) bool: return logits only at those positions, (N, V) in row-major order.
-        Scoring needs a few positions of long rows; the head is skipped everywhere else."""
+        Scoring needs a few positions of long rows; the head is skipped everywhere else.
+
+        ``cfg.shift_logits`` (Dream): position i's logits come from position i-1's output."""
         B, L = idx.shape
+        shift = self.cfg.shift_logits
+        if shift and cache is not None:
+            raise ValueError("a model with shifted logits (Dream) runs without a KV cache")
         span = L if cache is None else cache.span(L)
         if span > self.cfg.seq_len:
             raise ValueError(f"sequence of {span} tokens exceeds seq_len={self.cfg.seq_len}")
@@ -173,7 +196,7 @@ class Transformer(nn.Module):
                 layer=i,
                 # Scoring reads a few positions: the last block's output projection and MLP
                 # (three quarters of its cost) run only there.
-                select=select if i == last else None,
+                select=select if i == last and not shift else None,
             )
             if recompute:
                 # Non-reentrant: works with DDP and FSDP2 (whose hooks see the recomputation)
@@ -186,6 +209,9 @@ class Transformer(nn.Module):
             # x: (B, L, D); after the last block with select: (N, D)
         if cache is not None:
             cache.advance(L)
+        if shift:  # each position reads the output before it; the first keeps its own
+            x = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # (B, L, D)
+            x = x[select] if select is not None else x
         if targets is not None:
             banned = self.cfg.mask_id if self.cfg.objective == "mdm" else None
             h = self.norm(x).reshape(-1, self.cfg.d_model)  # (N, D)
@@ -201,6 +227,6 @@ class Transformer(nn.Module):
     ) -> KVCache:
         """An empty cache of ``length`` positions (default: the context): left to right for an
         ARM, bidirectional (the MDM's canvas, sampling/cache.py) for an MDM."""
-        shape = (batch, length or self.cfg.seq_len, self.cfg.n_heads, self.cfg.head_dim)
+        shape = (batch, length or self.cfg.seq_len, self.cfg.kv_heads, self.cfg.head_dim)
         z = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.blocks]
         return KVCache(k=z, v=[t.clone() for t in z], bidirectional=not self.causal)
