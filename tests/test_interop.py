@@ -147,12 +147,39 @@ def test_import_plain_hf_llama(tmp_path, ckpts):
     assert m.model["objective"] == "mdm" and m.model["mask_id"] >= 0
 
 
+def test_grouped_query_llama_both_ways(tmp_path, ckpts):
+    """A Llama with grouped-query attention (4 query heads, 2 key/value heads) written by
+    transformers imports with transformers' logits, and exports back to the same tensors."""
+    src = ckpts["arm"]
+    vocab = Tokenizer.from_file(str(src / "tokenizer.json")).get_vocab_size()
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=48,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(4)
+    llama = transformers.LlamaForCausalLM(cfg).eval()
+    llama.save_pretrained(tmp_path / "gqa")
+    (tmp_path / "gqa" / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+    r = import_model(tmp_path / "gqa", tmp_path / "imported")
+    assert r.model["n_kv_heads"] == 2
+    idx = _idx(vocab)
+    with torch.no_grad():
+        theirs = llama(idx).logits
+    torch.testing.assert_close(_logits(r.step_dir, idx), theirs, atol=1e-5, rtol=1e-5)
+    out = export_hf(str(r.step_dir), tmp_path / "again").out
+    assert json.loads((out / "config.json").read_text())["num_key_value_heads"] == 2
+    again = read_weights(out)
+    for name, t in llama.state_dict().items():
+        assert torch.equal(again[name], t), name
+
+
 def test_import_refuses_what_mdmctl_cannot_run(tmp_path, ckpts):
     out = export_hf(str(ckpts["arm"]), tmp_path / "hf").out
     conf = json.loads((out / "config.json").read_text())
     del conf["mdmctl"]
     for field, value, match in [
-        ("num_key_value_heads", 1, "grouped-query"),
+        ("num_key_value_heads", 3, "must divide num_attention_heads"),
         ("model_type", "mistral", "model_type"),
         ("mlp_bias", True, "biases"),
         ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}, "rope_type"),

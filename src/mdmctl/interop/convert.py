@@ -64,6 +64,12 @@ def export_hf(
     step_dir = ckpt.resolve_checkpoint(checkpoint)
     loaded = ckpt.load_checkpoint(step_dir)
     cfg = loaded.model_cfg
+    if cfg.qkv_bias or cfg.shift_logits:
+        # Llama has no q/k/v-only biases (its attention_bias adds one to o_proj too) and no shift.
+        raise CompatibilityError(
+            f"{step_dir}: a model with q/k/v biases or shifted logits (Dream's features) has no "
+            "Hugging Face Llama layout"
+        )
     tok, info = info_from_file(step_dir / "tokenizer.json", cfg.objective == "mdm")
     if info.sha256 != loaded.tokenizer_sha256:
         raise CompatibilityError(f"{step_dir}: tokenizer.json does not match the weights")

@@ -66,7 +66,7 @@ def config_json(
         "intermediate_size": cfg.d_ff,
         "num_hidden_layers": cfg.n_layers,
         "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads,
         "head_dim": cfg.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": cfg.seq_len,
@@ -163,10 +163,8 @@ def model_config_from_hf(
     if conf.get("model_type") != "llama":
         refuse("model_type", conf.get("model_type"), "only 'llama' (mdmctl's architecture) imports")
     d, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-    if (kv := conf.get("num_key_value_heads") or heads) != heads:
-        refuse(
-            "num_key_value_heads", kv, f"grouped-query attention is not supported ({heads} heads)"
-        )
+    if heads % (kv := int(conf.get("num_key_value_heads") or heads)):
+        refuse("num_key_value_heads", kv, f"must divide num_attention_heads={heads}")
     if conf.get("head_dim") not in (None, d // heads):
         refuse("head_dim", conf["head_dim"], f"must be hidden_size / heads = {d // heads}")
     for field in ("attention_bias", "mlp_bias"):
@@ -185,6 +183,7 @@ def model_config_from_hf(
         n_layers=int(need("num_hidden_layers")),
         d_model=d,
         n_heads=heads,
+        n_kv_heads=kv if kv != heads else None,
         d_ff=int(need("intermediate_size")),
         seq_len=seq_len or int(conf.get("max_position_embeddings", 2048)),
         rope_base=float(conf.get("rope_theta") or rope.get("rope_theta") or 10000.0),

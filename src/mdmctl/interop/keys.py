@@ -3,7 +3,8 @@
 All three are the same network (pre-norm RMSNorm, rotate-half RoPE, SwiGLU, untied head); only names
 and the packing of q, k and v differ:
 
-- mdmctl: one ``wqkv`` (3D, D) whose rows are three stacked blocks [q; k; v], each (H·Dh, D).
+- mdmctl: one ``wqkv`` whose rows are three stacked blocks [q; k; v], (H·Dh, D) for q and
+  (Hkv·Dh, D) for k and v (Hkv = H unless the model has grouped-query attention).
 - HF Llama: separate ``q_proj``, ``k_proj``, ``v_proj``. Both use rotate-half RoPE, so no row
   permutation is needed (the permutation in Meta -> HF conversions is for Meta's interleaved RoPE).
 - SMDM: one fused ``attn.attn`` laid out per query group: its model views the (B, T, 3D) projection
@@ -67,7 +68,9 @@ def to_hf(state: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
     out = {HF_TOP["tok_emb.weight"]: state["tok_emb.weight"]}
     for i in range(n_layers):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        q, k, v = state[ours + "wqkv.weight"].chunk(3, dim=0)  # 3 x (D, D)
+        wqkv = state[ours + "wqkv.weight"]  # (D + 2·Hkv·Dh, D)
+        d = wqkv.shape[1]
+        q, k, v = wqkv.split([d, (wqkv.shape[0] - d) // 2, (wqkv.shape[0] - d) // 2], dim=0)
         for name, t in zip(HF_QKV, (q, k, v), strict=True):
             out[theirs + name] = t
         for a, b in HF_LAYER.items():
