@@ -371,3 +371,151 @@ def test_out_never_replaces_the_source(ckpts, tmp_path):
     with pytest.raises(ConfigError, match="even head size"):
         import_model(tmp_path / "smdm.safetensors", tmp_path / "x", n_heads=3,
                      tokenizer=str(_llama_like_tokenizer(tmp_path)))  # fmt: skip
+
+
+# --- LLaDA and Dream (their own layouts, written here from their published modeling code) -------
+
+FV, FD, FH, FFF = 48, 32, 4, 64  # vocabulary (embedding rows), width, heads, MLP width
+F_MASK = 44
+
+
+def _family_tokenizer(tmp_path, mask_name: str):
+    """A WordLevel tokenizer with the family's end-of-text and mask tokens (mask at F_MASK)."""
+    vocab = {f"w{i}": i for i in range(FV - 4)}
+    vocab.update({"<|endoftext|>": FV - 5, mask_name: F_MASK})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<|endoftext|>", mask_name])
+    tok.save(str(tmp_path / "tokenizer.json"))
+
+
+def _w(g, *shape):
+    return torch.randn(*shape, generator=g) * 0.2
+
+
+def _reference_forward(idx, emb, layers, norm, head, *, theta, kv_heads, shift):
+    """Bidirectional pre-norm transformer, rotate-half RoPE, key/value head h // (H / Hkv), SwiGLU;
+    ``layers``: per block (attn_norm, wq, wk, wv, bq, bk, bv, wo, mlp_norm, gate, up, down)."""
+    B, T = idx.shape
+    hs = FD // FH
+
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+
+    inv = 1.0 / theta ** (torch.arange(0, hs, 2).float() / hs)
+    ang = torch.arange(T).float()[:, None] * inv
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+
+    def rope(t):  # (B, T, h, hs)
+        return (
+            t * cos[:, None] + torch.cat([-t[..., hs // 2 :], t[..., : hs // 2]], -1) * sin[:, None]
+        )
+
+    x = emb[idx]
+    for an, wq, wk, wv, bq, bk, bv, wo, mn, gate, up, down in layers:
+        h = rms(x, an)
+        q = rope((h @ wq.T + bq).view(B, T, FH, hs))
+        k = rope((h @ wk.T + bk).view(B, T, kv_heads, hs))
+        v = (h @ wv.T + bv).view(B, T, kv_heads, hs)
+        k, v = (t.repeat_interleave(FH // kv_heads, dim=2) for t in (k, v))
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hs)
+        x = x + torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v).reshape(B, T, FD) @ wo.T
+        m = rms(x, mn)
+        x = x + (F.silu(m @ gate.T) * (m @ up.T)) @ down.T
+    logits = rms(x, norm) @ head.T
+    return torch.cat([logits[:, :1], logits[:, :-1]], 1) if shift else logits
+
+
+def test_llada_layout_imports_with_its_forward(tmp_path):
+    g = torch.Generator().manual_seed(11)
+    P, layers, state = "model.transformer.", [], {}
+    for i in range(2):
+        b = f"{P}blocks.{i}."
+        t = {n: _w(g, *s) for n, s in [
+            ("q_proj.weight", (FD, FD)), ("k_proj.weight", (FD, FD)), ("v_proj.weight", (FD, FD)),
+            ("attn_out.weight", (FD, FD)), ("ff_proj.weight", (FFF, FD)),
+            ("up_proj.weight", (FFF, FD)), ("ff_out.weight", (FD, FFF))]}  # fmt: skip
+        t["attn_norm.weight"], t["ff_norm.weight"] = 1 + _w(g, FD), 1 + _w(g, FD)
+        state.update({b + n: v for n, v in t.items()})
+        z = torch.zeros(FD)
+        layers.append((t["attn_norm.weight"], t["q_proj.weight"], t["k_proj.weight"],
+                       t["v_proj.weight"], z, z, z, t["attn_out.weight"], t["ff_norm.weight"],
+                       t["ff_proj.weight"], t["up_proj.weight"], t["ff_out.weight"]))  # fmt: skip
+    state.update({P + "wte.weight": _w(g, FV, FD), P + "ln_f.weight": 1 + _w(g, FD),
+                  P + "ff_out.weight": _w(g, FV, FD)})  # fmt: skip
+    folder = tmp_path / "llada"
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+    conf = {"model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": FD,
+            "n_heads": FH, "n_kv_heads": FH, "n_layers": 2, "mlp_hidden_size": FFF,
+            "embedding_size": FV, "vocab_size": FV, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+            "block_type": "llama", "activation_type": "silu", "include_bias": False,
+            "weight_tying": False, "max_sequence_length": 64, "mask_token_id": F_MASK}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(conf))
+    _family_tokenizer(folder, "<|mdm_mask|>")
+    r = import_model(folder, tmp_path / "run")
+    assert r.layout == "llada" and r.model["mask_id"] == F_MASK and r.model["seq_len"] == 64
+    assert r.model["rope_base"] == 500000.0 and r.model["vocab_size"] == FV
+    idx = _idx(FV - 5, (2, 16))
+    idx[:, 3:8] = F_MASK
+    ours = _logits(r.step_dir, idx)
+    ref = _reference_forward(idx, state[P + "wte.weight"], layers, state[P + "ln_f.weight"],
+                             state[P + "ff_out.weight"], theta=500000.0, kv_heads=FH,
+                             shift=False)  # fmt: skip
+    keep = torch.arange(FV) != F_MASK
+    torch.testing.assert_close(ours[..., keep], ref[..., keep], atol=1e-5, rtol=1e-5)
+    (folder / "config.json").write_text(json.dumps({**conf, "include_qkv_bias": True}))
+    with pytest.raises(CompatibilityError, match="include_qkv_bias"):
+        import_model(folder, tmp_path / "refused")
+    with pytest.raises(ConfigError, match="holds a llada MDM"):
+        import_model(folder, tmp_path / "arm", objective="arm")
+
+
+def test_dream_layout_imports_with_its_forward(tmp_path):
+    """Dream: Qwen2 names, q/k/v biases, 2 key/value heads for 4 query heads, shifted logits."""
+    g = torch.Generator().manual_seed(12)
+    kv, hs, layers, state = 2, FD // FH, [], {}
+    for i in range(2):
+        b = f"model.layers.{i}."
+        t = {n: _w(g, *s) for n, s in [
+            ("self_attn.q_proj.weight", (FD, FD)), ("self_attn.k_proj.weight", (kv * hs, FD)),
+            ("self_attn.v_proj.weight", (kv * hs, FD)), ("self_attn.q_proj.bias", (FD,)),
+            ("self_attn.k_proj.bias", (kv * hs,)), ("self_attn.v_proj.bias", (kv * hs,)),
+            ("self_attn.o_proj.weight", (FD, FD)), ("mlp.gate_proj.weight", (FFF, FD)),
+            ("mlp.up_proj.weight", (FFF, FD)), ("mlp.down_proj.weight", (FD, FFF))]}  # fmt: skip
+        t["input_layernorm.weight"] = 1 + _w(g, FD)
+        t["post_attention_layernorm.weight"] = 1 + _w(g, FD)
+        state.update({b + n: v for n, v in t.items()})
+        a = "self_attn."
+        layers.append((t["input_layernorm.weight"], t[a + "q_proj.weight"], t[a + "k_proj.weight"],
+                       t[a + "v_proj.weight"], t[a + "q_proj.bias"], t[a + "k_proj.bias"],
+                       t[a + "v_proj.bias"], t[a + "o_proj.weight"],
+                       t["post_attention_layernorm.weight"], t["mlp.gate_proj.weight"],
+                       t["mlp.up_proj.weight"], t["mlp.down_proj.weight"]))  # fmt: skip
+    state.update({"model.embed_tokens.weight": _w(g, FV, FD), "model.norm.weight": 1 + _w(g, FD),
+                  "lm_head.weight": _w(g, FV, FD)})  # fmt: skip
+    folder = tmp_path / "dream"
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+    conf = {"model_type": "Dream", "architectures": ["DreamModel"], "hidden_size": FD,
+            "num_attention_heads": FH, "num_key_value_heads": kv, "num_hidden_layers": 2,
+            "intermediate_size": FFF, "vocab_size": FV, "rope_theta": 1000000.0,
+            "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "hidden_act": "silu",
+            "max_position_embeddings": 131072, "mask_token_id": F_MASK}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(conf))
+    _family_tokenizer(folder, "<|mask|>")
+    r = import_model(folder, tmp_path / "run")
+    assert r.layout == "dream" and r.model["n_kv_heads"] == kv and r.model["qkv_bias"]
+    assert r.model["shift_logits"] and r.model["seq_len"] == 4096  # capped, not 131072
+    idx = _idx(FV - 5, (2, 16))
+    idx[:, 3:8] = F_MASK
+    ours = _logits(r.step_dir, idx)
+    ref = _reference_forward(idx, state["model.embed_tokens.weight"], layers,
+                             state["model.norm.weight"], state["lm_head.weight"],
+                             theta=1000000.0, kv_heads=kv, shift=True)  # fmt: skip
+    keep = torch.arange(FV) != F_MASK
+    torch.testing.assert_close(ours[..., keep], ref[..., keep], atol=1e-5, rtol=1e-5)
+    del state["model.layers.1.self_attn.k_proj.bias"]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(CompatibilityError, match="q/k/v biases missing"):
+        import_model(folder, tmp_path / "refused")

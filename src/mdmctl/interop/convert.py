@@ -19,7 +19,7 @@ from mdmctl import checkpoint as ckpt
 from mdmctl.config import SMDM_SIZES, ModelConfig
 from mdmctl.errors import CheckpointError, CompatibilityError, ConfigError, TokenizerError
 from mdmctl.fileio import fsync_dir, is_write_failure, write_failure
-from mdmctl.interop import files, hf, keys
+from mdmctl.interop import families, files, hf, keys
 from mdmctl.tokenizer import TokenizerInfo, info_from_file, prepare, tokenizer_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,7 +40,7 @@ class ExportResult:
 class ImportResult:
     out: Path
     step_dir: Path
-    layout: str  # "hf" or "smdm"
+    layout: str  # "hf", "llada", "dream" or "smdm"
     model: dict
     added_tokens: list[str] = field(default_factory=list)
     added_rows: int = 0
@@ -113,8 +113,8 @@ def import_model(
     if not source.exists():
         raise CheckpointError(f"{source}: not found")
     if source.is_dir():
-        layout, tok_spec = "hf", tokenizer or str(source)
-        cfg, state, step = _read_hf(source, objective, seq_len)
+        tok_spec = tokenizer or str(source)
+        layout, cfg, state, step = _read_hf(source, objective, seq_len)
     else:
         if tokenizer is None and source.suffix not in _PICKLE:
             raise ConfigError(
@@ -146,8 +146,16 @@ def import_model(
 
 
 def _read_hf(folder: Path, objective: str | None, seq_len: int | None):
-    """(config without vocabulary, mdmctl state dict, step) of an HF-layout folder."""
+    """(layout, config without vocabulary, mdmctl state dict, step) of an HF-layout folder:
+    ``hf`` (Llama, mdmctl's export), ``llada`` or ``dream``."""
     conf = files.read_json(folder / "config.json")
+    kind = families.family(conf)
+    if kind is not None:
+        if objective not in (None, "mdm"):
+            raise ConfigError(f"--objective {objective}: {folder} holds a {kind} MDM")
+        weights = files.read_weights(folder)
+        cfg, state = families.read(kind, conf, folder / "config.json", weights, seq_len)
+        return kind, cfg, state, 0
     mine = conf.get("mdmctl") or {}
     objective = objective or mine.get("objective") or conf.get("objective") or "arm"
     if objective not in ("mdm", "arm"):
@@ -161,7 +169,7 @@ def _read_hf(folder: Path, objective: str | None, seq_len: int | None):
     state = keys.from_hf(files.read_weights(folder), cfg.n_layers)
     if conf.get("mask_token_id") is not None and objective == "mdm":
         cfg = replace(cfg, vocab_size=0, mask_id=int(conf["mask_token_id"]))
-    return cfg, state, int(mine.get("step", 0))
+    return "hf", cfg, state, int(mine.get("step", 0))
 
 
 def _read_smdm(path: Path, objective: str | None, n_heads: int | None, seq_len: int):

@@ -80,15 +80,18 @@ def to_hf(state: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def from_hf(hf: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
-    """HF Llama names -> mdmctl. A tied model (no ``lm_head.weight``) gets the embedding as head."""
+def from_hf(
+    hf: dict[str, Tensor], n_layers: int, layout: str = "Hugging Face Llama"
+) -> dict[str, Tensor]:
+    """HF Llama names -> mdmctl. A tied model (no ``lm_head.weight``) gets the embedding as head.
+    ``layout`` names the source in errors."""
     hf = {k: v for k, v in hf.items() if not k.endswith("rotary_emb.inv_freq")}  # old buffers
     if HF_TOP["head.weight"] not in hf and HF_TOP["tok_emb.weight"] in hf:
         hf = {**hf, HF_TOP["head.weight"]: hf[HF_TOP["tok_emb.weight"]]}
     want = [*HF_TOP.values()] + [
         f"model.layers.{i}.{n}" for i in range(n_layers) for n in (*HF_QKV, *HF_LAYER.values())
     ]
-    _check_keys(hf, want, "Hugging Face Llama")
+    check_keys(hf, want, layout)
     out = {a: hf[b] for a, b in HF_TOP.items()}
     for i in range(n_layers):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
@@ -103,7 +106,7 @@ def check_smdm(sm: dict[str, Tensor], n_layers: int) -> None:
     want = [*SMDM_TOP.values()] + [
         f"transformer.h.{i}.{n}" for i in range(n_layers) for n in (SMDM_QKV, *SMDM_LAYER.values())
     ]
-    _check_keys(sm, want, "SMDM")
+    check_keys(sm, want, "SMDM")
 
 
 def from_smdm(sm: dict[str, Tensor], n_layers: int, n_heads: int) -> dict[str, Tensor]:
@@ -130,7 +133,7 @@ def smdm_qkv_to_stacked(w: Tensor, n_heads: int) -> Tensor:
     return w.view(n_heads, 3, head_dim, d).transpose(0, 1).reshape(3 * d, d).contiguous()
 
 
-def _check_keys(state: dict[str, Tensor], want: list[str], layout: str) -> None:
+def check_keys(state: dict[str, Tensor], want: list[str], layout: str) -> None:
     missing = [k for k in want if k not in state]
     extra = sorted(set(state) - set(want))
     if missing or extra:
