@@ -426,6 +426,27 @@ def _reference_forward(idx, emb, layers, norm, head, *, theta, kv_heads, shift):
     return torch.cat([logits[:, :1], logits[:, :-1]], 1) if shift else logits
 
 
+def _assert_round_trip(folder, imported, state, tmp_path):
+    """Export back to the family's layout: its tensors, names and config; imported again, the
+    same checkpoint bytes."""
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ x }}"}))
+    first = import_model(folder, tmp_path / "first")
+    assert (first.step_dir / "model.safetensors").read_bytes() == (
+        imported.step_dir / "model.safetensors"
+    ).read_bytes()
+    back = export_hf(str(first.step_dir), tmp_path / "back")
+    theirs = read_weights(back.out)
+    assert sorted(theirs) == sorted(state)
+    for name, t in state.items():
+        assert torch.equal(theirs[name], t), name
+    for name in ("config.json", "tokenizer_config.json"):
+        assert json.loads((back.out / name).read_text()) == json.loads((folder / name).read_text())
+    again = import_model(back.out, tmp_path / "again")
+    assert (again.step_dir / "model.safetensors").read_bytes() == (
+        first.step_dir / "model.safetensors"
+    ).read_bytes()
+
+
 def test_llada_layout_imports_with_its_forward(tmp_path):
     g = torch.Generator().manual_seed(11)
     P, layers, state = "model.transformer.", [], {}
@@ -464,6 +485,7 @@ def test_llada_layout_imports_with_its_forward(tmp_path):
                              shift=False)  # fmt: skip
     keep = torch.arange(FV) != F_MASK
     torch.testing.assert_close(ours[..., keep], ref[..., keep], atol=1e-5, rtol=1e-5)
+    _assert_round_trip(folder, r, state, tmp_path)
     (folder / "config.json").write_text(json.dumps({**conf, "include_qkv_bias": True}))
     with pytest.raises(CompatibilityError, match="include_qkv_bias"):
         import_model(folder, tmp_path / "refused")
@@ -515,6 +537,7 @@ def test_dream_layout_imports_with_its_forward(tmp_path):
                              theta=1000000.0, kv_heads=kv, shift=True)  # fmt: skip
     keep = torch.arange(FV) != F_MASK
     torch.testing.assert_close(ours[..., keep], ref[..., keep], atol=1e-5, rtol=1e-5)
+    _assert_round_trip(folder, r, state, tmp_path)
     del state["model.layers.1.self_attn.k_proj.bias"]
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(CompatibilityError, match="q/k/v biases missing"):

@@ -64,6 +64,9 @@ def export_hf(
     step_dir = ckpt.resolve_checkpoint(checkpoint)
     loaded = ckpt.load_checkpoint(step_dir)
     cfg = loaded.model_cfg
+    record = _import_record(step_dir)
+    if record.get("layout") in ("llada", "dream"):
+        return _export_family(record, step_dir, loaded, out, max_bytes, dtype, overwrite, t0)
     if cfg.qkv_bias or cfg.shift_logits:
         # Llama has no q/k/v-only biases (its attention_bias adds one to o_proj too) and no shift.
         raise CompatibilityError(
@@ -90,6 +93,31 @@ def export_hf(
         files.write_json(tmp / "special_tokens_map.json", special_map)
     names = [*written, "config.json", "generation_config.json", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json"]  # fmt: skip
+    return ExportResult(out, step_dir, names, cfg.objective, cfg.n_params,
+                        time.perf_counter() - t0)  # fmt: skip
+
+
+def _import_record(step_dir: Path) -> dict:
+    """The ``import`` block of the run folder's config.json ({} for a run trained here)."""
+    path = step_dir.parent.parent / "config.json"
+    return (files.read_json(path).get("import") or {}) if path.is_file() else {}
+
+
+def _export_family(record, step_dir, loaded, out, max_bytes, dtype, overwrite, t0) -> ExportResult:
+    """An imported LLaDA or Dream back in its own layout: its weights under its names, its
+    config.json and tokenizer_config.json as imported, the tokenizer."""
+    kind, cfg = record["layout"], loaded.model_cfg
+    tensors = {k: v.to(DTYPES[dtype])
+               for k, v in families.write(kind, loaded.state_dict, cfg.n_layers).items()}  # fmt: skip
+    out = out or step_dir.parent.parent.with_name(step_dir.parent.parent.name + f"-{kind}")
+    with _staged(out, overwrite, step_dir) as tmp:
+        written = files.write_weights(tensors, tmp, max_bytes)
+        files.write_json(tmp / "config.json", record["source_config"])
+        shutil.copyfile(step_dir / "tokenizer.json", tmp / "tokenizer.json")
+        names = [*written, "config.json", "tokenizer.json"]
+        if record.get("tokenizer_config"):
+            files.write_json(tmp / "tokenizer_config.json", record["tokenizer_config"])
+            names.append("tokenizer_config.json")
     return ExportResult(out, step_dir, names, cfg.objective, cfg.n_params,
                         time.perf_counter() - t0)  # fmt: skip
 
@@ -136,11 +164,13 @@ def import_model(
             tok_path = Path(scratch) / "tokenizer.json"
             tok.save(str(tok_path))
         step_dir = _save(tmp, step, cfg, state, tok_path, info, source)
-        files.write_json(tmp / "config.json", {
-            "import": {"source": str(source), "layout": layout, "tokenizer": str(tok_spec),
-                       "added_tokens": list(info.added), "added_rows": grown},
-            "model": cfg.to_dict(),
-        })  # fmt: skip
+        record = {"source": str(source), "layout": layout, "tokenizer": str(tok_spec),
+                  "added_tokens": list(info.added), "added_rows": grown}  # fmt: skip
+        if layout in ("llada", "dream"):  # kept for the export back (and the chat template)
+            record["source_config"] = files.read_json(source / "config.json")
+            if (source / "tokenizer_config.json").is_file():
+                record["tokenizer_config"] = files.read_json(source / "tokenizer_config.json")
+        files.write_json(tmp / "config.json", {"import": record, "model": cfg.to_dict()})
     return ImportResult(out, out / "checkpoints" / step_dir.name, layout, cfg.to_dict(),
                         list(info.added), grown, time.perf_counter() - t0)  # fmt: skip
 

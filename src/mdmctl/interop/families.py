@@ -170,3 +170,31 @@ def read(kind: str, conf: dict[str, Any], path: Path, state: dict[str, Tensor],
         return cfg, from_llada(state, cfg.n_layers)
     cfg = dream_config(conf, path, seq_len)
     return cfg, from_dream(state, cfg.n_layers)
+
+
+def to_llada(state: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
+    """mdmctl -> LLaDA names (``from_llada`` reversed)."""
+    out = {b: state[a] for a, b in LLADA_TOP.items()}
+    for i in range(n_layers):
+        ours, theirs = f"blocks.{i}.", f"model.transformer.blocks.{i}."
+        for name, t in zip(LLADA_QKV, keys.split_qkv(state[ours + "wqkv.weight"]), strict=True):
+            out[theirs + name] = t
+        for a, b in LLADA_LAYER.items():
+            out[theirs + b] = state[ours + a]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def to_dream(state: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
+    """mdmctl -> Dream names (``from_dream`` reversed)."""
+    weights = {k: v for k, v in state.items() if not k.endswith("wqkv.bias")}
+    out = keys.to_hf(weights, n_layers)
+    for i in range(n_layers):
+        parts = keys.split_qkv(state[f"blocks.{i}.wqkv.bias"], width=state["norm.weight"].numel())
+        for name, t in zip(DREAM_QKV_BIAS, parts, strict=True):
+            out[f"model.layers.{i}.{name}"] = t.contiguous()
+    return out
+
+
+def write(kind: str, state: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
+    """The family's state dict of an mdmctl one."""
+    return to_llada(state, n_layers) if kind == "llada" else to_dream(state, n_layers)

@@ -68,16 +68,21 @@ def to_hf(state: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
     out = {HF_TOP["tok_emb.weight"]: state["tok_emb.weight"]}
     for i in range(n_layers):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        wqkv = state[ours + "wqkv.weight"]  # (D + 2·Hkv·Dh, D)
-        d = wqkv.shape[1]
-        q, k, v = wqkv.split([d, (wqkv.shape[0] - d) // 2, (wqkv.shape[0] - d) // 2], dim=0)
-        for name, t in zip(HF_QKV, (q, k, v), strict=True):
+        for name, t in zip(HF_QKV, split_qkv(state[ours + "wqkv.weight"]), strict=True):
             out[theirs + name] = t
         for a, b in HF_LAYER.items():
             out[theirs + b] = state[ours + a]
     out[HF_TOP["norm.weight"]] = state["norm.weight"]
     out[HF_TOP["head.weight"]] = state["head.weight"]
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def split_qkv(w: Tensor, width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``wqkv``'s weight (D + 2·Hkv·Dh, D), or its bias with ``width`` D, as (q, k, v)."""
+    d = w.shape[1] if width is None else width
+    kv = (w.shape[0] - d) // 2
+    q, k, v = w.split([d, kv, kv], dim=0)
+    return q, k, v
 
 
 def from_hf(
