@@ -67,6 +67,35 @@ def test_confidence_reveals_on_schedule(mdm, schedule, want):
         assert torch.equal(prev[keep], nxt[keep])  # revealed tokens never change; prompt kept
 
 
+def _dream_counts(n: int, steps: int) -> list[int]:
+    """Dream's diffusion_generate restated (its count lines, batch 1): reveal
+    int(num_mask * (1 - s/t)) on linspace(1, 1e-3), all that is left at the last step."""
+    timesteps = torch.linspace(1, 1e-3, steps + 1)
+    out, masked = [], n
+    for i in range(steps):
+        t, s = timesteps[i], timesteps[i + 1]
+        num_mask = torch.tensor(masked) / 1  # mask_index.sum() / batch: a float tensor
+        k = int(num_mask * (1 - s / t)) if i < steps - 1 else int(num_mask)
+        out.append(k)
+        masked -= k
+    return out
+
+
+@pytest.mark.parametrize("n,steps", [(16, 4), (100, 7), (10_000, 2), (257, 64), (1000, 1000)])
+def test_dream_schedule_is_dreams_count(n, steps):
+    from mdmctl.sampling.schedule import reveal_counts
+
+    masked, got = torch.tensor([n]), []
+    for k in range(steps):
+        c = reveal_counts("dream", k, masked, torch.tensor([n]), torch.tensor([steps]))
+        got.append(int(c))
+        masked = masked - c
+    assert got == _dream_counts(n, steps)
+    if (n, steps) == (10_000, 2):  # where Dream's 1e-3 and SMDM's 1e-5 differ
+        smdm = reveal_counts("smdm", 0, torch.tensor([n]), torch.tensor([n]), torch.tensor([2]))
+        assert got[0] == 4995 and int(smdm) == 4999
+
+
 def test_ragged_batch_equals_alone(mdm):
     """A prompt's sample is identical alone and in a ragged batch (padding never leaks in)."""
     kw = dict(length=8, steps=8, mask_id=MASK, pad_id=PAD, decoding=Decoding(cfg=0.5))

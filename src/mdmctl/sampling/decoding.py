@@ -16,7 +16,7 @@ Sampler = Literal["ancestral", "confidence"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 Remasking = Literal["low-confidence", "margin", "entropy", "random"]
 REMASKING: tuple[str, ...] = get_args(Remasking)
-Schedule = Literal["smdm", "llada", "rounded"]
+Schedule = Literal["smdm", "llada", "rounded", "dream"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 FactorRule = Literal["fast-dllm", "leading"]
 FACTOR_RULES: tuple[str, ...] = get_args(FactorRule)
@@ -48,7 +48,8 @@ class Decoding:
         "int(n * (1 - s/t)) of the n still masked on its grid from 1 to 1e-5, all the rest at "
         "the last step (10 tokens in 4 steps: 2,2,2,4); llada (LLaDA's generate): the block's "
         "tokens split evenly over its steps, the remainder to the first (3,3,2,2); rounded: "
-        "round(size * s) stay masked after each step (2,3,3,2; mdmctl's rule before these).",
+        "round(size * s) stay masked after each step (2,3,3,2; mdmctl's rule before these); "
+        "dream (Dream's diffusion_generate): smdm's rule on Dream's grid from 1 to 1e-3.",
         default_help="smdm without --block-length, llada with it",
     )
     block_length: int | None = option(

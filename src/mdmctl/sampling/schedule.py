@@ -10,6 +10,9 @@ Each rule is a reference's, exactly (``Decoding.schedule``; 10 tokens in 4 steps
   SMDM's at batch 1.
 - ``llada``, LLaDA's ``get_num_transfer_tokens``: a block's n tokens over its k steps, n // k
   per step and one more in the first n % k: 3, 3, 2, 2.
+- ``dream``, Dream's ``diffusion_generate`` (every ``alg`` but ``origin``): SMDM's rule on the
+  grid ``torch.linspace(1, 1e-3, steps + 1)`` (its ``eps``); Dream also averages n over its
+  batch, which is the per-row count at batch 1.
 - ``rounded``: after step k, round(n · s) of the block's n tokens stay masked, on the grid from
   1 to 0 (half to even, as Python's round): 2, 3, 3, 2. mdmctl's rule before the others.
 """
@@ -24,6 +27,8 @@ from mdmctl.sampling.decoding import Schedule
 
 SMDM_EPS = 1e-5
 """The end of SMDM's time grid (``diff_sample``'s ``eps``): it never reaches t = 0."""
+GRID_EPS = {"smdm": SMDM_EPS, "dream": 1e-3}
+"""The end of each rule's grid (Dream's ``DreamGenerationConfig.eps``)."""
 
 
 def reveal_counts(
@@ -35,8 +40,9 @@ def reveal_counts(
     if schedule == "llada":
         n = steps.clamp(min=1)
         plan = size // n + (k < size % n).long()
-    elif schedule == "smdm":
-        plan = (masked.float() * smdm_fraction(k, steps)).long()  # int(): truncation, as SMDM
+    elif schedule in GRID_EPS:
+        fraction = smdm_fraction(k, steps, GRID_EPS[schedule])
+        plan = (masked.float() * fraction).long()  # int(): truncation, as SMDM and Dream
     else:
         plan = masked - (size * linear_times(k, steps)[1]).round().long()
     return torch.where(k >= steps - 1, masked, plan).clamp(min=0)
@@ -50,19 +56,19 @@ def linear_times(k: int, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return (1.0 - k / n).clamp(min=0.0), (1.0 - (k + 1) / n).clamp(min=0.0)
 
 
-def smdm_fraction(k: int, steps: torch.Tensor) -> torch.Tensor:
-    """(B,) float32 1 - s/t of SMDM's step ``k`` for each row's step count (0 past a row's
-    steps)."""
+def smdm_fraction(k: int, steps: torch.Tensor, eps: float = SMDM_EPS) -> torch.Tensor:
+    """(B,) float32 1 - s/t of SMDM's step ``k`` (on the grid ending at ``eps``) for each row's
+    step count (0 past a row's steps)."""
     out = torch.zeros(steps.shape, dtype=torch.float32)
     cpu = steps.cpu()
     for n in cpu.unique().tolist():
         if k < n:
-            grid = smdm_grid(int(n))
+            grid = smdm_grid(int(n), eps)
             out[cpu == n] = 1 - grid[k + 1] / grid[k]
     return out.to(steps.device)
 
 
 @cache
-def smdm_grid(steps: int) -> torch.Tensor:
-    """SMDM's time grid: ``steps + 1`` float32 points from 1 down to ``SMDM_EPS``."""
-    return torch.linspace(1, SMDM_EPS, steps + 1, dtype=torch.float32)
+def smdm_grid(steps: int, eps: float = SMDM_EPS) -> torch.Tensor:
+    """SMDM's time grid: ``steps + 1`` float32 points from 1 down to ``eps``."""
+    return torch.linspace(1, eps, steps + 1, dtype=torch.float32)
