@@ -26,8 +26,8 @@ CHUNK_LOGITS = 2**22
 """Logits per chunk (16 MiB in fp32)..."""
 MIN_CHUNK_ROWS = 256
 """...but never fewer rows than this: below it the head's matmul runs far under the machine's
-rate (CPU, vocabulary 32,000: 8 rows 0.24x, 32 rows 0.73x, 256 rows 1.3x the unchunked time;
-docs/benchmarks.md)."""
+rate (CPU, vocabulary 32,000: 8 rows 0.26x, 32 rows 0.66x, 256 rows 1.27x the unchunked speed;
+``benchmarks/train_profile.py --chunks``, docs/benchmarks.md)."""
 
 
 def chunk_rows(vocab_size: int) -> int:
