@@ -68,6 +68,22 @@ def banned(logits: torch.Tensor) -> torch.Tensor:
     return logits.index_fill(-1, torch.tensor([MASK], device=logits.device), float("-inf"))
 
 
+def imported(tmp: Path, kind: str, mask_name: str, their_logits) -> torch.nn.Module:
+    """Import the saved ``tmp/kind`` folder (a tokenizer added) and print the logits' largest
+    difference from ``their_logits`` on random tokens with masks; returns mdmctl's model."""
+    tokenizer(tmp / kind, mask_name)
+    run = import_model(tmp / kind, tmp / f"{kind}-run")
+    ours, *_ = load_model(str(run.step_dir), device="cpu", attention="sdpa")
+    x = torch.randint(0, MASK, (2, 48), generator=torch.Generator().manual_seed(2))
+    x[:, 10:30] = MASK
+    with torch.no_grad():
+        a, b = their_logits(x), ours(x)
+    keep = torch.arange(V) != MASK
+    print(f"{kind} logits: max |difference| {(a - b)[..., keep].abs().max():.2e} "
+          f"(scale {a[..., keep].abs().max():.1f})")  # fmt: skip
+    return ours
+
+
 def llada(fast_dllm: Path, generate_py: Path, tmp: Path) -> None:
     sys.path.insert(0, str(fast_dllm))
     from llada.model.configuration_llada import LLaDAConfig
@@ -86,16 +102,7 @@ def llada(fast_dllm: Path, generate_py: Path, tmp: Path) -> None:
     theirs = LLaDAModelLM(cfg, init_params=True).eval()
     peaked(theirs, "model.transformer.ff_out.weight")
     theirs.save_pretrained(tmp / "llada")
-    tokenizer(tmp / "llada", "<|mdm_mask|>")
-    run = import_model(tmp / "llada", tmp / "llada-run")
-    ours, *_ = load_model(str(run.step_dir), device="cpu", attention="sdpa")
-    x = torch.randint(0, MASK, (2, 48), generator=torch.Generator().manual_seed(2))
-    x[:, 10:30] = MASK
-    with torch.no_grad():
-        a, b = banned(theirs(x).logits), ours(x)
-    keep = torch.arange(V) != MASK
-    print(f"LLaDA logits: max |difference| {(a - b)[..., keep].abs().max():.2e} "
-          f"(scale {a[..., keep].abs().max():.1f})")  # fmt: skip
+    ours = imported(tmp, "llada", "<|mdm_mask|>", lambda x: banned(theirs(x).logits))
 
     spec = importlib.util.spec_from_file_location("llada_generate", generate_py)
     gen = importlib.util.module_from_spec(spec)
@@ -115,7 +122,8 @@ def llada(fast_dllm: Path, generate_py: Path, tmp: Path) -> None:
                 ref = gen.generate(Banned(), prompt, steps=steps, gen_length=gen_length,
                                    block_length=block, temperature=0.0, mask_id=MASK)  # fmt: skip
             dec = Decoding(temperature=0.0, block_length=block, schedule="llada")
-            out = sample_mdm(lambda x, d: ours(x, doc_ids=d), [prompt[0].tolist()], length=gen_length, steps=steps,
+            fn = lambda x, d: ours(x, doc_ids=d)  # noqa: E731
+            out = sample_mdm(fn, [prompt[0].tolist()], length=gen_length, steps=steps,
                              mask_id=MASK, pad_id=EOS, generator=torch.Generator(),
                              decoding=dec)  # fmt: skip
             same += int((out.tokens[0] == ref[0, 12:]).sum())
@@ -163,18 +171,12 @@ def dream(fast_dllm: Path, tmp: Path) -> None:
     theirs.config.save_pretrained(tmp / "dream")
     save_file({k: v.contiguous() for k, v in theirs.state_dict().items()},
               str(tmp / "dream" / "model.safetensors"))  # fmt: skip
-    tokenizer(tmp / "dream", "<|mask|>")
-    run = import_model(tmp / "dream", tmp / "dream-run")
-    ours, *_ = load_model(str(run.step_dir), device="cpu", attention="sdpa")
-    x = torch.randint(0, MASK, (2, 48), generator=torch.Generator().manual_seed(2))
-    x[:, 10:30] = MASK
-    with torch.no_grad():
+
+    def shifted(x):  # the shift of Dream's generation
         a = theirs(x, "full").logits
-        a = banned(torch.cat([a[:, :1], a[:, :-1]], dim=1))  # the shift of Dream's generation
-        b = ours(x)
-    keep = torch.arange(V) != MASK
-    print(f"Dream logits (shifted): max |difference| {(a - b)[..., keep].abs().max():.2e} "
-          f"(scale {a[..., keep].abs().max():.1f})")  # fmt: skip
+        return banned(torch.cat([a[:, :1], a[:, :-1]], dim=1))
+
+    ours = imported(tmp, "dream", "<|mask|>", shifted)
     for alg, remasking in [("maskgit_plus", "low-confidence"), ("topk_margin", "margin"),
                            ("entropy", "entropy")]:  # fmt: skip
         same = total = 0
@@ -191,7 +193,8 @@ def dream(fast_dllm: Path, tmp: Path) -> None:
                 ref = theirs._sample(prompt, None, settings, lambda step, x, logits: x,
                                      lambda step, x, logits: banned(logits))  # fmt: skip
             dec = Decoding(temperature=0.0, schedule="dream", remasking=remasking)
-            out = sample_mdm(lambda x, d: ours(x, doc_ids=d), [prompt[0].tolist()], length=32, steps=16, mask_id=MASK,
+            fn = lambda x, d: ours(x, doc_ids=d)  # noqa: E731
+            out = sample_mdm(fn, [prompt[0].tolist()], length=32, steps=16, mask_id=MASK,
                              pad_id=EOS, generator=torch.Generator(), decoding=dec)  # fmt: skip
             same += int((out.tokens[0] == ref[0, 12:]).sum())
             total += 32
