@@ -122,8 +122,38 @@ def test_shifted_logits_read_the_previous_position():
     assert torch.equal(b[:, 1:], a[:, :-1]) and torch.equal(b[:, 0], a[:, 0])
     select = torch.rand(2, 24, generator=torch.Generator().manual_seed(5)) < 0.4
     torch.testing.assert_close(shifted(x, select=select), b[select])
-    with pytest.raises(ValueError, match="without a KV cache"):
-        shifted(x, cache=shifted.new_cache(2, "cpu", torch.float32))
+    arm = _model(_cfg(objective="arm", mask_id=-1, shift_logits=True))
+    with pytest.raises(ValueError, match="no left-to-right KV cache"):
+        arm(x, cache=arm.new_cache(2, "cpu", torch.float32))
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual", "delayed"])
+def test_kv_cache_with_shifted_logits_reads_the_column_before(mode):
+    """Right after a refresh the kept keys and values are the fresh ones, so a cached forward of
+    the same canvas gives the uncached logits at every column the sampler reads: the block's
+    masked columns, the first of which reads the prompt's last output (run as a query)."""
+    from mdmctl.sampling.cache import CachedMDM
+
+    m = _model(_cfg(n_kv_heads=2, qkv_bias=True, shift_logits=True))
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, V - 1, (2, 20), generator=g)
+    x[:, 8:] = V - 1  # prompt 8 tokens, then the masked generation
+    x[1, 13] = 5  # a token revealed inside the block
+    own = torch.zeros(2, 20, dtype=torch.bool)
+    own[:, 8:14] = True  # the block: columns 8..13
+    cached = CachedMDM(m, mode, mask_id=V - 1, shift=True)
+    cached.begin_block(own)
+    want = m(x)  # (B, L, V) shifted by the model itself
+    first = cached(x, None)
+    torch.testing.assert_close(first, want, atol=1e-5, rtol=1e-5)
+    again = cached(x, None)  # a window forward on kept keys and values
+    assert cached.forwards_window == 1
+    read = (x == V - 1) & own
+    torch.testing.assert_close(again[read], want[read], atol=1e-5, rtol=1e-5)
+    plain = CachedMDM(m, mode, mask_id=V - 1, shift=False)  # without the shift: wrong logits
+    plain.begin_block(own)
+    plain(x, None)
+    assert not torch.allclose(plain(x, None)[read], want[read], atol=1e-3)
 
 
 @pytest.mark.parametrize("kw", [dict(n_kv_heads=2, qkv_bias=True), dict(shift_logits=True)])

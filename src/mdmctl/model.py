@@ -169,11 +169,14 @@ class Transformer(nn.Module):
         ``select`` (B, L) bool: return logits only at those positions, (N, V) in row-major order.
         Scoring needs a few positions of long rows; the head is skipped everywhere else.
 
-        ``cfg.shift_logits`` (Dream): position i's logits come from position i-1's output."""
+        ``cfg.shift_logits`` (Dream): position i's logits come from position i-1's output. With
+        a bidirectional (MDM canvas) cache each position's own output is returned unshifted: a
+        window's first position reads a position the window may not hold, so the cache's owner
+        (``sampling/cache.py``) shifts over the whole canvas."""
         B, L = idx.shape
-        shift = self.cfg.shift_logits
-        if shift and cache is not None:
-            raise ValueError("a model with shifted logits (Dream) runs without a KV cache")
+        if self.cfg.shift_logits and cache is not None and not cache.bidirectional:
+            raise ValueError("a model with shifted logits (Dream) has no left-to-right KV cache")
+        shift = self.cfg.shift_logits and cache is None
         span = L if cache is None else cache.span(L)
         if span > self.cfg.seq_len:
             raise ValueError(f"sequence of {span} tokens exceeds seq_len={self.cfg.seq_len}")

@@ -33,6 +33,13 @@ widest row's window; a narrower row's contiguous window is moved left to fit the
 narrower delayed row runs other columns too). Each row writes fresh keys and values only for its
 own window columns and keeps the cached ones elsewhere, so a row's sample
 does not depend on its batch neighbours.
+
+A model with shifted logits (Dream: position i's logits are position i-1's output) needs the
+output of the column before each one it reads. The cached forwards return each column's own
+output, kept in a canvas-wide buffer that is shifted by one when returned, and each window also
+runs, as a query only (its kept keys and values stay), the column before each column it writes:
+before the block (prefix, dual) or before each masked column (delayed). So the block's first
+token reads a fresh output of the prompt's last token, not one from the block's first step.
 """
 
 from __future__ import annotations
@@ -58,13 +65,15 @@ class CachedMDM:
         window: int = 0,
         mask_id: int | None = None,
         width_multiple: int = 1,
+        shift: bool = False,
     ) -> None:
         """``width_multiple``: the delayed cache's forwards run a multiple of this many columns
-        (the extra ones write nothing), so CUDA graphs meet a few widths, not every one."""
+        (the extra ones write nothing), so CUDA graphs meet a few widths, not every one.
+        ``shift``: the model's logits are shifted (``ModelConfig.shift_logits``, Dream)."""
         if mode == "delayed" and mask_id is None:
             raise ValueError("the delayed cache needs mask_id: it runs the masked positions")
         self.model, self.mode, self.window, self.mask_id = model, mode, window, mask_id
-        self.width_multiple = width_multiple
+        self.width_multiple, self.shift = width_multiple, shift
         self.cache: KVCache | None = None
         self.positions: torch.Tensor | None = None  # (B, w) each row's window
         self.own: torch.Tensor | None = None  # (B, L) the columns each row writes
@@ -85,8 +94,10 @@ class CachedMDM:
         last = torch.where(has, last.clamp(max=L - 1), 0)
         cols = torch.arange(L, device=own.device)
         own = has[:, None] & (cols >= first[:, None]) & (cols <= last[:, None])  # (B, L)
-        width = int((last - first + 1).clamp(min=1).max())
-        start = first.clamp(max=L - width)  # (B,)
+        # Shifted logits: the column before the block runs too (a query; it writes nothing).
+        run_first = (first - int(self.shift)).clamp(min=0)
+        width = int((last - run_first + 1).clamp(min=1).max())
+        start = run_first.clamp(max=L - width)  # (B,)
         self.own, self.refresh = own, True
         self.positions = start[:, None] + torch.arange(width, device=own.device)  # (B, w)
 
@@ -112,7 +123,14 @@ class CachedMDM:
         # step. Elsewhere it holds older values, which the sampler does not read.
         self.logits.scatter_(1, pos[:, :, None].expand_as(part), part)
         self.positions, self.own = nxt or (self.positions, self.own)
-        return self.logits
+        return self._shifted(self.logits)
+
+    def _shifted(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, L, V) each column's logits: its own output, or with ``shift`` the one before
+        (the first column keeps its own, as the model does)."""
+        if not self.shift:
+            return logits
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
     def _delay(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Delayed cache: (positions, own) of the next forward, which runs the columns masked
@@ -122,11 +140,14 @@ class CachedMDM:
         if self.mode != "delayed" or self.own is None:
             return None
         masked = x[: self.own.shape[0]] == self.mask_id  # (B, L)
-        width = max(int(masked.sum(1).max()), 1)
+        runs = masked.clone()
+        if self.shift:  # and the column before each masked one, as a query
+            runs[:, :-1] |= masked[:, 1:]
+        width = max(int(runs.sum(1).max()), 1)
         width = min(-(-width // self.width_multiple) * self.width_multiple, masked.shape[1])
         # Each row's masked columns first, in order; a row with fewer fills the width with
         # other columns, which run but write nothing (their kept keys and values stay).
-        order = torch.sort((~masked).to(torch.uint8), dim=1, stable=True).indices  # (B, L)
+        order = torch.sort((~runs).to(torch.uint8), dim=1, stable=True).indices  # (B, L)
         return order[:, :width], masked  # (B, w), (B, L)
 
     def take(self, keep: torch.Tensor) -> None:
@@ -151,4 +172,4 @@ class CachedMDM:
         self.cache.length = 0
         self.refresh = False
         self.logits = self.model(x, doc_ids=doc_ids, cache=self.cache)  # (B, L, V)
-        return self.logits
+        return self._shifted(self.logits)

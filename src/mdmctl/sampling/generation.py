@@ -158,7 +158,14 @@ def _row_sampler(model: Any, info: Any, cfg: SampleConfig, device: Any) -> RowSa
         (lambda x, doc: net(x, doc_ids=doc))
         if cfg.cache == "none"
         # Under CUDA graphs the delayed cache's widths come in steps of 8: fewer graphs.
-        else CachedMDM(net, cfg.cache, cfg.cache_window, mc.mask_id, 8 if cfg.cuda_graphs else 1)
+        else CachedMDM(
+            net,
+            cfg.cache,
+            cfg.cache_window,
+            mc.mask_id,
+            8 if cfg.cuda_graphs else 1,
+            shift=mc.shift_logits,
+        )  # fmt: skip
     )
     # CUDA graphs replay fixed shapes: finished rows stay in their batch.
     rules = replace(d, eos_id=info.eos_id, keep_batch=cfg.cuda_graphs)
