@@ -136,3 +136,64 @@ def mdmctl_log(caplog, monkeypatch):
             yield caplog
     finally:
         logger.removeHandler(caplog.handler)
+
+
+LLAMA3_CHAT = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+    "\n\n{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)  # LLaDA Instruct's template, in shape
+
+
+@pytest.fixture(scope="session")
+def family_runs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random LLaDA and Dream models saved in their own layouts (names, config.json, a
+    tokenizer with the family's special tokens, a chat template), imported: the step dirs."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from mdmctl.interop import families
+    from mdmctl.interop.convert import import_model
+    from mdmctl.model import Transformer
+
+    words = sorted(
+        {w for s in SENTENCES for w in s.replace(".", " .").split()} | {"user", "assistant"}
+    )
+    specials = ["<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>"]  # fmt: skip
+    root, out = tmp_path_factory.mktemp("families"), {}
+    for kind, mask in (("llada", "<|mdm_mask|>"), ("dream", "<|mask|>")):
+        # Special tokens only as added tokens: their text typed by a user is not one of them.
+        vocab = {w: i for i, w in enumerate(["<unk>", *words])}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.add_special_tokens([*specials, mask])  # the mask last: id V - 1
+        V, folder = tok.get_vocab_size(with_added_tokens=True), root / kind
+        folder.mkdir()
+        tok.save(str(folder / "tokenizer.json"))
+        if kind == "llada":
+            conf = {"model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": 48,
+                    "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 96,
+                    "embedding_size": V, "vocab_size": V, "rope_theta": 500000.0,
+                    "max_sequence_length": 256, "mask_token_id": V - 1}  # fmt: skip
+            cfg = families.llada_config(conf, folder, None)
+        else:
+            conf = {"model_type": "Dream", "architectures": ["DreamModel"], "hidden_size": 48,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+                    "intermediate_size": 96, "vocab_size": V, "rope_theta": 1000000.0,
+                    "max_position_embeddings": 256, "mask_token_id": V - 1}  # fmt: skip
+            cfg = families.dream_config(conf, folder, None)
+        torch.manual_seed(31)
+        model = Transformer(dataclasses.replace(cfg, vocab_size=V))
+        state = {k: v + 0.05 * torch.randn_like(v) if k.endswith(".bias") else v
+                 for k, v in model.state_dict().items()}  # fmt: skip
+        save_file(families.write(kind, state, cfg.n_layers), str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(conf))
+        tok_conf = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                    "chat_template": LLAMA3_CHAT}  # fmt: skip
+        (folder / "tokenizer_config.json").write_text(json.dumps(tok_conf))
+        out[kind] = import_model(folder, root / f"run-{kind}").step_dir
+    return out

@@ -174,7 +174,7 @@ class Transformer(nn.Module):
         window's first position reads a position the window may not hold, so the cache's owner
         (``sampling/cache.py``) shifts over the whole canvas."""
         B, L = idx.shape
-        if self.cfg.shift_logits and cache is not None and not cache.bidirectional:
+        if self.cfg.shift_logits and cache is not None and self.causal:  # an ARM: left to right
             raise ValueError("a model with shifted logits (Dream) has no left-to-right KV cache")
         shift = self.cfg.shift_logits and cache is None
         span = L if cache is None else cache.span(L)

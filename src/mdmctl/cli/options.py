@@ -25,7 +25,7 @@ from typing import Any
 import typer
 
 from mdmctl.config import FinetuneConfig, ModelConfig, RunConfig, TrainConfig
-from mdmctl.sampling.config import SampleConfig
+from mdmctl.sampling.config import PRESETS, SampleConfig
 from mdmctl.sampling.decoding import Decoding
 
 
@@ -265,6 +265,9 @@ def sample_config(o: Options, *, recipe: bool = True, **fixed: Any) -> SampleCon
     names = [n for n in ("steps", "sampler", "temperature", "cfg", "seed", "batch_size",
                          "device", "attention", *DECODING) if hasattr(o, n)]  # fmt: skip
     values = {**o.pick(*names), **fixed}
+    if getattr(o, "preset", None):  # what the user left at its default, the preset sets
+        values = {k: v for k, v in values.items() if k in o.given or k not in PRESETS[o.preset]}
+        values["preset"] = o.preset
     checkpoint = getattr(o, "checkpoint", None)
     return SampleConfig.create(
         checkpoint=str(checkpoint) if checkpoint else None,

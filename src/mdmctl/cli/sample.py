@@ -8,6 +8,7 @@ from pathlib import Path
 from mdmctl.cli import options as opt
 from mdmctl.cli.common import app, cli_errors, log_info
 from mdmctl.errors import ConfigError
+from mdmctl.sampling.config import SampleConfig
 from mdmctl.sampling.decoding import Decoding
 
 
@@ -22,6 +23,7 @@ from mdmctl.sampling.decoding import Decoding
     length=opt.Opt(("--length",), int | None, None,
                    "Tokens to generate. Default: what fits in the model's context after the "
                    "prompt, at most 256.", min=1),
+    preset=opt.from_field(SampleConfig, "preset"),
     steps=opt.STEPS.but(note="Default: the generation length (one token per step)."),
     sampler=opt.SAMPLER,
     temperature=opt.TEMPERATURE.but(default=1.0),
@@ -34,6 +36,7 @@ from mdmctl.sampling.decoding import Decoding
     batch_size=opt.GEN_BATCH,
     stop_at_eos=opt.from_field(Decoding, "stop_at_eos", "--stop-at-eos/--no-stop-at-eos",
                                default=True),
+    chat=opt.from_field(SampleConfig, "chat", "--chat/--no-chat"),
     **opt.RUNTIME,
     **opt.json_out("One JSON object per sample on stdout."),
 )  # fmt: skip
@@ -54,7 +57,7 @@ def sample(o: opt.Options) -> None:
             prompts += [ln.rstrip("\n") for ln in text.splitlines() if ln.strip()]
         scfg = opt.sample_config(
             o, recipe=False, prompts=tuple(prompts or [""]), stop_at_eos=o.stop_at_eos,
-            **o.pick("length", "num_samples"),
+            **o.pick("length", "num_samples", "chat"),
         )  # fmt: skip
         res = sample_from_checkpoint(scfg, log=log_info)
         for s in res.samples:

@@ -64,7 +64,7 @@ def export_hf(
     step_dir = ckpt.resolve_checkpoint(checkpoint)
     loaded = ckpt.load_checkpoint(step_dir)
     cfg = loaded.model_cfg
-    record = _import_record(step_dir)
+    record = files.import_record(step_dir)
     if record.get("layout") in ("llada", "dream"):
         return _export_family(record, step_dir, loaded, out, max_bytes, dtype, overwrite, t0)
     if cfg.qkv_bias or cfg.shift_logits:
@@ -95,12 +95,6 @@ def export_hf(
              "tokenizer_config.json", "special_tokens_map.json"]  # fmt: skip
     return ExportResult(out, step_dir, names, cfg.objective, cfg.n_params,
                         time.perf_counter() - t0)  # fmt: skip
-
-
-def _import_record(step_dir: Path) -> dict:
-    """The ``import`` block of the run folder's config.json ({} for a run trained here)."""
-    path = step_dir.parent.parent / "config.json"
-    return (files.read_json(path).get("import") or {}) if path.is_file() else {}
 
 
 def _export_family(record, step_dir, loaded, out, max_bytes, dtype, overwrite, t0) -> ExportResult:

@@ -109,5 +109,13 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def import_record(step_dir: Path) -> dict:
+    """The ``import`` block of a checkpoint's run folder config.json: where an imported model
+    came from, its layout and (LLaDA, Dream) its own config and tokenizer_config; {} for a run
+    trained here."""
+    path = step_dir.parent.parent / "config.json"
+    return (read_json(path).get("import") or {}) if path.is_file() else {}
+
+
 def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

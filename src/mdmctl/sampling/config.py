@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 from mdmctl.config import check_finite, option
 from mdmctl.errors import ConfigError
@@ -29,6 +29,22 @@ DECODING_FIELDS = frozenset(f.name for f in fields(Decoding))
 DEFAULT_MAX_LENGTH = 256
 """Cap of the default generation length: a 2048-token context would otherwise mean 2048 tokens
 (and as many MDM steps) for a one-line prompt."""
+
+
+Preset = Literal["llada", "dream"]
+PRESET_NAMES: tuple[str, ...] = get_args(Preset)
+PRESETS: dict[str, dict[str, Any]] = {
+    # LLaDA's generate.py, as its main() calls generate(): gen_length 128, steps 128,
+    # block_length 32, temperature 0, cfg_scale 0, remasking low_confidence; its count rule.
+    "llada": dict(length=128, steps=128, block_length=32, temperature=0.0, cfg=0.0,
+                  sampler="confidence", remasking="low-confidence", schedule="llada"),
+    # Dream's README, its diffusion_generate call: max_new_tokens 512, steps 512, temperature
+    # 0.2, top_p 0.95, alg entropy, alg_temp 0 (confidence order, not sampled); its count rule.
+    "dream": dict(length=512, steps=512, temperature=0.2, top_p=0.95, sampler="confidence",
+                  remasking="entropy", schedule="dream"),
+}  # fmt: skip
+"""Each family's sampling defaults as its project ships them (``--preset``): fields of
+``SampleConfig`` and ``Decoding`` by name."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,6 +83,14 @@ class SampleConfig:
         default_help="0 (Fast-dLLM's dual cache)",
         min=0,
     )
+    chat: bool = option(
+        False,
+        "Wrap each prompt in the checkpoint's chat template as one user turn, with the "
+        "assistant's turn opened (an imported instruct model: its tokenizer_config.json's "
+        "chat_template, as transformers' apply_chat_template renders it). The prompt's own "
+        "text is encoded literally; the template's special tokens as special tokens.",
+        default_help="off",
+    )
     compile: bool = option(
         False,
         "Run the model through torch.compile (both objectives; dynamic shapes). The first "
@@ -79,6 +103,15 @@ class SampleConfig:
         "shape once as a CUDA graph and replay it, one launch instead of hundreds per step.",
         default_help="off",
     )
+    preset: Preset | None = option(
+        None,
+        "Sampling defaults of an MDM family as its project ships them; options given as well "
+        "override them. llada (LLaDA's generate.py): --length 128 --steps 128 --block-length "
+        "32 --temperature 0 --remasking low-confidence --schedule llada. dream (Dream's "
+        "diffusion_generate example): --length 512 --steps 512 --temperature 0.2 --top-p 0.95 "
+        "--remasking entropy --schedule dream.",
+        default_help="none (mdmctl's own defaults)",
+    )
     defaults: frozenset[tuple[str, Any]] = frozenset()
     """(field, value) pairs a recipe set, not the user (e.g. ``eval reverse-curse``'s CFG 0.8):
     for an ARM, ``for_objective`` drops a field still at that value silently, and refuses or
@@ -87,7 +120,15 @@ class SampleConfig:
     @classmethod
     def create(cls, **values: Any) -> SampleConfig:
         """A config from flat fields: ``Decoding``'s (``cfg=1.5``, ``threshold=0.9``) go into
-        ``decoding``, over ``SAMPLE_DECODING``."""
+        ``decoding``, over ``SAMPLE_DECODING``. With ``preset``, its values fill the fields
+        not given."""
+        preset = values.get("preset")
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ConfigError(
+                    f"--preset: expected one of {', '.join(PRESET_NAMES)}, got {preset!r}"
+                )
+            values = {**PRESETS[preset], **values}
         return cls().evolve(**values)
 
     def evolve(self, **values: Any) -> SampleConfig:

@@ -21,6 +21,7 @@ from mdmctl.errors import ConfigError
 from mdmctl.memory import check_eval_batch
 from mdmctl.progress import report
 from mdmctl.sampling.compiled import compile_model, graphed_model
+from mdmctl.sampling.chat import chat_ids
 from mdmctl.sampling.config import (
     DEFAULT_MAX_LENGTH,
     SampleConfig,
@@ -205,7 +206,10 @@ def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
     model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
     cfg = for_objective(cfg, model.cfg.objective)
     prompts = [p for p in cfg.prompts for _ in range(cfg.num_samples)]
-    ids = [encode_literal(tok, p) if p else [] for p in prompts]
+    if cfg.chat:
+        ids = chat_ids(tok, step_dir, prompts)
+    else:
+        ids = [encode_literal(tok, p) if p else [] for p in prompts]
     lengths = [cfg.length or fit_length(len(i), model.cfg.seq_len) for i in ids]
     _explain_lengths(cfg, ids, lengths, model.cfg, log or (lambda m: None))
     g = generate(model, tok, info, prompts, cfg, device, length=lengths, prompt_ids=ids)

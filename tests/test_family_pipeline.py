@@ -1,0 +1,81 @@
+"""Imported LLaDA and Dream checkpoints through the rest of mdmctl (issue 31): sampling with each
+family's preset and every cache, the chat template, evaluation and the sampling benchmark. The
+models are tiny and random (``family_runs`` in conftest.py): these tests check that each path
+runs the family's model as it should, not what a trained one scores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import run
+from mdmctl.errors import CheckpointError
+from mdmctl.sampling.chat import chat_template, encode_chat
+from mdmctl.sampling.config import PRESETS, SampleConfig
+from mdmctl.tokenizer import load_tokenizer
+
+
+def _sample(step_dir, *args):
+    r = run("sample", "--checkpoint", step_dir, "--json", "--device", "cpu", *args)
+    return [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_preset_is_the_options_it_names(family_runs, kind):
+    """--preset fills the options left out with the family's values; given ones win."""
+    preset = PRESETS[kind]
+    flags = []
+    for name, value in preset.items():
+        flags += [f"--{name.replace('_', '-')}", str(value)]
+    prompt = ["--prompt", "the cat sat on the mat .", "--seed", "3"]
+    short = ["--length", "24", "--steps", "24"]
+    by_preset = _sample(family_runs[kind], "--preset", kind, *prompt, *short)
+    by_flags = _sample(family_runs[kind], *flags, *prompt, *short)
+    assert by_preset == by_flags and len(by_preset[0]["token_ids"]) > 0
+    c = SampleConfig.create(preset=kind)
+    assert c.length == preset["length"] and c.steps == preset["steps"]
+    assert c.decoding.remasking == preset["remasking"]
+    assert SampleConfig.create(preset=kind, steps=7).steps == 7
+    r = run("sample", "--checkpoint", family_runs[kind], "--preset", "mdlm", code=2)
+    assert "--preset" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+@pytest.mark.parametrize("cache", ["prefix", "dual", "delayed"])
+def test_caches_run_on_each_family(family_runs, kind, cache):
+    """Every KV cache runs on both families (Dream's shifted logits included): every position
+    generated, no mask left. (That the cached logits are the right ones is tested on the model:
+    tests/test_model_families.py.)"""
+    mask_id = json.loads((family_runs[kind].parents[1] / "config.json").read_text())["model"][
+        "mask_id"
+    ]
+    common = ["--prompt", "the dog ran to the park .", "--length", "16", "--steps", "16",
+              "--block-length", "4", "--temperature", "0", "--no-stop-at-eos"]  # fmt: skip
+    cached = _sample(family_runs[kind], *common, "--cache", cache)[0]["token_ids"]
+    assert len(cached) == 16 and mask_id not in cached
+
+
+def test_chat_template_wraps_the_prompt(family_runs):
+    step = family_runs["llada"]
+    tok = load_tokenizer(step / "tokenizer.json")
+    template, tokens = chat_template(step)
+    ids = encode_chat(tok, template, tokens, "the cat <|eot_id|> sat")
+    special = {n: tok.token_to_id(n) for n in ("<|startoftext|>", "<|start_header_id|>",
+                                                  "<|end_header_id|>", "<|eot_id|>")}  # fmt: skip
+    assert ids[0] == special["<|startoftext|>"] and ids[1] == special["<|start_header_id|>"]
+    # the template's <|eot_id|> once (closing the user turn); the user's stays text (unknown)
+    assert ids.count(special["<|eot_id|>"]) == 1
+    assert ids[-1] == special["<|end_header_id|>"]
+    assert tok.decode(ids[-2:-1]) == "assistant" and tok.decode(ids[2:3]) == "user"
+    assert tok.decode(ids[4:8]) == "the cat <unk> sat"
+    out = _sample(step, "--chat", "--prompt", "the cat sat", "--length", "8", "--steps", "8",
+                  "--temperature", "0")  # fmt: skip
+    assert out[0]["prompt"] == "the cat sat" and len(out[0]["token_ids"]) <= 8
+
+
+def test_chat_needs_a_template(family_runs, ckpts):
+    with pytest.raises(CheckpointError, match="no chat template"):
+        chat_template(ckpts["mdm"])
+    r = run("sample", "--checkpoint", ckpts["mdm"], "--chat", "--prompt", "a", code=4)
+    assert "chat_template" in r.stderr
