@@ -178,13 +178,13 @@ def family_runs(tmp_path_factory) -> dict[str, Path]:
             conf = {"model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": 48,
                     "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 96,
                     "embedding_size": V, "vocab_size": V, "rope_theta": 500000.0,
-                    "max_sequence_length": 256, "mask_token_id": V - 1}  # fmt: skip
+                    "max_sequence_length": 64, "mask_token_id": V - 1}  # fmt: skip
             cfg = families.llada_config(conf, folder, None)
         else:
             conf = {"model_type": "Dream", "architectures": ["DreamModel"], "hidden_size": 48,
                     "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
                     "intermediate_size": 96, "vocab_size": V, "rope_theta": 1000000.0,
-                    "max_position_embeddings": 256, "mask_token_id": V - 1}  # fmt: skip
+                    "max_position_embeddings": 64, "mask_token_id": V - 1}  # fmt: skip
             cfg = families.dream_config(conf, folder, None)
         torch.manual_seed(31)
         model = Transformer(dataclasses.replace(cfg, vocab_size=V))

@@ -9,11 +9,12 @@ import json
 
 import pytest
 
-from .conftest import run
 from mdmctl.errors import CheckpointError
 from mdmctl.sampling.chat import chat_template, encode_chat
 from mdmctl.sampling.config import PRESETS, SampleConfig
 from mdmctl.tokenizer import load_tokenizer
+
+from .conftest import run
 
 
 def _sample(step_dir, *args):
@@ -79,3 +80,58 @@ def test_chat_needs_a_template(family_runs, ckpts):
         chat_template(ckpts["mdm"])
     r = run("sample", "--checkpoint", ckpts["mdm"], "--chat", "--prompt", "a", code=4)
     assert "chat_template" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_zero_shot_and_gsm8k_on_each_family(family_runs, kind, tmp_path):
+    rows = [{"context": f"the cat sat on the {w}", "choices": [" mat .", " dog ran ."],
+             "gold": i % 2} for i, w in enumerate(["mat", "boat", "sky", "roof"])]  # fmt: skip
+    (tmp_path / "piqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = run("eval", "piqa", "--checkpoint", family_runs[kind], "--data", tmp_path,
+            "--estimator", "mc-count", "--mc-samples", "8", "--json", "--device", "cpu")  # fmt: skip
+    (res,) = json.loads(r.stdout)
+    assert res["n"] == 4 and res["estimator"] == "mc-count" and 0 <= res["metrics"]["acc"] <= 1
+    problems = [{"question": "the cat sat on the mat .", "answer": "the dog ran . #### 4"}] * 2
+    gsm = tmp_path / "gsm8k.jsonl"
+    gsm.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    r = run("eval", "gsm8k", "--checkpoint", family_runs[kind], "--data", gsm, "--limit", "2",
+            "--total-length", "48", "--steps", "8", "--json", "--device", "cpu")  # fmt: skip
+    res = json.loads(r.stdout[r.stdout.index("{") :])
+    assert res["n"] == 2 and 0 <= res["accuracy"] <= 1
+
+
+def test_lm_eval_on_an_imported_family(family_runs, tmp_path):
+    """lm-eval's multiple choice (LLaDA's mc-count estimator) and generation on Dream."""
+    pytest.importorskip("lm_eval")
+    data = tmp_path / "t.jsonl"
+    rows = [{"question": "the cat sat on the", "choices": [" mat .", " park ."], "gold": 0,
+             "answer": "mat"}] * 2  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    head = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            "test_split: test\ndoc_to_text: '{{question}}'\n")  # fmt: skip
+    (tasks / "f_mc.yaml").write_text(
+        "task: f_mc\n" + head + "output_type: multiple_choice\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: gold\nmetric_list: [{metric: acc}]\n"
+    )
+    (tasks / "f_gen.yaml").write_text(
+        "task: f_gen\n" + head + "output_type: generate_until\ndoc_to_target: '{{answer}}'\n"
+        "generation_kwargs: {until: ['.'], max_gen_toks: 6}\nmetric_list: [{metric: exact_match}]\n"
+    )
+    r = run("eval", "lm-eval", "--checkpoint", family_runs["dream"], "--tasks", "f_mc,f_gen",
+            "--include-path", tasks, "--model-args", "estimator=mc-count,mc_num=4,steps=6",
+            "--bootstrap-iters", "10", "--json")  # fmt: skip
+    res = json.loads(r.stdout[r.stdout.index("{") :])
+    assert 0 <= res["f_mc"]["acc,none"] <= 1
+    assert res["f_gen"]["exact_match,none"] in (0.0, 0.5, 1.0)
+
+
+@pytest.mark.slow  # about 30 decoding settings: 50 s on 2 cores
+def test_bench_sample_on_an_imported_family(family_runs, tmp_path):
+    rows = [{"prompt": "the cat sat on the", "completion": " mat ."}] * 3
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run("bench", "sample", "--mdm", family_runs["llada"], "--data-dir", tmp_path,
+              "--split", "test.jsonl", "--batch-size", "2", "--latency-prompts", "1",
+              "--no-compile", "--device", "cpu").stdout  # fmt: skip
+    assert "sampling on test (batch 2)" in out and "accuracy (test)" in out

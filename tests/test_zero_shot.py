@@ -392,9 +392,9 @@ def test_lm_eval_model_args_reach_the_sampler(ckpts, monkeypatch):
     windows = []
     real_init = cache_mod.CachedMDM.__init__
 
-    def spy(self, model, mode, window=0, mask_id=None, *rest):
+    def spy(self, model, mode, window=0, mask_id=None, *rest, **kw):
         windows.append((mode, window))
-        real_init(self, model, mode, window, mask_id, *rest)
+        real_init(self, model, mode, window, mask_id, *rest, **kw)
 
     rules = dict(block_length="2", threshold="0.5", cache="dual", cache_window="2",
                  suffix_window="1")  # fmt: skip

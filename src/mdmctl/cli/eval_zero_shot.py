@@ -22,12 +22,14 @@ from mdmctl.cli.options import (
     out,
 )
 from mdmctl.errors import ConfigError
+from mdmctl.evaluation.benchmarks import ESTIMATORS
 
-ESTIMATOR = Opt(("--estimator",), choice(("mc", "chain-rule"), "estimator") | None, None,
-                "MDM: mc or chain-rule.")  # fmt: skip
+ESTIMATOR = Opt(("--estimator",), choice(ESTIMATORS, "estimator") | None, None,
+                "MDM: mc, mc-count (LLaDA's: exactly k of the answer's tokens masked, k "
+                "uniform) or chain-rule.")  # fmt: skip
 SCORING = {
     "mc_samples": Opt(("--mc-samples", "--mc-num"), int, 128,
-                      "MDM mc: stratified t samples per request.", min=1),
+                      "MDM mc and mc-count: stratified samples per request.", min=1),
     "cfg": CFG.but(type=float | None, default=None, min=None),
     "batch_size": Opt(("--batch-size",), int, 32, "Rows per forward.", min=1),
     "seed": SEED.but(help="Seed of the MDM's Monte Carlo draws."),
@@ -97,8 +99,9 @@ def _register_task(task: Any) -> None:
         data=data("Task jsonl in lm-eval's formatting (../shared/data/benchmarks layout) or its "
                   f"folder. Default: the hub's {task.hub[0]}, as lm-eval loads it (online only)."),
         limit=limit("documents"),
-        estimator=ESTIMATOR.but(help="MDM: mc or chain-rule (ARM checkpoints: exact). Default: "
-                                f"{task.estimator} (the paper's)."),
+        estimator=ESTIMATOR.but(help="MDM: mc, mc-count (LLaDA's: exactly k of the answer's "
+                                "tokens masked, k uniform) or chain-rule (ARM checkpoints: "
+                                f"exact). Default: {task.estimator} (the paper's)."),
         **{**SCORING, "cfg": SCORING["cfg"].but(
             help=f"MDM unsupervised CFG scale (ARM checkpoints: none). Default: {task.cfg:g} "
             "(the paper's).")},

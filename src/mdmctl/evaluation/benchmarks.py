@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Kind = Literal["choice", "partial", "greedy"]
+Estimator = Literal["mc", "mc-count", "chain-rule"]
+ESTIMATORS: tuple[str, ...] = ("mc", "mc-count", "chain-rule")
+"""The MDM likelihood estimators (``evaluation/likelihood.py``), here to stay torch-free."""
 
 
 @dataclass(frozen=True, slots=True)

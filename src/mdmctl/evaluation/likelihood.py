@@ -8,6 +8,9 @@ and the lm-eval adapter. Estimators:
   mask each continuation token with probability t, keep the context clean, and score
   Σ_masked log p(x0_i | xt) / t. The mean is the ELBO, a *lower bound* on log p in expectation;
   its standard error is reported (the plain formula, which is conservative under stratification).
+- MDM ``mc-count`` (LLaDA's estimator, its eval_llada.py): each sample masks exactly k of the C
+  continuation tokens, k stratified over 1..C, and weights the masked log-probs by C/k. The same
+  expectation as ``mc`` (the ELBO), with no sample wasted on a clean continuation.
 - MDM ``chain-rule``: log p = Σ_j log p(x_j | context, x_<j, masks after j), one forward per
   continuation token. Exact for the model's left-to-right factorisation.
 - MDM greedy check (``is_greedy``): start with the continuation fully masked, unmask the most
@@ -32,18 +35,16 @@ import zlib
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from mdmctl.data.batches import mix
 from mdmctl.diffusion import stratified_t
 from mdmctl.errors import ConfigError
+from mdmctl.evaluation.benchmarks import ESTIMATORS, Estimator
 from mdmctl.progress import report
 from mdmctl.sampling.mdm import cfg_logits
 
-Estimator = Literal["mc", "chain-rule"]
-ESTIMATORS: tuple[str, ...] = ("mc", "chain-rule")
 TokenRequest = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 
 
@@ -306,6 +307,29 @@ def loglikelihood(
 CHUNK_REQUESTS = 512
 
 
+def _mc_masks(
+    cfg: ScoreConfig, key: int, C: int, seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MC samples' masks of a C-token continuation (n, C) and their weights (n,) float64.
+
+    ``mc``: t stratified in [eps, 1], each token masked with probability t, weight 1/t. One
+    uniform per (sample, position) over the whole context window, so choices of different
+    lengths share the masks of the positions they have in common.
+    ``mc-count`` (LLaDA's eval_llada.py): exactly k of the C tokens masked, at random places,
+    k stratified over 1..C from a uniform start, weight C/k; never an all-clean sample."""
+    n, g = cfg.mc_samples, torch.Generator().manual_seed(key)
+    if cfg.estimator == "mc":
+        t = stratified_t(n, g, cfg.eps)  # (n,)
+        u = torch.rand(n, seq_len, generator=g)[:, :C]
+        return u < t[:, None], 1.0 / t.double()
+    k0 = int(torch.randint(1, C + 1, (), generator=g))
+    k = torch.round(torch.linspace(float(k0), k0 + (n - 1) * (C / n), n)).long()
+    k = (k - 1) % C + 1  # (n,) in 1..C
+    order = torch.rand(n, C, generator=g).argsort(dim=1)  # a random permutation per sample
+    masked = order < k[:, None]  # (n, C) exactly k[i] masked in row i
+    return masked, C / k.double()
+
+
 def _score_chunk(model, fitted, cfg: ScoreConfig, device) -> list[Score]:
     mc = model.cfg
     arm = mc.objective == "arm"
@@ -335,15 +359,9 @@ def _score_chunk(model, fitted, cfg: ScoreConfig, device) -> list[Score]:
         )
         values = [acc[torch.tensor(sl)].sum()[None] for sl in slots]
     else:
-        n = cfg.mc_samples
-        sample_slot, weight = [], []  # (R, n) slot per sample (-1: nothing masked), 1/t
+        sample_slot, weight = [], []  # (R, n) slot per sample (-1: nothing masked), weights
         for c, x, _ in fitted:
-            g = torch.Generator().manual_seed(_context_key(cfg.seed, c))
-            t = stratified_t(n, g, cfg.eps)  # (n,)
-            # One uniform per (sample, position) over the whole context window, so choices of
-            # different lengths share the masks of the positions they have in common.
-            u = torch.rand(n, mc.seq_len, generator=g)[:, : len(x)]
-            masked = u < t[:, None]  # (n, C)
+            masked, w = _mc_masks(cfg, _context_key(cfg.seed, c), len(x), mc.seq_len)  # (n, C)
             patterns, inverse = torch.unique(masked, dim=0, return_inverse=True)
             pslot = []
             for pat in patterns.tolist():
@@ -354,7 +372,7 @@ def _score_chunk(model, fitted, cfg: ScoreConfig, device) -> list[Score]:
                 xt = c + [mc.mask_id if m else tok for m, tok in zip(pat, x, strict=True)]
                 pslot.append(rows.add(xt, len(c), [len(c) + j for j in pos], [x[j] for j in pos]))
             sample_slot.append(torch.tensor(pslot)[inverse])
-            weight.append(1.0 / t.double())
+            weight.append(w)
         acc, _ = _run(
             model, rows, mask_id=mc.mask_id, cfg=cfg.cfg, batch_size=cfg.batch_size, device=device
         )
