@@ -135,3 +135,14 @@ def test_bench_sample_on_an_imported_family(family_runs, tmp_path):
               "--split", "test.jsonl", "--batch-size", "2", "--latency-prompts", "1",
               "--no-compile", "--device", "cpu").stdout  # fmt: skip
     assert "sampling on test (batch 2)" in out and "accuracy (test)" in out
+
+
+def test_bf16_weights_and_the_memory_refusal(family_runs, monkeypatch):
+    from mdmctl import memory
+
+    args = ["--prompt", "the cat sat", "--length", "8", "--steps", "8", "--temperature", "0"]
+    out = _sample(family_runs["dream"], "--dtype", "bf16", *args)
+    assert len(out[0]["token_ids"]) <= 8
+    monkeypatch.setattr(memory, "available_bytes", lambda *a: 1000)
+    r = run("sample", "--checkpoint", family_runs["dream"], *args, code=2)
+    assert "parameters need" in r.stderr and "run it on a GPU" in r.stderr

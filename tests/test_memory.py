@@ -85,3 +85,45 @@ def test_an_eval_batch_that_does_not_fit_fails_naming_one_that_does(ckpts, monke
     run("sample", "--checkpoint", ckpts["mdm"], "--length", "4", "--batch-size", "4")
     r = run("eval", "ppl", "--checkpoint", ckpts["mdm"], "--batch-size", "8", code=2)
     assert "--batch-size 4 would fit" in " ".join(r.stderr.split())
+
+
+def _families_8b():
+    """LLaDA 8B's and Dream 7B's shapes, read from their config.json fields."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from mdmctl.interop import families
+
+    llada = families.llada_config(
+        {"d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32,
+         "mlp_hidden_size": 12288, "rope_theta": 500000.0, "max_sequence_length": 4096,
+         "mask_token_id": 126336}, Path("config.json"), None)  # fmt: skip
+    dream = families.dream_config(
+        {"hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4,
+         "num_hidden_layers": 28, "intermediate_size": 18944, "rope_theta": 1e6,
+         "max_position_embeddings": 131072, "mask_token_id": 151666}, Path("config.json"),
+        None)  # fmt: skip
+    return replace(llada, vocab_size=126464), replace(dream, vocab_size=152064)
+
+
+def test_7_to_8b_shapes_plan_in_bf16_and_a_cpu_says_what_it_cannot(monkeypatch):
+    llada, dream = _families_8b()
+    # Dream 7B is Qwen2.5-7B's network: 7,615,616,512 parameters, as Qwen publishes
+    assert dream.n_params == 7_615_616_512
+    assert 8.0e9 < llada.n_params < 8.05e9  # LLaDA 8B
+    GiB = 2**30
+    for cfg in (llada, dream):
+        # bf16 halves the weights; the rest (fp32 logits at 4096 x 126-152k) is per row
+        bf16, fp32 = (memory.estimate_inference(cfg, 1, act_bytes=b) for b in (2, 4))
+        assert fp32 - bf16 > 14 * GiB
+        monkeypatch.setattr(memory, "available_bytes", lambda *a: 80 * GiB)  # an H100
+        memory.check_weights_fit(cfg, 2, "cuda")
+        memory.check_eval_batch(cfg, 2, "cuda", weight_bytes=2)
+        with pytest.raises(ConfigError, match=r"--batch-size \d+ would fit"):
+            memory.check_eval_batch(cfg, 64, "cuda", weight_bytes=2)
+        monkeypatch.setattr(memory, "available_bytes", lambda *a: 24 * GiB)
+        with pytest.raises(ConfigError, match="--dtype bf16 would fit"):
+            memory.check_weights_fit(cfg, 4, "cpu")
+        monkeypatch.setattr(memory, "available_bytes", lambda *a: 8 * GiB)  # a laptop
+        with pytest.raises(ConfigError, match=r"B parameters need .* run it on a GPU"):
+            memory.check_weights_fit(cfg, 2, "cpu")

@@ -34,6 +34,8 @@ from mdmctl.fileio import (
 )
 
 FORMAT_VERSION = 1
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""The weights' type for inference (``--dtype`` of the generating commands)."""
 STEP_PREFIX = "step-"
 ARCH_FIELDS = (
     "objective",
@@ -420,12 +422,18 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: P
 
 
 def load_model(
-    checkpoint: str | None, device: str = "auto", attention: str = "auto", log: Any = None
+    checkpoint: str | None,
+    device: str = "auto",
+    attention: str = "auto",
+    log: Any = None,
+    dtype: str = "fp32",
 ) -> tuple[Any, Any, Any, Path, torch.device]:
     """(model in eval mode, tokenizer, tokenizer info, step dir, device) from a checkpoint: the
-    weights checked against the tokenizer they were trained with."""
+    weights checked against the tokenizer they were trained with. ``dtype`` (fp32, bf16): the
+    weights' type while it runs (logits are fp32 either way)."""
     from mdmctl.attention import resolve_backend
     from mdmctl.device import resolve_device
+    from mdmctl.memory import check_weights_fit
     from mdmctl.model import Transformer
     from mdmctl.tokenizer import info_from_file
 
@@ -437,7 +445,11 @@ def load_model(
             f"{step_dir}: tokenizer.json ({info.sha256[:12]}) is not the tokenizer the weights "
             f"were trained with ({loaded.tokenizer_sha256[:12]})"
         )
+    if dtype not in WEIGHT_DTYPES:
+        raise ConfigError(f"--dtype: expected one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
     dev = resolve_device(device)
+    check_weights_fit(loaded.model_cfg, WEIGHT_DTYPES[dtype].itemsize, dev.type)
     model = Transformer(loaded.model_cfg, backend=resolve_backend(attention, dev))
     load_weights(model, loaded.state_dict, step_dir / "model.safetensors")
-    return model.to(dev).eval(), tok, info, step_dir, dev
+    del loaded  # the checkpoint's tensors: the model holds its own copy
+    return model.to(dev, WEIGHT_DTYPES[dtype]).eval(), tok, info, step_dir, dev

@@ -214,17 +214,45 @@ def plan_training(
 
 def estimate_inference(cfg: ModelConfig, rows: int, *, act_bytes: int = 4) -> int:
     """Peak bytes of one no-grad forward over ``rows`` sequences of ``cfg.seq_len`` tokens: the
-    weights, one block's transient tensors (nothing is kept for backward), a KV cache, and the
-    logits with their log-softmax (fp32)."""
-    params = cfg.n_params_non_embedding + 2 * cfg.vocab_size * cfg.d_model
+    weights (``act_bytes`` each: the model runs in its weights' type), one block's transient
+    tensors (nothing is kept for backward), a KV cache (key/value heads only), and the logits
+    with their log-softmax (fp32)."""
     tokens = rows * cfg.seq_len
     transient = tokens * (8 * cfg.d_model + 4 * cfg.d_ff) * act_bytes
-    kv_cache = 2 * cfg.n_layers * tokens * cfg.d_model * act_bytes
-    return 4 * params + transient + kv_cache + 2 * tokens * cfg.vocab_size * 4 + BASELINE_BYTES
+    kv_cache = 2 * cfg.n_layers * tokens * cfg.kv_heads * cfg.head_dim * act_bytes
+    logits = 2 * tokens * cfg.vocab_size * 4
+    return act_bytes * cfg.n_params + transient + kv_cache + logits + BASELINE_BYTES
+
+
+def check_weights_fit(cfg: ModelConfig, itemsize: int, device_type: str) -> None:
+    """Refuse at once (exit 2), before anything is loaded, a model whose weights alone do not
+    fit the device: a 7-8B LLaDA or Dream needs 15-16 GiB in bf16, 30-32 GiB in fp32."""
+    if os.environ.get("MDMCTL_MEMORY_CHECK", "1") == "0":
+        return
+    need = itemsize * cfg.n_params
+    budget = int(available_bytes(device_type) * HEADROOM)
+    if need <= budget:
+        return
+    where = "this machine's memory" if device_type == "cpu" else f"the {device_type} device"
+    if itemsize > 2 and need // 2 <= budget:
+        hint = "--dtype bf16 would fit (half the bytes)"
+    elif device_type == "cpu":
+        hint = "run it on a GPU (--device cuda) with the weights in bf16"
+    else:
+        hint = "it needs a device with more memory"
+    raise ConfigError(
+        f"memory: the {cfg.n_params / 1e9:.2f}B parameters need {gib(need)} at {itemsize} "
+        f"bytes each; {where} has {gib(budget)} to plan with: {hint}"
+    )
 
 
 def check_eval_batch(
-    cfg: ModelConfig, batch_size: int, device_type: str, *, rows_per_item: int = 1
+    cfg: ModelConfig,
+    batch_size: int,
+    device_type: str,
+    *,
+    rows_per_item: int = 1,
+    weight_bytes: int = 4,
 ) -> None:
     """Fail at once (exit 2) when ``batch_size`` items (``rows_per_item`` rows each: 2 with CFG)
     would not fit, naming a batch size that would. Not resized silently: the batch can change
@@ -232,11 +260,11 @@ def check_eval_batch(
     if os.environ.get("MDMCTL_MEMORY_CHECK", "1") == "0":
         return
     budget = int(available_bytes(device_type) * HEADROOM)
-    need = estimate_inference(cfg, batch_size * rows_per_item)
+    need = estimate_inference(cfg, batch_size * rows_per_item, act_bytes=weight_bytes)
     if need <= budget:
         return
     fits = [b for b in range(batch_size - 1, 0, -1)
-            if estimate_inference(cfg, b * rows_per_item) <= budget]  # fmt: skip
+            if estimate_inference(cfg, b * rows_per_item, act_bytes=weight_bytes) <= budget]  # fmt: skip
     hint = f"--batch-size {fits[0]} would fit" if fits else "even --batch-size 1 does not fit"
     raise ConfigError(
         f"memory: --batch-size {batch_size} x {cfg.seq_len} tokens needs about {gib(need)}; "

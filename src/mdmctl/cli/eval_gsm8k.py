@@ -49,6 +49,7 @@ from mdmctl.errors import ConfigError
     batch_size=opt.GEN_BATCH.but(default=32, note="SMDM: 64."),
     seed=opt.SEED.but(help="Seed of the sampling noise (SMDM: 1234)."),
     **opt.RUNTIME,
+    dtype=opt.GEN_DTYPE,
     **opt.json_out("Print accuracy, compliance and settings as JSON on stdout."),
 )  # fmt: skip
 def eval_gsm8k(o: opt.Options) -> None:

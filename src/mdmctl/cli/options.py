@@ -242,6 +242,7 @@ STEPS = Opt(("--steps",), int | None, None, "Denoising steps (MDM).", min=1)
 SAMPLER = from_field(Decoding, "sampler")
 TEMPERATURE = from_field(Decoding, "temperature")
 CFG = from_field(Decoding, "cfg")
+GEN_DTYPE = from_field(SampleConfig, "dtype")
 GEN_BATCH = from_field(SampleConfig, "batch_size")
 DECODING = {
     **{n: from_field(Decoding, n) for n in ("remasking", "schedule", "block_length", "threshold",
@@ -263,7 +264,7 @@ def sample_config(o: Options, *, recipe: bool = True, **fixed: Any) -> SampleCon
     ``TEMPERATURE``, ``CFG``, ``DECODING``, ...): one mapping for ``sample``, ``eval gsm8k`` and
     ``eval reverse-curse``. ``recipe``: the command's defaults are a recipe's (``RECIPE``)."""
     names = [n for n in ("steps", "sampler", "temperature", "cfg", "seed", "batch_size",
-                         "device", "attention", *DECODING) if hasattr(o, n)]  # fmt: skip
+                         "device", "attention", "dtype", *DECODING) if hasattr(o, n)]  # fmt: skip
     values = {**o.pick(*names), **fixed}
     if getattr(o, "preset", None):  # what the user left at its default, the preset sets
         values = {k: v for k, v in values.items() if k in o.given or k not in PRESETS[o.preset]}

@@ -37,6 +37,7 @@ from mdmctl.sampling.decoding import Decoding
     stop_at_eos=opt.from_field(Decoding, "stop_at_eos", "--stop-at-eos/--no-stop-at-eos",
                                default=True),
     chat=opt.from_field(SampleConfig, "chat", "--chat/--no-chat"),
+    dtype=opt.GEN_DTYPE,
     **opt.RUNTIME,
     **opt.json_out("One JSON object per sample on stdout."),
 )  # fmt: skip

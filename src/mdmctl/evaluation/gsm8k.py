@@ -232,7 +232,7 @@ def evaluate_gsm8k(
     from mdmctl.sampling import for_objective
 
     model, tok, info, step_dir, device = load_model(
-        checkpoint, sample_cfg.device, sample_cfg.attention, log
+        checkpoint, sample_cfg.device, sample_cfg.attention, log, sample_cfg.dtype
     )
     sample_cfg = for_objective(sample_cfg, model.cfg.objective)
     questions = [p.question for p in problems]

@@ -83,6 +83,11 @@ class SampleConfig:
         default_help="0 (Fast-dLLM's dual cache)",
         min=0,
     )
+    dtype: Literal["fp32", "bf16"] = option(
+        "fp32",
+        "The weights' type while generating: fp32, or bf16 (half the memory: a 7-8B LLaDA or "
+        "Dream in 15-16 GiB; logits stay fp32). On a CPU bf16 is slower.",
+    )
     chat: bool = option(
         False,
         "Wrap each prompt in the checkpoint's chat template as one user turn, with the "

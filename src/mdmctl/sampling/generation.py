@@ -20,8 +20,8 @@ from mdmctl.checkpoint import load_model
 from mdmctl.errors import ConfigError
 from mdmctl.memory import check_eval_batch
 from mdmctl.progress import report
-from mdmctl.sampling.compiled import compile_model, graphed_model
 from mdmctl.sampling.chat import chat_ids
+from mdmctl.sampling.compiled import compile_model, graphed_model
 from mdmctl.sampling.config import (
     DEFAULT_MAX_LENGTH,
     SampleConfig,
@@ -90,9 +90,9 @@ def generate(
     if mc.objective == "arm":
         check_arm_options(cfg)
     # device may be given as a string by library callers
-    check_eval_batch(
-        mc, cfg.batch_size, torch.device(device).type, rows_per_item=2 if cfg.decoding.cfg else 1
-    )
+    check_eval_batch(mc, cfg.batch_size, torch.device(device).type,
+                     rows_per_item=2 if cfg.decoding.cfg else 1,
+                     weight_bytes=model.tok_emb.weight.element_size())  # fmt: skip
     ids = prompt_ids or [encode_literal(tok, p) if p else [] for p in prompts]
     lengths = _lengths(ids, length, cfg.length, mc.seq_len)
     sample_rows = _row_sampler(model, info, cfg, device)
@@ -203,7 +203,9 @@ def _batches(
 
 
 def sample_from_checkpoint(cfg: SampleConfig, log=None) -> SampleResult:
-    model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
+    model, tok, info, step_dir, device = load_model(
+        cfg.checkpoint, cfg.device, cfg.attention, log, cfg.dtype
+    )
     cfg = for_objective(cfg, model.cfg.objective)
     prompts = [p for p in cfg.prompts for _ in range(cfg.num_samples)]
     if cfg.chat:
