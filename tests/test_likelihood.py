@@ -273,3 +273,22 @@ def test_chunking_requests_changes_nothing(monkeypatch):
     chunked = _score(m, reqs, mc_samples=8, cfg=0.5, greedy=True)
     for a, b in zip(whole, chunked, strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and a.is_greedy == b.is_greedy
+
+
+def test_mc_dream_never_scores_the_canvas_s_last_position():
+    """Dream's eval keeps a sequence's first and last positions clean: the continuation's last
+    token never counts (and its first, with no context); the rest is ``mc``'s draws."""
+    from mdmctl.evaluation import likelihood as lk
+
+    cfg = ScoreConfig(estimator="mc-dream", mc_samples=64)
+    dream, w = lk._mc_masks(cfg, 9, 4, 32)
+    plain, w_mc = lk._mc_masks(ScoreConfig(estimator="mc", mc_samples=64), 9, 4, 32)
+    assert not dream[:, -1].any() and torch.equal(dream[:, :-1], plain[:, :-1])
+    assert torch.equal(w, w_mc) and plain[:, -1].any()
+    bare, _ = lk._mc_masks(cfg, 9, 4, 32, bare=True)
+    assert not bare[:, 0].any() and not bare[:, -1].any()
+    m = _model("mdm")
+    (one,) = _score(m, [([5, 6], [8])], estimator="mc-dream", mc_samples=16)
+    assert one.logprob == 0.0  # a one-token continuation is never scored, as in Dream's eval
+    (two,) = _score(m, [([5, 6], [8, 9])], estimator="mc-dream", mc_samples=16)
+    assert two.logprob < 0

@@ -24,12 +24,14 @@ from mdmctl.cli.options import (
 from mdmctl.errors import ConfigError
 from mdmctl.evaluation.benchmarks import ESTIMATORS
 
+ESTIMATOR_HELP = ("MDM: mc (the ELBO, t stratified), mc-count (LLaDA's: exactly k of the "
+                  "answer's tokens masked, k uniform), mc-dream (Dream's: mc with the canvas's "
+                  "last position never masked) or chain-rule")  # fmt: skip
 ESTIMATOR = Opt(("--estimator",), choice(ESTIMATORS, "estimator") | None, None,
-                "MDM: mc, mc-count (LLaDA's: exactly k of the answer's tokens masked, k "
-                "uniform) or chain-rule.")  # fmt: skip
+                ESTIMATOR_HELP + ".")  # fmt: skip
 SCORING = {
     "mc_samples": Opt(("--mc-samples", "--mc-num"), int, 128,
-                      "MDM mc and mc-count: stratified samples per request.", min=1),
+                      "MDM Monte Carlo estimators: samples per request.", min=1),
     "cfg": CFG.but(type=float | None, default=None, min=None),
     "batch_size": Opt(("--batch-size",), int, 32, "Rows per forward.", min=1),
     "seed": SEED.but(help="Seed of the MDM's Monte Carlo draws."),
@@ -99,9 +101,8 @@ def _register_task(task: Any) -> None:
         data=data("Task jsonl in lm-eval's formatting (../shared/data/benchmarks layout) or its "
                   f"folder. Default: the hub's {task.hub[0]}, as lm-eval loads it (online only)."),
         limit=limit("documents"),
-        estimator=ESTIMATOR.but(help="MDM: mc, mc-count (LLaDA's: exactly k of the answer's "
-                                "tokens masked, k uniform) or chain-rule (ARM checkpoints: "
-                                f"exact). Default: {task.estimator} (the paper's)."),
+        estimator=ESTIMATOR.but(help=f"{ESTIMATOR_HELP} (ARM checkpoints: exact). Default: "
+                                f"{task.estimator} (the paper's)."),
         **{**SCORING, "cfg": SCORING["cfg"].but(
             help=f"MDM unsupervised CFG scale (ARM checkpoints: none). Default: {task.cfg:g} "
             "(the paper's).")},
@@ -130,8 +131,8 @@ _register_tasks()
               "Comma-separated task names ('-' or '_': arc-easy = arc_easy). Default: every task "
               "(with --data: those with a file)."),
     limit=limit("documents per task"),
-    estimator=ESTIMATOR.but(help="MDM: mc or chain-rule for every task. Default: the paper's per "
-                            "task."),
+    estimator=ESTIMATOR.but(help=f"{ESTIMATOR_HELP}, for every task. Default: the paper's "
+                            "per task."),
     **{**SCORING, "cfg": SCORING["cfg"].but(
         help="MDM unsupervised CFG scale for every task. Default: the paper's per task.")},
     out=out("Write one results file (.json: metrics and per-document scores). Default: none "

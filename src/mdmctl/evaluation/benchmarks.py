@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Kind = Literal["choice", "partial", "greedy"]
-Estimator = Literal["mc", "mc-count", "chain-rule"]
-ESTIMATORS: tuple[str, ...] = ("mc", "mc-count", "chain-rule")
+Estimator = Literal["mc", "mc-count", "mc-dream", "chain-rule"]
+ESTIMATORS: tuple[str, ...] = ("mc", "mc-count", "mc-dream", "chain-rule")
 """The MDM likelihood estimators (``evaluation/likelihood.py``), here to stay torch-free."""
 
 

@@ -11,6 +11,9 @@ and the lm-eval adapter. Estimators:
 - MDM ``mc-count`` (LLaDA's estimator, its eval_llada.py): each sample masks exactly k of the C
   continuation tokens, k stratified over 1..C, and weights the masked log-probs by C/k. The same
   expectation as ``mc`` (the ELBO), with no sample wasted on a clean continuation.
+- MDM ``mc-dream`` (Dream's estimator, its eval/eval.py): ``mc`` with the canvas's first and
+  last positions never masked, so the continuation's last token is never scored (and its first,
+  with no context). Not the ELBO of the whole continuation: it reproduces Dream's numbers.
 - MDM ``chain-rule``: log p = Σ_j log p(x_j | context, x_<j, masks after j), one forward per
   continuation token. Exact for the model's left-to-right factorisation.
 - MDM greedy check (``is_greedy``): start with the continuation fully masked, unmask the most
@@ -308,20 +311,28 @@ CHUNK_REQUESTS = 512
 
 
 def _mc_masks(
-    cfg: ScoreConfig, key: int, C: int, seq_len: int
+    cfg: ScoreConfig, key: int, C: int, seq_len: int, bare: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The MC samples' masks of a C-token continuation (n, C) and their weights (n,) float64.
 
     ``mc``: t stratified in [eps, 1], each token masked with probability t, weight 1/t. One
     uniform per (sample, position) over the whole context window, so choices of different
     lengths share the masks of the positions they have in common.
+    ``mc-dream`` (Dream's eval/eval.py): ``mc``, but the canvas's first and last positions are
+    never masked (there it keeps "bos and eos" clean): the continuation's last token, and its
+    first when the context is empty (``bare``), never count.
     ``mc-count`` (LLaDA's eval_llada.py): exactly k of the C tokens masked, at random places,
     k stratified over 1..C from a uniform start, weight C/k; never an all-clean sample."""
     n, g = cfg.mc_samples, torch.Generator().manual_seed(key)
-    if cfg.estimator == "mc":
+    if cfg.estimator in ("mc", "mc-dream"):
         t = stratified_t(n, g, cfg.eps)  # (n,)
         u = torch.rand(n, seq_len, generator=g)[:, :C]
-        return u < t[:, None], 1.0 / t.double()
+        masked = u < t[:, None]
+        if cfg.estimator == "mc-dream":  # the canvas's last position stays clean
+            masked[:, -1] = False
+            if bare:  # and its first: the continuation starts the canvas
+                masked[:, 0] = False
+        return masked, 1.0 / t.double()
     k0 = int(torch.randint(1, C + 1, (), generator=g))
     k = torch.round(torch.linspace(float(k0), k0 + (n - 1) * (C / n), n)).long()
     k = (k - 1) % C + 1  # (n,) in 1..C
@@ -361,7 +372,9 @@ def _score_chunk(model, fitted, cfg: ScoreConfig, device) -> list[Score]:
     else:
         sample_slot, weight = [], []  # (R, n) slot per sample (-1: nothing masked), weights
         for c, x, _ in fitted:
-            masked, w = _mc_masks(cfg, _context_key(cfg.seed, c), len(x), mc.seq_len)  # (n, C)
+            masked, w = _mc_masks(
+                cfg, _context_key(cfg.seed, c), len(x), mc.seq_len, not c
+            )  # (n, C)
             patterns, inverse = torch.unique(masked, dim=0, return_inverse=True)
             pslot = []
             for pat in patterns.tolist():

@@ -4,7 +4,7 @@
     lm_eval.simple_evaluate(model="mdmctl", model_args="checkpoint=runs/x,cfg=0.5", tasks=[...])
 
 or ``mdmctl eval lm-eval --tasks ...``. Model arguments: ``checkpoint``, ``estimator`` (mc |
-mc-count | chain-rule), ``mc_num`` (MC samples), ``cfg``, ``greedy`` (compute ``is_greedy`` for MDMs),
+mc-count | mc-dream | chain-rule), ``mc_num`` (MC samples), ``cfg``, ``greedy`` (compute ``is_greedy`` for MDMs),
 ``batch_size``, ``seed``, ``device``, ``attention``, and for generation ``steps``, ``sampler``,
 ``temperature``, ``max_gen_toks``, ``remasking``, ``block_length``, ``threshold``, ``factor``,
 ``top_k``, ``top_p``, ``min_length``, ``cache``, ``cache_window``, ``suffix_window``,
