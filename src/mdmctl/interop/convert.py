@@ -151,6 +151,13 @@ def import_model(
     info = prepare(tok, need_mask=cfg.objective == "mdm")
     for name in info.added:
         log(f"tokenizer had no {name!r}: added it as id {tok.token_to_id(name)}")
+    if layout in ("llada", "dream") and info.mask_id != cfg.mask_id:
+        # the weights learned one row as the mask; a tokenizer that puts it elsewhere would
+        # feed them an ordinary token where they expect the mask
+        raise CompatibilityError(
+            f"{tok_path}: its mask token is id {info.mask_id}; {source / 'config.json'} says "
+            f"mask_token_id {cfg.mask_id}: pass --tokenizer with the model's own tokenizer"
+        )
     state, cfg, grown = _fit_vocab(state, cfg, info, log)
     out = out or Path("runs") / f"import-{source.stem if source.is_file() else source.name}"
     with tempfile.TemporaryDirectory() as scratch, _staged(out, overwrite, source) as tmp:
