@@ -88,7 +88,8 @@ def test_zero_shot_and_gsm8k_on_each_family(family_runs, kind, tmp_path):
              "gold": i % 2} for i, w in enumerate(["mat", "boat", "sky", "roof"])]  # fmt: skip
     (tmp_path / "piqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = run("eval", "piqa", "--checkpoint", family_runs[kind], "--data", tmp_path,
-            "--estimator", "mc-count", "--mc-samples", "8", "--json", "--device", "cpu")  # fmt: skip
+            "--estimator", "mc-count", "--mc-samples", "8", "--json", "--device", "cpu",
+            *(["--dtype", "bf16"] if kind == "dream" else []))  # fmt: skip
     (res,) = json.loads(r.stdout)
     assert res["n"] == 4 and res["estimator"] == "mc-count" and 0 <= res["metrics"]["acc"] <= 1
     problems = [{"question": "the cat sat on the mat .", "answer": "the dog ran . #### 4"}] * 2
@@ -120,7 +121,8 @@ def test_lm_eval_on_an_imported_family(family_runs, tmp_path):
         "generation_kwargs: {until: ['.'], max_gen_toks: 6}\nmetric_list: [{metric: exact_match}]\n"
     )
     r = run("eval", "lm-eval", "--checkpoint", family_runs["dream"], "--tasks", "f_mc,f_gen",
-            "--include-path", tasks, "--model-args", "estimator=mc-count,mc_num=4,steps=6",
+            "--include-path", tasks, "--model-args",
+            "estimator=mc-dream,mc_num=4,steps=6,dtype=bf16",
             "--bootstrap-iters", "10", "--json")  # fmt: skip
     res = json.loads(r.stdout[r.stdout.index("{") :])
     assert 0 <= res["f_mc"]["acc,none"] <= 1

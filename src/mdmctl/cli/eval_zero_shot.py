@@ -10,6 +10,7 @@ from mdmctl.cli.common import canonical_name, cli_errors, eval_app, log_info, pr
 from mdmctl.cli.options import (
     CFG,
     CHECKPOINT,
+    GEN_DTYPE,
     RUNTIME,
     SEED,
     Opt,
@@ -36,6 +37,7 @@ SCORING = {
     "batch_size": Opt(("--batch-size",), int, 32, "Rows per forward.", min=1),
     "seed": SEED.but(help="Seed of the MDM's Monte Carlo draws."),
     **RUNTIME,
+    "dtype": GEN_DTYPE,
 }  # fmt: skip
 JSON = json_out("Print the results as JSON on stdout.")
 
@@ -49,7 +51,7 @@ def _zero_shot(names: list[str], o: Options) -> None:
         cfg = ZeroShotConfig(
             checkpoint=str(o.checkpoint) if o.checkpoint else None,
             **o.pick("data", "limit", "estimator", "mc_samples", "cfg", "batch_size", "seed",
-                     "device", "attention"),
+                     "device", "attention", "dtype"),
         )  # fmt: skip
         results = evaluate_tasks(names, cfg, out=str(o.out) if o.out else None, log=log_info)
         _render(results, o.json_out)

@@ -284,9 +284,9 @@ def loglikelihood(
     mc = model.cfg
     arm = mc.objective == "arm"
     # device may be given as a string by library callers
-    check_eval_batch(
-        mc, cfg.batch_size, torch.device(device).type, rows_per_item=2 if cfg.cfg else 1
-    )
+    check_eval_batch(mc, cfg.batch_size, torch.device(device).type,
+                     rows_per_item=2 if cfg.cfg else 1,
+                     weight_bytes=model.tok_emb.weight.element_size())  # fmt: skip
     fitted = []
     for ctx, cont in requests:
         if len(cont) == 0:

@@ -5,7 +5,7 @@
 
 or ``mdmctl eval lm-eval --tasks ...``. Model arguments: ``checkpoint``, ``estimator`` (mc |
 mc-count | mc-dream | chain-rule), ``mc_num`` (MC samples), ``cfg``, ``greedy`` (compute ``is_greedy`` for MDMs),
-``batch_size``, ``seed``, ``device``, ``attention``, and for generation ``steps``, ``sampler``,
+``batch_size``, ``seed``, ``device``, ``attention``, ``dtype`` (fp32 | bf16), and for generation ``steps``, ``sampler``,
 ``temperature``, ``max_gen_toks``, ``remasking``, ``block_length``, ``threshold``, ``factor``,
 ``top_k``, ``top_p``, ``min_length``, ``cache``, ``cache_window``, ``suffix_window``,
 ``compile``, ``cuda_graphs`` (as ``mdmctl sample``'s options; an ARM refuses the MDM-only ones
@@ -56,6 +56,7 @@ class MdmctlLM(LM):
         seed: int = 0,
         device: str | None = "auto",
         attention: str = "auto",
+        dtype: str = "fp32",
         steps: int | None = None,
         sampler: str = "confidence",
         temperature: float = 0.0,
@@ -91,7 +92,7 @@ class MdmctlLM(LM):
             seed=int(seed),
         )
         self.model, self.tok, self.info, self.step_dir, self._device = load_model(
-            checkpoint, device or "auto", attention
+            checkpoint, device or "auto", attention, None, dtype
         )
         self.mdm = self.model.cfg.objective == "mdm"
         if not self.mdm:

@@ -38,6 +38,8 @@ class ZeroShotConfig:
     seed: int = 0
     device: str = "auto"
     attention: str = "auto"
+    dtype: str = "fp32"
+    """The weights' type (``checkpoint.WEIGHT_DTYPES``): bf16 for a 7-8B imported model."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -251,7 +253,9 @@ def evaluate_tasks(
 
     tasks = resolve_tasks(names)
     loaded = [(t, *load_docs(t, cfg.data, cfg.limit)) for t in tasks]  # fail early on bad data
-    model, tok, info, step_dir, device = load_model(cfg.checkpoint, cfg.device, cfg.attention, log)
+    model, tok, info, step_dir, device = load_model(
+        cfg.checkpoint, cfg.device, cfg.attention, log, cfg.dtype
+    )
     results = []
     for task, docs, where in loaded:
         if log:

@@ -85,8 +85,8 @@ class SampleConfig:
     )
     dtype: Literal["fp32", "bf16"] = option(
         "fp32",
-        "The weights' type while generating: fp32, or bf16 (half the memory: a 7-8B LLaDA or "
-        "Dream in 15-16 GiB; logits stay fp32). On a CPU bf16 is slower.",
+        "The weights' type while the model runs: fp32, or bf16 (half the memory: a 7-8B LLaDA "
+        "or Dream in 15-16 GiB; logits stay fp32). On a CPU bf16 is slower.",
     )
     chat: bool = option(
         False,
