@@ -197,3 +197,9 @@ def family_runs(tmp_path_factory) -> dict[str, Path]:
         (folder / "tokenizer_config.json").write_text(json.dumps(tok_conf))
         out[kind] = import_model(folder, root / f"run-{kind}").step_dir
     return out
+
+
+@pytest.fixture(scope="session")
+def family_sources(family_runs) -> dict[str, Path]:
+    """The LLaDA and Dream folders in their own layouts that ``family_runs`` imported."""
+    return {kind: step.parents[2] / kind for kind, step in family_runs.items()}

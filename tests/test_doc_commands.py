@@ -95,10 +95,13 @@ def scaled(argv: list[str]) -> list[str]:
     return args
 
 
-def _workspace(tmp: Path, corpus_dir: Path) -> Path:
-    """The folder the lines run in (``../shared/data`` resolves next to it)."""
+def _workspace(tmp: Path, corpus_dir: Path, families: dict[str, Path]) -> Path:
+    """The folder the lines run in (``../shared/data`` resolves next to it); ``models/`` holds
+    tiny random LLaDA and Dream folders in their own layouts under the real models' names."""
     work = tmp / "work"
     (work / "my_corpus").mkdir(parents=True)
+    for kind, name in (("llada", "LLaDA-8B-Instruct"), ("dream", "Dream-v0-Base-7B")):
+        shutil.copytree(families[kind], work / "models" / name)
     # Real text for the tokenizer: GSM8K problems (the fine-tuning line's data must fit mini's
     # context of 256 tokens) and the test sentences.
     rows = [json.loads(x) for x in (SHARED / "gsm8k" / "train.jsonl").read_text().splitlines()]
@@ -117,10 +120,10 @@ def _workspace(tmp: Path, corpus_dir: Path) -> Path:
 
 
 @pytest.fixture
-def workspace(tmp_path, corpus_dir, monkeypatch):
+def workspace(tmp_path, corpus_dir, family_sources, monkeypatch):
     if not SHARED.is_dir():
         pytest.skip(f"shared data not found at {SHARED}: the documented lines read it")
-    work = _workspace(tmp_path, corpus_dir)
+    work = _workspace(tmp_path, corpus_dir, family_sources)
     monkeypatch.chdir(work)
     monkeypatch.setenv("MDMCTL_PROGRESS_EVERY", "3600")
     return work

@@ -150,15 +150,14 @@ def test_bf16_weights_and_the_memory_refusal(family_runs, monkeypatch):
     assert "parameters need" in r.stderr and "run it on a GPU" in r.stderr
 
 
-def test_import_refuses_a_tokenizer_whose_mask_is_not_the_config_s(family_runs, tmp_path):
+def test_import_refuses_a_tokenizer_whose_mask_is_not_the_config_s(family_sources, tmp_path):
     import shutil
 
     from mdmctl.errors import CompatibilityError
     from mdmctl.interop.convert import import_model
 
-    src = family_runs["llada"].parents[2] / "llada"
     folder = tmp_path / "llada"
-    shutil.copytree(src, folder)
+    shutil.copytree(family_sources["llada"], folder)
     conf = json.loads((folder / "config.json").read_text())
     conf["mask_token_id"] -= 1  # an ordinary token of this tokenizer
     (folder / "config.json").write_text(json.dumps(conf))
