@@ -163,3 +163,19 @@ def test_import_refuses_a_tokenizer_whose_mask_is_not_the_config_s(family_source
     (folder / "config.json").write_text(json.dumps(conf))
     with pytest.raises(CompatibilityError, match="says mask_token_id"):
         import_model(folder, tmp_path / "run")
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+@pytest.mark.parametrize(
+    "rules",
+    [["--threshold", "0.5", "--suffix-window", "2", "--cfg", "0.5"],
+     ["--factor", "1", "--cache", "dual", "--cache-window", "2"],
+     ["--sampler", "ancestral", "--temperature", "1"]],
+)  # fmt: skip
+def test_decoding_rules_run_on_each_family(family_runs, kind, rules):
+    """Parallel decoding, DPad's window, CFG and the ancestral sampler on both families."""
+    common = ["--prompt", "the sky was full of", "--length", "12", "--steps", "12",
+              "--no-stop-at-eos"]  # fmt: skip
+    blocks = [] if rules[0] == "--sampler" else ["--block-length", "4"]
+    out = _sample(family_runs[kind], *common, *blocks, *rules)[0]["token_ids"]
+    assert len(out) == 12
