@@ -1,9 +1,10 @@
 """The transformer shared by the MDM and the ARM (docs/method.md §2).
 
 LLaMA-style: pre-norm RMSNorm, rotary embeddings (rotate-half, full head dim), SwiGLU MLP
-``w3(silu(w1 x) * w2 x)``, no biases, untied embeddings, final RMSNorm. The two objectives differ only
-in the attention mask (MDM bidirectional, ARM causal) and, for the MDM, the head never predicting the
-mask id. Init follows SMDM (GPT-NeoX style).
+``w3(silu(w1 x) * w2 x)``, no biases, untied embeddings, final RMSNorm. The two objectives differ
+only in the attention mask (MDM bidirectional, ARM causal) and, for the MDM, the head never
+predicting the mask id. Init follows SMDM (GPT-NeoX style). Off by default, for the open MDM
+families (``ModelConfig``): grouped-query attention, q/k/v biases and shifted logits (Dream).
 """
 
 from __future__ import annotations
