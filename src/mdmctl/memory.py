@@ -224,6 +224,12 @@ def estimate_inference(cfg: ModelConfig, rows: int, *, act_bytes: int = 4) -> in
     return act_bytes * cfg.n_params + transient + kv_cache + logits + BASELINE_BYTES
 
 
+def weight_itemsize(model: Any) -> int:
+    """Bytes per weight of the model as it runs (4 for a callable without parameters)."""
+    first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return 4 if first is None else first.element_size()
+
+
 def check_weights_fit(cfg: ModelConfig, itemsize: int, device_type: str) -> None:
     """Refuse at once (exit 2), before anything is loaded, a model whose weights alone do not
     fit the device: a 7-8B LLaDA or Dream needs 15-16 GiB in bf16, 30-32 GiB in fp32."""

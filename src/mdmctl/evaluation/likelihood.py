@@ -279,14 +279,14 @@ def loglikelihood(
     model, requests: Sequence[TokenRequest], cfg: ScoreConfig, *, eos_id: int, device
 ) -> list[Score]:
     """Score each (context ids, continuation ids) request; see the module docstring."""
-    from mdmctl.memory import check_eval_batch
+    from mdmctl.memory import check_eval_batch, weight_itemsize
 
     mc = model.cfg
     arm = mc.objective == "arm"
     # device may be given as a string by library callers
     check_eval_batch(mc, cfg.batch_size, torch.device(device).type,
                      rows_per_item=2 if cfg.cfg else 1,
-                     weight_bytes=model.tok_emb.weight.element_size())  # fmt: skip
+                     weight_bytes=weight_itemsize(model))  # fmt: skip
     fitted = []
     for ctx, cont in requests:
         if len(cont) == 0:

@@ -18,7 +18,7 @@ import torch
 
 from mdmctl.checkpoint import load_model
 from mdmctl.errors import ConfigError
-from mdmctl.memory import check_eval_batch
+from mdmctl.memory import check_eval_batch, weight_itemsize
 from mdmctl.progress import report
 from mdmctl.sampling.chat import chat_ids
 from mdmctl.sampling.compiled import compile_model, graphed_model
@@ -92,7 +92,7 @@ def generate(
     # device may be given as a string by library callers
     check_eval_batch(mc, cfg.batch_size, torch.device(device).type,
                      rows_per_item=2 if cfg.decoding.cfg else 1,
-                     weight_bytes=model.tok_emb.weight.element_size())  # fmt: skip
+                     weight_bytes=weight_itemsize(model))  # fmt: skip
     ids = prompt_ids or [encode_literal(tok, p) if p else [] for p in prompts]
     lengths = _lengths(ids, length, cfg.length, mc.seq_len)
     sample_rows = _row_sampler(model, info, cfg, device)
