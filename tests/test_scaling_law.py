@@ -83,15 +83,15 @@ def test_extrapolation_is_marked_and_refused_past_the_limit():
     assert anyway["compute_gap"] is not None
 
 
-@pytest.mark.slow  # 100 sweeps x 200 bootstrap draws: about 80 s on 2 cores
+@pytest.mark.slow  # 300 sweeps x 200 bootstrap draws: about 70 s on 2 cores
 def test_bootstrap_intervals_cover_the_truth_at_1_percent_noise():
-    """100 seeded sweeps at 1% loss noise, the default 200 draws: the 95% interval contains the
-    true gap in at least 90% of the sweeps at every ARM budget, and the true size ratio in at
-    least 90% over the budgets together. Measured (2026-12-07): gap 93-98% per budget; ratio
-    96%, 96%, 92% and 88% (at the ARM's largest budget, the end of its N* regression), 93% in
-    all."""
+    """300 seeded sweeps at 1% loss noise, the default 200 draws: the 95% interval contains the
+    true gap and the true size ratio in at least 90% of the sweeps at every ARM budget. 300, not
+    100: a rate near 93% measured on 100 sweeps has a binomial standard error of 2.6 points, so
+    100 sweeps cannot tell 88% from 93% (the first 100 seeds gave the ratio 88% at 3e19, the next
+    200 gave 94%)."""
     hits: dict[tuple[str, float], list[bool]] = {}
-    for seed in range(100):
+    for seed in range(300):
         res = fit(sweep(noise=0.01, seed=seed), n_boot=200, seed=seed, law=False)
         for at in res["bootstrap"]["at"]:
             for key, truth in (("compute_gap", GAP), ("size_ratio", RATIO)):
@@ -100,10 +100,9 @@ def test_bootstrap_intervals_cover_the_truth_at_1_percent_noise():
                         at[key][0] <= truth <= at[key][2]
                     )
     rates = {k: sum(v) / len(v) for k, v in hits.items()}
-    assert len(rates) == 8 and all(len(v) == 100 for v in hits.values()), rates
-    assert all(r >= 0.90 for (key, _), r in rates.items() if key == "compute_gap"), rates
-    ratio = [r for (key, _), r in rates.items() if key == "size_ratio"]
-    assert sum(ratio) / len(ratio) >= 0.90 and min(ratio) >= 0.85, rates
+    print("coverage:", {f"{key} {c:.0e}": round(r, 3) for (key, c), r in rates.items()})
+    assert len(rates) == 8 and all(len(v) == 300 for v in hits.values()), rates
+    assert all(r >= 0.90 for r in rates.values()), rates
 
 
 def test_a_flat_frontier_gets_no_gap_and_no_traceback():
