@@ -516,7 +516,7 @@ def test_reverse_curse_seeds_table(tmp_path, monkeypatch):
         for run in ("mdm-cfg", "mdm-nocfg", "arm"):
             (w / f"{run}.json").write_text(json.dumps([row]))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["seeds_table.py", "0", "1", "2"])
+    monkeypatch.setattr(sys, "argv", ["seeds_table.py", "0", "1", "work/reverse_curse-seed2"])
     script = Path(__file__).parents[1] / "examples/reverse_curse/seeds_table.py"
     out = []
     monkeypatch.setattr("builtins.print", lambda *a: out.append(" ".join(map(str, a))))
@@ -524,3 +524,5 @@ def test_reverse_curse_seeds_table(tmp_path, monkeypatch):
     line = next(ln for ln in out if ln.startswith("| p2d_reverse"))
     assert "0.400 ± 0.200 (se 0.010)" in line and "0.200 ± 0.100 (se 0.030)" in line
     assert line.endswith("| 0.033 |")
+    seed1 = next(ln for ln in out if ln.startswith("| seed 1 |"))  # the per-seed table
+    assert seed1 == "| seed 1 | 0.400 | 0.400 | 0.200 | 0.200 |"
