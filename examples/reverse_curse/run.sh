@@ -10,7 +10,7 @@
 # the micro-batch. Writes work/reverse_curse/ (work/reverse_curse-seedN/ for SEED other than 0)
 # under the current directory and ends with a summary table (summary.md there); with TRAIN_ONLY=1
 # it stops after training the two models (benchmarks/gpu_sampling_pair.sh --train), and with
-# EVAL_ONLY=1 it evaluates the models a TRAIN_ONLY run left. About 80
+# EVAL_ONLY=1 it evaluates the models a TRAIN_ONLY run left. About 65-70
 # minutes on 2 CPU cores (docs/results.md); examples/reverse_curse/seeds.sh runs several seeds
 # and tabulates mean ± sd.
 #

@@ -5,7 +5,7 @@
 #
 #   SEEDS="0 1 2" bash examples/reverse_curse/seeds.sh [DATA_DIR]
 #
-# About 80 minutes per seed on 2 CPU cores. Seeds whose summary.md exists are not rerun
+# About 65-70 minutes per seed on 2 CPU cores. Seeds whose summary.md exists are not rerun
 # (EVAL_ONLY=1 evaluates models a TRAIN_ONLY run left). Writes work/reverse_curse-seeds.md.
 set -euo pipefail
 DATA=${1:-../shared/data/reversal_curse}
