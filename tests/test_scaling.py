@@ -95,6 +95,25 @@ def test_runs_without_validation_or_fine_tunes_are_skipped(tmp_path):
     assert len(read_runs([tmp_path])) == 69
 
 
+def test_kept_runs_fit_like_the_originals(tmp_path):
+    """examples/scaling/keep_runs.py: config + last metrics line per finished run; read back the
+    same as the originals, unfinished runs left out."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples/scaling/keep_runs.py"
+    keep = runpy.run_path(str(script))["keep"]
+    write_runs(tmp_path / "runs")
+    (tmp_path / "runs" / "arm-1e+12-0" / "metrics.jsonl").write_text('{"step": 5, "loss": 3.0}\n')
+    assert len(keep(tmp_path / "runs", tmp_path / "kept")) == 69
+    assert not (tmp_path / "kept" / "arm-1e+12-0").exists()
+    key = lambda r: (r.objective, r.n_params, r.flops, r.val_loss, r.tokens, r.convention)  # noqa: E731
+    kept = sorted(map(key, read_runs([tmp_path / "kept"])))
+    assert kept == sorted(map(key, read_runs([tmp_path / "runs"])))
+    assert all(len((d / "metrics.jsonl").read_text().splitlines()) == 1
+               for d in (tmp_path / "kept").iterdir())  # fmt: skip
+
+
 def test_plan_follows_c_equals_6nd(tmp_path):
     runs, skipped, warnings = plan(
         [1e11, 1e12], ["mdm", "arm"], ["tiny", "4x128", "mini"],

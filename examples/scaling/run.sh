@@ -13,7 +13,9 @@
 # it at more of the ARM's. CORPUS (default ../shared/data/corpus/train.jsonl.gz, about 26 MB of
 # English, 10.9M tokens with BPE 1024; "builtin" for the built-in corpus, 0.58M tokens).
 # Writes work/scaling/ under the current directory: the sweep scripts, the runs, fit.json and
-# fit.png; rerunning resumes. Timing and results: docs/results.md.
+# fit.png; rerunning resumes. examples/scaling/keep_runs.py keeps each finished run's config and
+# final validation (docs/runs/scaling/), so a sweep spread over sessions fits as one. Timing and
+# results: docs/results.md.
 # What a sweep this small can show: the mechanics (IsoFLOP minima, a frontier, a gap with its
 # bootstrap interval); not the paper's numbers, which come from 1e18-1e20 FLOPs.
 set -euo pipefail
